@@ -1,0 +1,41 @@
+//! The seam between the edge and the relay: "open a stream to routing key K".
+//!
+//! The relay implements it directly on its registry (the all-in-one `devinprod up` pays no
+//! loopback QUIC hop); a separate edge process implements it with a QUIC connection to the
+//! relay. The edge does not know which one it has.
+//!
+//! A [`TunnelStream`] speaks the HTTP framing of [`crate::frame`] end to end with the
+//! developer's client: the opener has already consumed any relay-side routing exchange.
+
+use crate::ids::RoutingKey;
+use std::future::Future;
+use std::pin::Pin;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// The two halves of a bidirectional stream to a developer's client.
+pub struct TunnelStream {
+    pub send: Box<dyn AsyncWrite + Send + Unpin>,
+    pub recv: Box<dyn AsyncRead + Send + Unpin>,
+}
+
+/// Why a stream could not be opened; each variant maps to what the visitor sees.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OpenError {
+    /// No developer with this routing key is connected (the visitor gets a 502 that says so).
+    #[error("no developer is connected for routing key {0}")]
+    DeveloperOffline(RoutingKey),
+    /// The relay could not be reached or failed (502, operator's problem).
+    #[error("relay unavailable: {0}")]
+    RelayUnavailable(String),
+    /// The developer's connection exists but refused or failed to open a stream (e.g. it is
+    /// at its concurrent stream limit and went away while waiting).
+    #[error("developer's connection failed: {0}")]
+    DeveloperConnectionFailed(String),
+}
+
+pub type OpenFuture<'a> = Pin<Box<dyn Future<Output = Result<TunnelStream, OpenError>> + Send + 'a>>;
+
+/// Opens one stream per HTTP request toward the developer holding `key`.
+pub trait StreamOpener: Send + Sync + 'static {
+    fn open(&self, key: RoutingKey) -> OpenFuture<'_>;
+}
