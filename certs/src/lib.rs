@@ -5,13 +5,18 @@
 //!   `devinprod certs init` and `devinprod up` call.
 //! * [`relay_server_config`] / [`peer_client_config`] turn PEM files into TLS 1.3 rustls configs
 //!   (ring provider, ALPN set, no 0-RTT).
+//! * [`server_endpoint`] / [`client_endpoint`] make quinn endpoints on UDP sockets with large
+//!   buffers, from those configs.
 //! * [`peer_role`] reads the role (`devinprod://role/edge`, …) from a peer certificate. rustls
 //!   only verifies the chain; the relay calls this to check the role itself.
 
 #![forbid(unsafe_code)]
 
+mod endpoint;
 mod pki;
 mod tls;
+
+pub use endpoint::{client_endpoint, server_endpoint, unspecified_for, UDP_BUFFER_BYTES};
 
 pub use pki::{ensure_pki, FileOutcome, Leaf, PkiPaths, CA_VALIDITY, DEFAULT_RELAY_NAMES, LEAF_VALIDITY};
 pub use tls::{
@@ -33,6 +38,11 @@ pub enum CertsError {
     Pem { path: PathBuf, detail: String },
     #[error("certificate generation failed: {0}")]
     Generate(String),
+    #[error("cannot bind UDP {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     #[error("TLS configuration: {0}")]
     Tls(String),
     #[error("{0}")]

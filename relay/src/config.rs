@@ -1,0 +1,111 @@
+//! The relay's configuration (`relay.toml`, or the `[relay]` table of `up --config`). Every key
+//! is optional; defaults live in [`RelayConfig::default`] and nowhere else.
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelayConfig {
+    /// UDP address of the QUIC listener.
+    pub listen: SocketAddr,
+    /// TCP address of the admin API (token create/list/revoke, sessions).
+    pub admin_listen: SocketAddr,
+    /// Peer networks the admin API answers; judged by the socket's peer address, never by a
+    /// header. Anything else gets 403.
+    pub admin_allow: Vec<IpNet>,
+    /// Where the PKI files and the token store live unless given one by one below.
+    pub state_dir: PathBuf,
+    /// Token store (JSON, hashes only). Default: `<state_dir>/tokens.json`.
+    pub tokens_file: Option<PathBuf>,
+    /// The relay's certificate chain. Default: `<state_dir>/relay.pem`.
+    pub cert: Option<PathBuf>,
+    /// The relay's private key. Default: `<state_dir>/relay.key`.
+    pub key: Option<PathBuf>,
+    /// CA that issues the edge/dbproxy (and optional developer) client certs.
+    /// Default: `<state_dir>/ca.pem`.
+    pub ca: Option<PathBuf>,
+    /// Preview URLs sent to a developer in `Welcome`; `{key}` becomes the routing key.
+    pub public_urls: Vec<String>,
+    /// Keep-alive the relay sends (and asks of its peers), in milliseconds.
+    pub keep_alive_interval_ms: u64,
+    /// A connection silent for this long is dead, in milliseconds.
+    pub idle_timeout_ms: u64,
+    /// Time a peer has to open its control stream and send Hello, in milliseconds; also the
+    /// time an edge stream has to name its routing key.
+    pub handshake_timeout_ms: u64,
+    /// Concurrent streams a peer may open toward the relay (edges open one per request).
+    pub max_streams_per_peer: u32,
+    /// Largest frame the relay reads (control frames only; bodies are spliced unread).
+    pub max_frame_len: u32,
+    /// Also require a developer client certificate issued by the CA (in addition to a token).
+    pub require_developer_cert: bool,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 4433)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 4480)),
+            admin_allow: vec![
+                "127.0.0.0/8".parse().expect("valid literal network"),
+                "::1/128".parse().expect("valid literal network"),
+            ],
+            state_dir: PathBuf::from(".devinprod"),
+            tokens_file: None,
+            cert: None,
+            key: None,
+            ca: None,
+            public_urls: vec!["http://www-{key}.localhost:8080".into()],
+            keep_alive_interval_ms: 10_000,
+            idle_timeout_ms: 30_000,
+            handshake_timeout_ms: 10_000,
+            max_streams_per_peer: 4096,
+            max_frame_len: proto::MAX_FRAME_LEN as u32,
+            require_developer_cert: false,
+        }
+    }
+}
+
+impl RelayConfig {
+    pub fn tokens_path(&self) -> PathBuf {
+        self.tokens_file
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("tokens.json"))
+    }
+    pub fn cert_path(&self) -> PathBuf {
+        self.cert.clone().unwrap_or_else(|| self.state_dir.join("relay.pem"))
+    }
+    pub fn key_path(&self) -> PathBuf {
+        self.key.clone().unwrap_or_else(|| self.state_dir.join("relay.key"))
+    }
+    pub fn ca_path(&self) -> PathBuf {
+        self.ca.clone().unwrap_or_else(|| self.state_dir.join("ca.pem"))
+    }
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
+    }
+
+    /// The QUIC transport parameters for every connection of this relay.
+    pub fn transport(&self) -> quinn::TransportConfig {
+        let mut t = quinn::TransportConfig::default();
+        t.max_concurrent_bidi_streams(self.max_streams_per_peer.into());
+        t.max_concurrent_uni_streams(0u32.into());
+        t.keep_alive_interval(Some(Duration::from_millis(self.keep_alive_interval_ms)));
+        // Saturate instead of failing: an absurd timeout is still "effectively never".
+        let idle = quinn::IdleTimeout::try_from(Duration::from_millis(self.idle_timeout_ms))
+            .unwrap_or(quinn::VarInt::MAX.into());
+        t.max_idle_timeout(Some(idle));
+        t
+    }
+
+    pub fn public_urls_for(&self, key: &proto::RoutingKey) -> Vec<String> {
+        self.public_urls
+            .iter()
+            .map(|u| u.replace("{key}", key.as_str()))
+            .collect()
+    }
+}

@@ -1,0 +1,301 @@
+//! The QUIC side of the relay: accept a connection, run the Hello handshake, then serve it by
+//! role — a developer is registered and waits for streams; an edge opens one stream per
+//! request, which is spliced onto the developer's connection.
+
+use crate::registry::DeveloperSession;
+use crate::splice::splice;
+use crate::tokens::Verdict;
+use crate::Relay;
+use proto::{
+    codes, read_frame, write_frame, Frame, FrameError, Hello, Limits, OpenError, Refusal,
+    RefusalCode, Role, RouteReply, Welcome,
+};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::time::timeout;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+/// How long the relay waits for a refused peer to read its Refusal before closing.
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+/// Longest close reason sent (it must fit in one packet).
+const MAX_REASON_LEN: usize = 400;
+
+pub(crate) fn vi(code: u32) -> quinn::VarInt {
+    quinn::VarInt::from_u32(code)
+}
+
+/// Closes `conn` with `code` and a human-readable `reason`.
+pub(crate) fn close(conn: &quinn::Connection, code: u32, reason: &str) {
+    let mut end = reason.len().min(MAX_REASON_LEN);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    conn.close(vi(code), reason[..end].as_bytes());
+}
+
+/// Who the peer turned out to be after the handshake.
+enum Admitted {
+    Developer(DeveloperSession),
+    Infrastructure(Role),
+}
+
+impl Relay {
+    /// Serves one incoming connection until it closes.
+    pub(crate) async fn handle_incoming(self: Arc<Self>, incoming: quinn::Incoming) {
+        let remote = incoming.remote_address();
+        let conn = match incoming.await {
+            Ok(c) => c,
+            Err(e) => {
+                // Wrong ALPN, a certificate from another CA, garbage: the peer's problem.
+                debug!(%remote, "QUIC/TLS handshake failed: {e}");
+                return;
+            }
+        };
+        let admitted = match timeout(self.config.handshake_timeout(), self.admit(&conn)).await {
+            Ok(Some(a)) => a,
+            Ok(None) => return,
+            Err(_) => {
+                close(&conn, codes::CLOSE_PROTOCOL_ERROR, "no Hello within the handshake timeout");
+                return;
+            }
+        };
+        match admitted {
+            Admitted::Developer(session) => self.serve_developer(session).await,
+            Admitted::Infrastructure(Role::Edge) => self.serve_edge(conn).await,
+            Admitted::Infrastructure(role) => {
+                // Holds the connection (the dbproxy's streams arrive with its own issue).
+                info!(%remote, %role, "infrastructure peer connected");
+                let why = conn.closed().await;
+                info!(%remote, %role, "infrastructure peer gone: {why}");
+            }
+        }
+    }
+
+    /// Reads Hello on the control stream and answers Welcome or Refusal.
+    async fn admit(&self, conn: &quinn::Connection) -> Option<Admitted> {
+        let remote = conn.remote_address();
+        let (mut send, mut recv) = match conn.accept_bi().await {
+            Ok(s) => s,
+            Err(e) => {
+                debug!(%remote, "closed before opening a control stream: {e}");
+                return None;
+            }
+        };
+        let max = self.config.max_frame_len as usize;
+        let hello = match read_frame(&mut recv, max).await {
+            Ok(Some(Frame::Hello(h))) => h,
+            Ok(Some(other)) => {
+                let reason = format!("expected Hello on the control stream, got {}", other.name());
+                return self.refuse(conn, send, RefusalCode::BadHandshake, reason).await;
+            }
+            Ok(None) => return None,
+            Err(FrameError::UnsupportedVersion { peer, ours }) => {
+                let reason = format!(
+                    "this relay speaks DevInProd protocol version {ours}, the client speaks \
+                     version {peer}: install a devinprod that matches the relay"
+                );
+                return self.refuse(conn, send, RefusalCode::UnsupportedVersion, reason).await;
+            }
+            Err(e) => {
+                let reason = format!("malformed Hello: {e}");
+                return self.refuse(conn, send, RefusalCode::BadHandshake, reason).await;
+            }
+        };
+        let role = match self.check_hello(conn, &hello) {
+            Ok(role) => role,
+            Err((code, reason)) => return self.refuse(conn, send, code, reason).await,
+        };
+        let id = self.next_session_id.fetch_add(1, Ordering::Relaxed);
+        let routing_key = hello.token.as_ref().map(|t| t.routing_key());
+        let welcome = Welcome {
+            session: id,
+            public_urls: routing_key
+                .as_ref()
+                .map(|k| self.config.public_urls_for(k))
+                .unwrap_or_default(),
+            routing_key: routing_key.clone(),
+            limits: Limits {
+                max_concurrent_streams: self.config.max_streams_per_peer,
+                max_frame_len: self.config.max_frame_len,
+                keep_alive_ms: self.config.keep_alive_interval_ms.try_into().unwrap_or(u32::MAX),
+            },
+        };
+        if let Err(e) = write_frame(&mut send, &Frame::Welcome(welcome)).await {
+            debug!(%remote, "could not send Welcome: {e}");
+            return None;
+        }
+        // The control stream carries nothing after Welcome; closing our half is harmless.
+        let _ = send.finish();
+        match (role, routing_key) {
+            (Role::Developer, Some(routing_key)) => Some(Admitted::Developer(DeveloperSession {
+                id,
+                routing_key,
+                client_name: hello.client_name,
+                remote,
+                connected_at: SystemTime::now(),
+                conn: conn.clone(),
+            })),
+            (role, _) => Some(Admitted::Infrastructure(role)),
+        }
+    }
+
+    /// Decides whether `hello` may enter, by role.
+    fn check_hello(
+        &self,
+        conn: &quinn::Connection,
+        hello: &Hello,
+    ) -> Result<Role, (RefusalCode, String)> {
+        let cert_role = peer_cert(conn).map(|c| certs::peer_role(&c));
+        match hello.role {
+            Role::Developer => {
+                let Some(token) = &hello.token else {
+                    return Err((RefusalCode::BadToken, "a developer connection must present a token".into()));
+                };
+                match self.tokens.verify(token) {
+                    Verdict::Valid(_) => {}
+                    Verdict::Unknown => {
+                        return Err((
+                            RefusalCode::BadToken,
+                            format!(
+                                "unknown token (routing key {}): check it, or ask the operator for a new one",
+                                token.routing_key()
+                            ),
+                        ))
+                    }
+                    Verdict::Revoked => {
+                        return Err((
+                            RefusalCode::Revoked,
+                            format!("the token for routing key {} was revoked by the operator", token.routing_key()),
+                        ))
+                    }
+                }
+                if self.config.require_developer_cert && cert_role.is_none() {
+                    return Err((
+                        RefusalCode::RoleNotAuthorized,
+                        "this relay also requires a developer client certificate issued by its CA".into(),
+                    ));
+                }
+                Ok(Role::Developer)
+            }
+            role @ (Role::Edge | Role::DbProxy) => {
+                if cert_role == Some(Some(role)) {
+                    Ok(role)
+                } else {
+                    Err((
+                        RefusalCode::RoleNotAuthorized,
+                        format!(
+                            "the {role} role requires a client certificate issued by this relay's CA \
+                             with the URI SAN {}",
+                            role.uri()
+                        ),
+                    ))
+                }
+            }
+        }
+    }
+
+    async fn refuse(
+        &self,
+        conn: &quinn::Connection,
+        mut send: quinn::SendStream,
+        code: RefusalCode,
+        reason: String,
+    ) -> Option<Admitted> {
+        info!(remote = %conn.remote_address(), ?code, "refused: {reason}");
+        let frame = Frame::Refusal(Refusal {
+            code,
+            reason: reason.clone(),
+        });
+        if write_frame(&mut send, &frame).await.is_ok() && send.finish().is_ok() {
+            // Give the Refusal a chance to arrive before the close discards it; the close
+            // reason repeats it for a peer that misses it.
+            let _ = timeout(REFUSAL_LINGER, send.stopped()).await;
+        }
+        close(conn, codes::CLOSE_REFUSED, &reason);
+        None
+    }
+
+    async fn serve_developer(self: Arc<Self>, session: DeveloperSession) {
+        let span = info_span!("developer", key = %session.routing_key, session = session.id);
+        async move {
+            info!(remote = %session.remote, name = %session.client_name, "developer connected");
+            if let Some(old) = self.registry.insert(session.clone()) {
+                let reason = format!(
+                    "replaced by a newer connection with the same token from {} ({})",
+                    session.client_name, session.remote
+                );
+                info!(old_session = old.id, "{reason}");
+                close(&old.conn, codes::CLOSE_REPLACED, &reason);
+            }
+            // Developers do not open streams toward the relay yet; refuse any they try.
+            loop {
+                match session.conn.accept_bi().await {
+                    Ok((mut send, mut recv)) => {
+                        let _ = send.reset(vi(codes::STREAM_BAD_HEADER));
+                        let _ = recv.stop(vi(codes::STREAM_BAD_HEADER));
+                    }
+                    Err(e) => {
+                        info!("developer gone: {e}");
+                        break;
+                    }
+                }
+            }
+            self.registry.remove_if_current(&session.routing_key, session.id);
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn serve_edge(self: Arc<Self>, conn: quinn::Connection) {
+        let remote = conn.remote_address();
+        info!(%remote, "edge connected");
+        loop {
+            let (send, recv) = match conn.accept_bi().await {
+                Ok(s) => s,
+                Err(e) => {
+                    info!(%remote, "edge gone: {e}");
+                    return;
+                }
+            };
+            let relay = self.clone();
+            tokio::spawn(async move { relay.route_edge_stream(send, recv).await });
+        }
+    }
+
+    /// One edge stream: read its Route frame, open a stream to that developer, reply, splice.
+    async fn route_edge_stream(&self, mut edge_send: quinn::SendStream, mut edge_recv: quinn::RecvStream) {
+        let max = self.config.max_frame_len as usize;
+        let route = match timeout(self.config.handshake_timeout(), read_frame(&mut edge_recv, max)).await {
+            Ok(Ok(Some(Frame::Route(r)))) => r,
+            other => {
+                warn!("edge stream without a valid Route frame: {other:?}");
+                let _ = edge_send.reset(vi(codes::STREAM_BAD_HEADER));
+                let _ = edge_recv.stop(vi(codes::STREAM_BAD_HEADER));
+                return;
+            }
+        };
+        let reply = match self.registry.open_stream(&route.key).await {
+            Ok((dev_send, dev_recv)) => {
+                if write_frame(&mut edge_send, &Frame::RouteReply(RouteReply::Connected)).await.is_ok() {
+                    splice((edge_send, edge_recv), (dev_send, dev_recv)).await;
+                }
+                return;
+            }
+            Err(OpenError::DeveloperOffline(_)) => RouteReply::Offline,
+            Err(e) => RouteReply::Refused(e.to_string()),
+        };
+        let _ = write_frame(&mut edge_send, &Frame::RouteReply(reply)).await;
+        let _ = edge_send.finish();
+        let _ = edge_recv.stop(vi(codes::STREAM_CANCELLED));
+    }
+}
+
+/// The peer's end-entity certificate, if it presented one (rustls verified its chain).
+fn peer_cert(conn: &quinn::Connection) -> Option<rustls::pki_types::CertificateDer<'static>> {
+    let identity = conn.peer_identity()?;
+    let chain = identity
+        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+        .ok()?;
+    chain.into_iter().next()
+}

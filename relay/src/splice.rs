@@ -1,0 +1,45 @@
+//! Splicing two QUIC streams: bytes move as received (`read_chunk`, no copy, no parsing), an
+//! end becomes an end, a reset becomes a reset, a STOP_SENDING travels back to the source.
+
+use proto::codes;
+use quinn::{ReadError, RecvStream, SendStream, WriteError};
+
+fn vi(code: u32) -> quinn::VarInt {
+    quinn::VarInt::from_u32(code)
+}
+
+async fn pipe(mut from: RecvStream, mut to: SendStream) {
+    loop {
+        match from.read_chunk(usize::MAX, true).await {
+            Ok(Some(chunk)) => {
+                if let Err(e) = to.write_chunk(chunk.bytes).await {
+                    let code = match e {
+                        WriteError::Stopped(code) => code,
+                        _ => vi(codes::STREAM_PEER_FAILED),
+                    };
+                    let _ = from.stop(code);
+                    return;
+                }
+            }
+            Ok(None) => {
+                let _ = to.finish();
+                return;
+            }
+            Err(ReadError::Reset(code)) => {
+                let _ = to.reset(code);
+                return;
+            }
+            Err(_) => {
+                let _ = to.reset(vi(codes::STREAM_PEER_FAILED));
+                return;
+            }
+        }
+    }
+}
+
+/// Joins `a` and `b` in both directions until both directions have ended.
+pub async fn splice(a: (SendStream, RecvStream), b: (SendStream, RecvStream)) {
+    let (a_send, a_recv) = a;
+    let (b_send, b_recv) = b;
+    tokio::join!(pipe(a_recv, b_send), pipe(b_recv, a_send));
+}
