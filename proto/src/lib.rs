@@ -36,6 +36,7 @@
 
 pub mod codes;
 pub mod frame;
+pub mod http;
 pub mod ids;
 pub mod messages;
 pub mod seam;
