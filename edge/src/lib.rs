@@ -1,1 +1,248 @@
+//! # edge — the reverse proxy in front of production
+//!
+//! Every request goes through four named phases in [`Edge::handle`]:
+//! 1. **find key** — [`routing::RouteFinder`]: `www-<key>.…` in the Host (`:authority` in
+//!    HTTP/2), else the `X-DevInProd-Key` header;
+//! 2. **prepare** — hop-by-hop headers stripped, the routing header removed, `X-Forwarded-*`
+//!    set from the socket (a client-supplied one is believed only from `trusted_proxies`);
+//! 3. **forward** — with a key: one stream through the [`proto::StreamOpener`]
+//!    ([`tunnel::forward`]), which is the relay's registry in `devinprod up` or a
+//!    [`connector::RelayConnector`] for a separate edge; without: [`production::Production`];
+//! 4. **log** — one line per request with method, path, key, status and duration.
+//!
+//! Failures become pages that say which side failed ([`pages`]): 502 developer offline, 502
+//! relay unavailable, 502 bad answer from the developer's client, 502 production failed.
+
 #![forbid(unsafe_code)]
+
+mod config;
+pub mod connector;
+pub mod pages;
+pub mod production;
+pub mod routing;
+pub mod tunnel;
+
+pub use config::EdgeConfig;
+pub use connector::{ConnectorError, RelayConnector};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use production::Production;
+use proto::{OpenError, RequestHead, StreamOpener};
+use routing::{RouteDecision, RouteFinder};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tracing::{debug, info, warn};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body type of every response the edge sends.
+pub type BoxBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+pub(crate) fn full(b: Bytes) -> BoxBody {
+    Full::new(b).map_err(|never| match never {}).boxed_unsync()
+}
+
+pub(crate) fn empty() -> BoxBody {
+    Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    #[error(transparent)]
+    Routing(#[from] routing::RoutingConfigError),
+    #[error(transparent)]
+    Production(#[from] production::ProductionError),
+    #[error(transparent)]
+    Connector(#[from] ConnectorError),
+}
+
+/// The edge: configuration, route finder, the way to developers and the way to production.
+/// Build it with [`Edge::new`], then drive [`Edge::run`] with a listener and a shutdown future.
+pub struct Edge {
+    config: EdgeConfig,
+    router: RouteFinder,
+    opener: Arc<dyn StreamOpener>,
+    production: Option<Production>,
+}
+
+impl Edge {
+    pub fn new(config: EdgeConfig, opener: Arc<dyn StreamOpener>) -> Result<Arc<Self>, EdgeError> {
+        let router = RouteFinder::new(&config.host_pattern, &config.key_header)?;
+        let production = config.production.as_deref().map(Production::new).transpose()?;
+        Ok(Arc::new(Self {
+            config,
+            router,
+            opener,
+            production,
+        }))
+    }
+
+    /// Serves HTTP/1.1 and HTTP/2 (prior knowledge) on `listener` until `shutdown` completes,
+    /// then lets in-flight requests finish for `shutdown_grace_ms`.
+    pub async fn run(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_millis(self.config.header_read_timeout_ms));
+        builder.http2().timer(TokioTimer::new());
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        info!(addr = ?listener.local_addr().ok(), "edge listening");
+        loop {
+            let (stream, peer) = tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let edge = self.clone();
+            let service = hyper::service::service_fn(move |req| {
+                let edge = edge.clone();
+                async move { Ok::<_, std::convert::Infallible>(edge.handle(req, peer).await) }
+            });
+            let conn = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .into_owned();
+            let conn = graceful.watch(conn);
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    debug!(%peer, "connection ended: {e}");
+                }
+            });
+        }
+        let grace = Duration::from_millis(self.config.shutdown_grace_ms);
+        let _ = tokio::time::timeout(grace, graceful.shutdown()).await;
+    }
+
+    /// One request, phase by phase.
+    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<BoxBody> {
+        let started = Instant::now();
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        let (mut parts, body) = req.into_parts();
+
+        // Phase 1: find key.
+        let decision = self.router.decide(&parts);
+
+        // Phase 2: prepare.
+        let host = routing::request_host(&parts).unwrap_or_default();
+        let upgrade = proto::http::is_upgrade_request(&parts.headers);
+        proto::http::strip_hop_by_hop(&mut parts.headers, upgrade);
+        parts.headers.remove(self.router.key_header());
+        self.set_forwarded(&mut parts.headers, peer, &host);
+
+        // Phase 3: forward.
+        let (resp, target) = match decision {
+            RouteDecision::Invalid(reason) => (
+                pages::page(StatusCode::BAD_REQUEST, &parts.headers, "Bad routing key", &reason),
+                "invalid".to_owned(),
+            ),
+            RouteDecision::Developer(key, _) => {
+                let authority = parts
+                    .uri
+                    .authority()
+                    .map(|a| a.as_str().to_owned())
+                    .or_else(|| {
+                        parts.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned)
+                    })
+                    .unwrap_or_default();
+                let head = RequestHead::from_parts(&parts, "http", &authority);
+                let req_headers = parts.headers.clone();
+                let req = Request::from_parts(parts, body);
+                let resp = match tunnel::forward(
+                    self.opener.as_ref(),
+                    key.clone(),
+                    req,
+                    head,
+                    self.config.max_frame_len as usize,
+                )
+                .await
+                {
+                    Ok(r) => r,
+                    Err(tunnel::TunnelError::Open(OpenError::DeveloperOffline(_))) => {
+                        pages::developer_offline(&req_headers, &key)
+                    }
+                    Err(tunnel::TunnelError::Open(OpenError::RelayUnavailable(e))) => pages::page(
+                        StatusCode::BAD_GATEWAY,
+                        &req_headers,
+                        "Relay unavailable",
+                        &format!("The edge cannot reach the DevInProd relay: {e}"),
+                    ),
+                    Err(e) => pages::page(
+                        StatusCode::BAD_GATEWAY,
+                        &req_headers,
+                        "Developer's app failed",
+                        &format!("Routing key {key}: {e}"),
+                    ),
+                };
+                (resp, format!("developer:{key}"))
+            }
+            RouteDecision::Production => {
+                let req_headers = parts.headers.clone();
+                let req = Request::from_parts(parts, body);
+                let resp = match &self.production {
+                    None => pages::page(
+                        StatusCode::BAD_GATEWAY,
+                        &req_headers,
+                        "No production upstream",
+                        "This edge has no production upstream configured and the request names no developer.",
+                    ),
+                    Some(p) => match p.forward(req).await {
+                        Ok(r) => r,
+                        Err(e) => pages::page(StatusCode::BAD_GATEWAY, &req_headers, "Production failed", &e.to_string()),
+                    },
+                };
+                (resp, "production".to_owned())
+            }
+        };
+
+        // Phase 4: log.
+        info!(
+            %peer, %method, %path, %target, status = resp.status().as_u16(),
+            ms = started.elapsed().as_secs_f64() * 1e3, "request"
+        );
+        resp
+    }
+
+    /// `X-Forwarded-For/-Proto/-Host`: appended to when the peer is a trusted proxy, replaced
+    /// otherwise (a visitor cannot claim another address).
+    fn set_forwarded(&self, headers: &mut http::HeaderMap, peer: SocketAddr, host: &str) {
+        let ip = peer.ip().to_canonical();
+        let trusted = self.config.trusted_proxies.iter().any(|n| n.contains(&ip));
+        let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(prev) if trusted => format!("{prev}, {ip}"),
+            _ => ip.to_string(),
+        };
+        if !trusted {
+            for name in ["forwarded", "x-forwarded-proto", "x-forwarded-host", "x-real-ip"] {
+                headers.remove(name);
+            }
+        }
+        if let Ok(v) = HeaderValue::from_str(&xff) {
+            headers.insert("x-forwarded-for", v);
+        }
+        if !headers.contains_key("x-forwarded-proto") {
+            headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        }
+        if !headers.contains_key("x-forwarded-host") {
+            if let Ok(v) = HeaderValue::from_str(host) {
+                headers.insert("x-forwarded-host", v);
+            }
+        }
+    }
+}

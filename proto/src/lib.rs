@@ -36,6 +36,7 @@
 
 pub mod codes;
 pub mod frame;
+pub mod handshake;
 pub mod http;
 pub mod ids;
 pub mod messages;
@@ -45,6 +46,7 @@ pub use frame::{
     read_frame, read_required, write_data, write_frame, Frame, FrameError, MAX_FRAME_LEN,
     PROTOCOL_VERSION,
 };
+pub use handshake::{handshake, HandshakeError};
 pub use ids::{AuthToken, IdError, Role, RoutingKey};
 pub use messages::*;
 pub use seam::{OpenError, OpenFuture, StreamOpener, TunnelStream};

@@ -9,8 +9,23 @@ fn vi(code: u32) -> quinn::VarInt {
 }
 
 async fn pipe(mut from: RecvStream, mut to: SendStream) {
+    // A STOP_SENDING on `to` must reach the source even while nothing is being written (a
+    // visitor who leaves while the developer's app is still thinking).
+    let stopped = to.stopped();
+    tokio::pin!(stopped);
     loop {
-        match from.read_chunk(usize::MAX, true).await {
+        let read = tokio::select! {
+            read = from.read_chunk(usize::MAX, true) => read,
+            stop = &mut stopped => {
+                let code = match stop {
+                    Ok(Some(code)) => code,
+                    _ => vi(codes::STREAM_PEER_FAILED),
+                };
+                let _ = from.stop(code);
+                return;
+            }
+        };
+        match read {
             Ok(Some(chunk)) => {
                 if let Err(e) = to.write_chunk(chunk.bytes).await {
                     let code = match e {

@@ -1,0 +1,96 @@
+//! The edge's configuration (`edge.toml`, or the `[edge]` table of `up --config`). Every key is
+//! optional; defaults live in [`EdgeConfig::default`] and nowhere else.
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EdgeConfig {
+    /// TCP address of the public HTTP listener.
+    pub listen: SocketAddr,
+    /// Production upstream, e.g. `http://127.0.0.1:3000`: where requests without a routing key
+    /// go. Without one, such requests get 502.
+    pub production: Option<String>,
+    /// Regular expression over the host name (port removed) with a named group `key`; matched
+    /// case-insensitively.
+    pub host_pattern: String,
+    /// Request header that names a routing key when the host does not. Removed before the
+    /// request goes anywhere.
+    pub key_header: String,
+    /// Peers whose `X-Forwarded-*`/`Forwarded` headers are believed (e.g. a TLS terminator in
+    /// front of the edge). From anyone else, those headers are replaced.
+    pub trusted_proxies: Vec<IpNet>,
+    /// `HOST:PORT` of the relay, for an edge running as its own process. (`devinprod up` runs
+    /// the edge in the relay's process and ignores this.)
+    pub relay: Option<String>,
+    /// TLS name to expect on the relay's certificate. Default: the host part of `relay`.
+    pub relay_server_name: Option<String>,
+    /// Where the edge's PKI files live unless given one by one below.
+    pub state_dir: PathBuf,
+    /// CA that issued the relay's certificate. Default: `<state_dir>/ca.pem`.
+    pub ca: Option<PathBuf>,
+    /// The edge's client certificate (role edge). Default: `<state_dir>/edge.pem`.
+    pub cert: Option<PathBuf>,
+    /// The edge's private key. Default: `<state_dir>/edge.key`.
+    pub key: Option<PathBuf>,
+    /// Time a visitor has to send a request head, in milliseconds.
+    pub header_read_timeout_ms: u64,
+    /// Keep-alive toward the relay, in milliseconds.
+    pub keep_alive_interval_ms: u64,
+    /// The relay connection is dead after this much silence, in milliseconds.
+    pub idle_timeout_ms: u64,
+    /// Largest frame read from a tunnel stream.
+    pub max_frame_len: u32,
+    /// How long a shutting-down edge lets in-flight requests finish, in milliseconds.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            production: None,
+            host_pattern: "^www-(?P<key>[a-z0-9]{6})[.-]".into(),
+            key_header: "x-devinprod-key".into(),
+            trusted_proxies: Vec::new(),
+            relay: None,
+            relay_server_name: None,
+            state_dir: PathBuf::from(".devinprod"),
+            ca: None,
+            cert: None,
+            key: None,
+            header_read_timeout_ms: 30_000,
+            keep_alive_interval_ms: 10_000,
+            idle_timeout_ms: 30_000,
+            max_frame_len: proto::MAX_FRAME_LEN as u32,
+            shutdown_grace_ms: 5_000,
+        }
+    }
+}
+
+impl EdgeConfig {
+    pub fn ca_path(&self) -> PathBuf {
+        self.ca.clone().unwrap_or_else(|| self.state_dir.join("ca.pem"))
+    }
+    pub fn cert_path(&self) -> PathBuf {
+        self.cert.clone().unwrap_or_else(|| self.state_dir.join("edge.pem"))
+    }
+    pub fn key_path(&self) -> PathBuf {
+        self.key.clone().unwrap_or_else(|| self.state_dir.join("edge.key"))
+    }
+
+    pub(crate) fn transport(&self) -> quinn::TransportConfig {
+        let mut t = quinn::TransportConfig::default();
+        t.max_concurrent_bidi_streams(0u32.into());
+        t.max_concurrent_uni_streams(0u32.into());
+        t.keep_alive_interval(Some(Duration::from_millis(self.keep_alive_interval_ms)));
+        let idle = quinn::IdleTimeout::try_from(Duration::from_millis(self.idle_timeout_ms))
+            .unwrap_or(quinn::VarInt::MAX.into());
+        t.max_idle_timeout(Some(idle));
+        t
+    }
+}

@@ -1,0 +1,117 @@
+//! The separate edge's [`StreamOpener`]: one QUIC connection to the relay (mTLS with the edge
+//! role certificate), re-established on demand, one stream per request starting with `Route`.
+
+use crate::config::EdgeConfig;
+use proto::{
+    handshake, write_frame, Frame, Hello, OpenError, OpenFuture, Role, RouteRequest, RoutingKey,
+    StreamOpener, TunnelStream,
+};
+use std::net::{SocketAddr, ToSocketAddrs};
+use tokio::sync::Mutex;
+use tracing::{info, warn};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectorError {
+    #[error(transparent)]
+    Certs(#[from] certs::CertsError),
+    #[error("relay address {0:?} must be HOST:PORT")]
+    BadAddress(String),
+    #[error("cannot resolve relay address {addr:?}: {detail}")]
+    Resolve { addr: String, detail: String },
+}
+
+pub struct RelayConnector {
+    endpoint: quinn::Endpoint,
+    relay: String,
+    server_name: String,
+    conn: Mutex<Option<quinn::Connection>>,
+}
+
+impl RelayConnector {
+    pub fn new(config: &EdgeConfig, relay: &str) -> Result<Self, ConnectorError> {
+        let (host, _) = relay
+            .rsplit_once(':')
+            .ok_or_else(|| ConnectorError::BadAddress(relay.into()))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let server_name = config.relay_server_name.clone().unwrap_or_else(|| host.to_owned());
+        let roots = certs::load_roots(&config.ca_path())?;
+        let identity = certs::Identity::load(&config.cert_path(), &config.key_path())?;
+        let tls = certs::peer_client_config(roots, Some(identity), proto::ALPN)?;
+        let remote = resolve(relay)?;
+        let endpoint = certs::client_endpoint(certs::unspecified_for(remote), tls, config.transport())?;
+        Ok(Self {
+            endpoint,
+            relay: relay.to_owned(),
+            server_name,
+            conn: Mutex::new(None),
+        })
+    }
+
+    /// The live connection, or a new one (handshake included).
+    async fn connection(&self) -> Result<quinn::Connection, OpenError> {
+        let mut guard = self.conn.lock().await;
+        if let Some(c) = guard.as_ref().filter(|c| c.close_reason().is_none()) {
+            return Ok(c.clone());
+        }
+        let unavailable = |what: &str, e: &dyn std::fmt::Display| {
+            OpenError::RelayUnavailable(format!("{what} {}: {e}", self.relay))
+        };
+        let remote = resolve(&self.relay).map_err(|e| OpenError::RelayUnavailable(e.to_string()))?;
+        let conn = self
+            .endpoint
+            .connect(remote, &self.server_name)
+            .map_err(|e| unavailable("cannot connect to relay", &e))?
+            .await
+            .map_err(|e| unavailable("cannot connect to relay", &e))?;
+        let (mut send, mut recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| unavailable("relay connection failed", &e))?;
+        let hello = Hello {
+            role: Role::Edge,
+            token: None,
+            client_name: "edge".into(),
+            capabilities: vec!["http".into()],
+        };
+        let welcome = handshake(&mut send, &mut recv, hello)
+            .await
+            .map_err(|e| unavailable("relay handshake with", &e))?;
+        info!(relay = %self.relay, session = welcome.session, "edge connected to relay");
+        *guard = Some(conn.clone());
+        Ok(conn)
+    }
+
+    async fn open_stream(&self, key: RoutingKey) -> Result<TunnelStream, OpenError> {
+        let conn = self.connection().await?;
+        let (mut send, recv) = conn.open_bi().await.map_err(|e| {
+            warn!("relay connection lost: {e}");
+            OpenError::RelayUnavailable(format!("relay connection lost: {e}"))
+        })?;
+        write_frame(&mut send, &Frame::Route(RouteRequest { key }))
+            .await
+            .map_err(|e| OpenError::RelayUnavailable(e.to_string()))?;
+        Ok(TunnelStream {
+            send: Box::new(send),
+            recv: Box::new(recv),
+        })
+    }
+}
+
+impl StreamOpener for RelayConnector {
+    fn open(&self, key: RoutingKey) -> OpenFuture<'_> {
+        Box::pin(self.open_stream(key))
+    }
+}
+
+fn resolve(addr: &str) -> Result<SocketAddr, ConnectorError> {
+    addr.to_socket_addrs()
+        .map_err(|e| ConnectorError::Resolve {
+            addr: addr.into(),
+            detail: e.to_string(),
+        })?
+        .next()
+        .ok_or_else(|| ConnectorError::Resolve {
+            addr: addr.into(),
+            detail: "no address found".into(),
+        })
+}

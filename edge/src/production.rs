@@ -1,0 +1,94 @@
+//! Phase 3b: forward a request without a routing key to production, through a pooled client.
+
+use crate::{BoxBody, BoxError};
+use http::{Request, Response, Uri};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use proto::http::{is_upgrade_request, strip_hop_by_hop};
+use tracing::debug;
+
+/// The production upstream: a base URL and a connection pool to it.
+pub struct Production {
+    scheme: http::uri::Scheme,
+    authority: http::uri::Authority,
+    client: Client<HttpConnector, BoxBody>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProductionError {
+    #[error("production URL {0:?} must look like http://host:port")]
+    BadUrl(String),
+    #[error("production upstream failed: {0}")]
+    Upstream(String),
+}
+
+impl Production {
+    pub fn new(url: &str) -> Result<Self, ProductionError> {
+        let uri: Uri = url.parse().map_err(|_| ProductionError::BadUrl(url.into()))?;
+        let (Some(scheme), Some(authority)) = (uri.scheme().cloned(), uri.authority().cloned()) else {
+            return Err(ProductionError::BadUrl(url.into()));
+        };
+        if scheme != http::uri::Scheme::HTTP {
+            return Err(ProductionError::BadUrl(url.into()));
+        }
+        let client = Client::builder(TokioExecutor::new())
+            // The visitor's Host goes to production unchanged, as behind any reverse proxy.
+            .set_host(false)
+            .build_http();
+        Ok(Self {
+            scheme,
+            authority,
+            client,
+        })
+    }
+
+    pub async fn forward(&self, mut req: Request<Incoming>) -> Result<Response<BoxBody>, ProductionError> {
+        let upgrade = is_upgrade_request(req.headers()).then(|| hyper::upgrade::on(&mut req));
+        let (mut parts, body) = req.into_parts();
+        let path = parts.uri.path_and_query().cloned();
+        let mut uri = http::uri::Builder::new()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone());
+        if let Some(p) = path {
+            uri = uri.path_and_query(p);
+        } else {
+            uri = uri.path_and_query("/");
+        }
+        parts.uri = uri.build().map_err(|e| ProductionError::Upstream(e.to_string()))?;
+        // Production speaks HTTP/1.1 to us whatever the visitor spoke.
+        parts.version = http::Version::HTTP_11;
+        if !parts.headers.contains_key(http::header::HOST) {
+            if let Some(h) = crate::routing::request_host(&parts).and_then(|h| h.parse().ok()) {
+                parts.headers.insert(http::header::HOST, h);
+            }
+        }
+        let body = body.map_err(|e| Box::new(e) as BoxError).boxed_unsync();
+        let mut resp = self
+            .client
+            .request(Request::from_parts(parts, body))
+            .await
+            .map_err(|e| ProductionError::Upstream(e.to_string()))?;
+        let switching = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+        if let (true, Some(on_visitor)) = (switching, upgrade) {
+            let on_production = hyper::upgrade::on(&mut resp);
+            tokio::spawn(async move {
+                match tokio::try_join!(on_visitor, on_production) {
+                    Ok((v, p)) => {
+                        let (mut v, mut p) = (TokioIo::new(v), TokioIo::new(p));
+                        let _ = tokio::io::copy_bidirectional(&mut v, &mut p).await;
+                    }
+                    Err(e) => debug!("production upgrade failed: {e}"),
+                }
+            });
+        }
+        let (mut parts, body) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers, switching);
+        Ok(Response::from_parts(
+            parts,
+            body.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),
+        ))
+    }
+}

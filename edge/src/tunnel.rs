@@ -1,0 +1,137 @@
+//! Phase 3a: forward a request to a developer over a tunnel stream and turn the frames that
+//! come back into a response. Bodies stream both ways; a 101 turns the stream into a raw pipe.
+
+use crate::{BoxBody, BoxError};
+use http::{Request, Response};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use proto::http::{is_upgrade_request, list_to_headers, send_body, strip_hop_by_hop, FrameBody};
+use proto::{
+    read_frame, write_frame, Frame, FrameError, OpenError, RequestHead, RouteReply, RoutingKey,
+    StreamHeader, StreamOpener, TunnelStream,
+};
+use tokio::io::AsyncWriteExt;
+use tracing::debug;
+
+/// Why a tunnelled request got no response from the developer's app; each maps to a page.
+#[derive(Debug, thiserror::Error)]
+pub enum TunnelError {
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    #[error("the relay refused the stream: {0}")]
+    RelayRefused(String),
+    #[error("the developer's client failed: {0}")]
+    Developer(String),
+    #[error("the developer's client sent an invalid response: {0}")]
+    BadResponse(String),
+}
+
+fn developer_failed(e: FrameError) -> TunnelError {
+    match e {
+        FrameError::Io(io) => TunnelError::Developer(io.to_string()),
+        FrameError::Truncated | FrameError::MissingFrame { .. } => {
+            TunnelError::Developer("the stream ended before a response head".into())
+        }
+        other => TunnelError::BadResponse(other.to_string()),
+    }
+}
+
+/// Sends `req` (with `head` already prepared by the edge) to the developer holding `key`.
+pub async fn forward(
+    opener: &dyn StreamOpener,
+    key: RoutingKey,
+    mut req: Request<Incoming>,
+    head: RequestHead,
+    max_frame_len: usize,
+) -> Result<Response<BoxBody>, TunnelError> {
+    let TunnelStream { mut send, mut recv } = opener.open(key.clone()).await?;
+    let upgrade = is_upgrade_request(req.headers()).then(|| hyper::upgrade::on(&mut req));
+    write_frame(&mut send, &Frame::StreamHeader(StreamHeader::Http(head)))
+        .await
+        .map_err(developer_failed)?;
+
+    // The request body streams in its own task, so the response can start (and, for gRPC,
+    // stream) while the upload is still going. The task ends with the visitor's body, or when
+    // the stream is stopped by the other side.
+    let mut upgrade_send = None;
+    if upgrade.is_some() {
+        // An upgrade request has no body; after End the stream becomes a raw pipe.
+        write_frame(&mut send, &Frame::End).await.map_err(developer_failed)?;
+        upgrade_send = Some(send);
+    } else {
+        let body = req.into_body();
+        tokio::spawn(async move {
+            match send_body(body, &mut send).await {
+                Ok(()) => {
+                    let _ = send.shutdown().await;
+                }
+                Err(e) => debug!("request body not delivered: {e}"),
+            }
+        });
+    }
+
+    let head = loop {
+        match read_frame(&mut recv, max_frame_len).await.map_err(developer_failed)? {
+            // A remote relay's routing answer precedes the developer's frames.
+            Some(Frame::RouteReply(RouteReply::Connected)) => continue,
+            Some(Frame::RouteReply(RouteReply::Offline)) => {
+                return Err(TunnelError::Open(OpenError::DeveloperOffline(key)))
+            }
+            Some(Frame::RouteReply(RouteReply::Refused(r))) => return Err(TunnelError::RelayRefused(r)),
+            Some(Frame::ResponseHead(h)) => break h,
+            Some(Frame::Abort(a)) => return Err(TunnelError::Developer(a.reason)),
+            Some(other) => {
+                return Err(TunnelError::BadResponse(format!(
+                    "expected a response head, got {}",
+                    other.name()
+                )))
+            }
+            None => {
+                return Err(TunnelError::Developer(
+                    "the stream ended before a response head".into(),
+                ))
+            }
+        }
+    };
+
+    let status = http::StatusCode::from_u16(head.status)
+        .map_err(|_| TunnelError::BadResponse(format!("status {} is not valid", head.status)))?;
+    let mut headers = list_to_headers(&head.headers).map_err(|e| TunnelError::BadResponse(e.to_string()))?;
+    let switching = status == http::StatusCode::SWITCHING_PROTOCOLS;
+    strip_hop_by_hop(&mut headers, switching);
+
+    let mut resp = Response::new(crate::empty());
+    *resp.status_mut() = status;
+    *resp.headers_mut() = headers;
+    match (switching, upgrade, upgrade_send) {
+        (true, Some(on_upgrade), Some(send)) => {
+            tokio::spawn(async move {
+                let visitor = match on_upgrade.await {
+                    Ok(u) => u,
+                    Err(e) => {
+                        debug!("visitor upgrade failed: {e}");
+                        return;
+                    }
+                };
+                let mut visitor = TokioIo::new(visitor);
+                let mut tunnel = tokio::io::join(recv, send);
+                if let Err(e) = tokio::io::copy_bidirectional(&mut visitor, &mut tunnel).await {
+                    debug!("upgraded connection ended: {e}");
+                }
+            });
+        }
+        (true, _, _) => {
+            return Err(TunnelError::BadResponse(
+                "101 Switching Protocols to a request that did not ask to upgrade".into(),
+            ))
+        }
+        _ => {
+            *resp.body_mut() = FrameBody::new(recv, max_frame_len)
+                .map_err(|e| Box::new(e) as BoxError)
+                .boxed_unsync();
+        }
+    }
+    Ok(resp)
+}
+
