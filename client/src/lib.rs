@@ -1,1 +1,16 @@
+//! # client — the developer's agent and the `devinprod` command line
+//!
+//! * [`agent`]: `devinprod connect` — one QUIC connection to the relay; each stream the relay
+//!   opens carries one HTTP request, which [`local`] replays against the developer's app.
+//! * [`cli`] and [`commands`]: every subcommand of `devinprod`; they call into the `relay`,
+//!   `edge` and `certs` libraries, so one binary serves operators and developers alike.
+
 #![forbid(unsafe_code)]
+
+pub mod agent;
+pub mod local;
+
+pub use agent::{Agent, AgentConfig, AgentEvent, AgentExit};
+pub mod cli;
+pub mod commands;
+mod config_file;

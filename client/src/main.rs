@@ -1,1 +1,40 @@
-fn main() {}
+//! `devinprod`: parse the command line, set up logging, hand over to the command.
+
+use clap::Parser;
+use client::cli::{CertsCommand, Cli, Command, TokenCommand};
+use client::commands;
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    // Servers log at info by default; the developer's terminal stays for the request log.
+    let default_level = match cli.command {
+        Command::Relay(_) | Command::Edge(_) | Command::Up(_) => "info",
+        _ => "warn",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)))
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Certs { command: CertsCommand::Init { dir, relay_names } } => commands::certs_init::run(&dir, &relay_names),
+        Command::Relay(args) => commands::servers::relay(args).await,
+        Command::Edge(args) => commands::servers::edge(args).await,
+        Command::Up(args) => commands::servers::up(args).await,
+        Command::Demo(args) => commands::demo::run(args).await,
+        Command::Token { command } => match command {
+            TokenCommand::Create { admin, name } => commands::token::create(&admin, name).await,
+            TokenCommand::List { admin } => commands::token::list(&admin).await,
+            TokenCommand::Revoke { admin, key } => commands::token::revoke(&admin, &key).await,
+        },
+        Command::Connect(args) => commands::connect::run(args).await,
+    };
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("devinprod: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}

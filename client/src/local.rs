@@ -1,0 +1,216 @@
+//! The developer side of one HTTP stream: rebuild the request from frames, send it to the
+//! local app, send the response back as frames. Streams both ways; a 101 becomes a raw pipe;
+//! a visitor who leaves (STOP_SENDING) cancels the local request.
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use proto::http::{is_upgrade_request, list_to_headers, send_body, strip_hop_by_hop, FrameBody};
+use proto::{read_frame, write_frame, Frame, RequestHead, ResponseHead};
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+use tracing::debug;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+/// The developer's local app and a connection pool to it.
+pub struct LocalApp {
+    authority: http::uri::Authority,
+    h2c: bool,
+    client: Client<HttpConnector, Body>,
+}
+
+/// One finished request, for the terminal's access log.
+#[derive(Debug, Clone)]
+pub struct RequestRecord {
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+    pub duration: Duration,
+}
+
+impl LocalApp {
+    /// `addr` is `HOST:PORT` (or `http://HOST:PORT`); `h2c` speaks HTTP/2 without TLS to it.
+    pub fn new(addr: &str, h2c: bool) -> Result<Self, String> {
+        let bare = addr.trim_start_matches("http://").trim_end_matches('/');
+        let authority: http::uri::Authority = bare
+            .parse()
+            .map_err(|_| format!("--http {addr:?} must be HOST:PORT, e.g. 127.0.0.1:3000"))?;
+        if authority.port_u16().is_none() {
+            return Err(format!("--http {addr:?} needs a port, e.g. 127.0.0.1:3000"));
+        }
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder.set_host(false).pool_idle_timeout(Duration::from_secs(30));
+        if h2c {
+            builder.http2_only(true);
+        }
+        Ok(Self {
+            authority,
+            h2c,
+            client: builder.build_http(),
+        })
+    }
+
+    pub fn authority(&self) -> &str {
+        self.authority.as_str()
+    }
+
+    fn request(&self, head: &RequestHead, body: Body) -> Result<Request<Body>, String> {
+        let uri = http::Uri::builder()
+            .scheme("http")
+            .authority(self.authority.clone())
+            .path_and_query(head.path_and_query.as_str())
+            .build()
+            .map_err(|e| format!("bad request target {:?}: {e}", head.path_and_query))?;
+        let mut headers = list_to_headers(&head.headers).map_err(|e| e.to_string())?;
+        if !headers.contains_key(http::header::HOST) && !head.authority.is_empty() {
+            if let Ok(v) = head.authority.parse() {
+                headers.insert(http::header::HOST, v);
+            }
+        }
+        let mut req = Request::new(body);
+        *req.method_mut() = http::Method::from_bytes(head.method.as_bytes())
+            .map_err(|_| format!("bad method {:?}", head.method))?;
+        *req.uri_mut() = uri;
+        *req.version_mut() = if self.h2c { http::Version::HTTP_2 } else { http::Version::HTTP_11 };
+        *req.headers_mut() = headers;
+        Ok(req)
+    }
+
+    /// Serves one stream whose `StreamHeader::Http(head)` has been read.
+    pub async fn serve(
+        &self,
+        head: RequestHead,
+        mut send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+        max_frame_len: usize,
+    ) -> RequestRecord {
+        let started = Instant::now();
+        let mut record = RequestRecord {
+            method: head.method.clone(),
+            path: head.path_and_query.clone(),
+            status: 0,
+            duration: Duration::ZERO,
+        };
+        let upgrade = list_to_headers(&head.headers).is_ok_and(|h| is_upgrade_request(&h));
+        // The request body, and for an upgrade the rest of the stream (the raw pipe after End).
+        let (body, pipe_recv): (Body, Option<quinn::RecvStream>) = if upgrade {
+            match read_frame(&mut recv, max_frame_len).await {
+                Ok(Some(Frame::End)) => (Empty::new().map_err(|n| match n {}).boxed_unsync(), Some(recv)),
+                other => {
+                    debug!("upgrade request with a body, or a broken stream: {other:?}");
+                    let _ = send.reset(quinn::VarInt::from_u32(proto::codes::STREAM_BAD_HEADER));
+                    return record;
+                }
+            }
+        } else {
+            let body = FrameBody::new(Box::new(recv), max_frame_len);
+            (body.map_err(|e| Box::new(e) as BoxError).boxed_unsync(), None)
+        };
+        let req = match self.request(&head, body) {
+            Ok(r) => r,
+            Err(e) => return self.reply_error(&mut send, record, started, StatusCode::BAD_GATEWAY, e).await,
+        };
+        let mut resp = match self.send_watching(req, &send).await {
+            Some(Ok(r)) => r,
+            Some(Err(e)) => {
+                let msg = format!("devinprod: cannot reach your local app at {}: {e}", self.authority);
+                return self.reply_error(&mut send, record, started, StatusCode::BAD_GATEWAY, msg).await;
+            }
+            None => {
+                debug!("visitor left before the local app answered; request cancelled");
+                record.duration = started.elapsed();
+                return record;
+            }
+        };
+        record.status = resp.status().as_u16();
+        let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS && pipe_recv.is_some();
+        let on_upgrade = switching.then(|| hyper::upgrade::on(&mut resp));
+        let (mut parts, body) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers, switching);
+        if write_frame(&mut send, &Frame::ResponseHead(ResponseHead::from_parts(&parts)))
+            .await
+            .is_err()
+        {
+            record.duration = started.elapsed();
+            return record;
+        }
+        match (on_upgrade, pipe_recv) {
+            (Some(on_upgrade), Some(recv)) => match on_upgrade.await {
+                Ok(upgraded) => {
+                    let mut local = TokioIo::new(upgraded);
+                    let mut tunnel = tokio::io::join(recv, send);
+                    let _ = tokio::io::copy_bidirectional(&mut local, &mut tunnel).await;
+                }
+                Err(e) => debug!("local upgrade failed: {e}"),
+            },
+            _ => match send_body(body, &mut send).await {
+                Ok(()) => {
+                    let _ = send.shutdown().await;
+                }
+                Err(e) => debug!("response body cut: {e}"),
+            },
+        }
+        record.duration = started.elapsed();
+        record
+    }
+
+    /// Sends `req` to the local app, unless the visitor goes away first (`None`): then the
+    /// request future is dropped, which closes the connection to the local app.
+    async fn send_watching(
+        &self,
+        req: Request<Body>,
+        send: &quinn::SendStream,
+    ) -> Option<Result<Response<hyper::body::Incoming>, String>> {
+        let stopped = send.stopped();
+        tokio::select! {
+            r = self.client.request(req) => Some(r.map_err(|e| error_chain(&e))),
+            _ = stopped => None,
+        }
+    }
+
+    async fn reply_error(
+        &self,
+        send: &mut quinn::SendStream,
+        mut record: RequestRecord,
+        started: Instant,
+        status: StatusCode,
+        message: String,
+    ) -> RequestRecord {
+        record.status = status.as_u16();
+        let head = ResponseHead {
+            status: status.as_u16(),
+            version: proto::HttpVersion::Http11,
+            headers: vec![("content-type".into(), b"text/plain; charset=utf-8".to_vec())],
+        };
+        if write_frame(send, &Frame::ResponseHead(head)).await.is_ok() {
+            let body = Full::new(Bytes::from(message + "\n"));
+            if send_body(body, send).await.is_ok() {
+                let _ = send.shutdown().await;
+            }
+        }
+        record.duration = started.elapsed();
+        record
+    }
+}
+
+/// An error and its causes on one line ("client error (Connect): tcp connect error: Connection
+/// refused"), since hyper's top-level message alone says little.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let msg = s.to_string();
+        if !out.contains(&msg) {
+            out.push_str(": ");
+            out.push_str(&msg);
+        }
+        cur = s.source();
+    }
+    out
+}
