@@ -26,10 +26,27 @@ fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
 fn endpoint(
     addr: SocketAddr,
     server: Option<quinn::ServerConfig>,
+    reset_secret: Option<&[u8]>,
 ) -> Result<quinn::Endpoint, CertsError> {
     let socket = udp_socket(addr).map_err(|e| CertsError::Bind { addr, source: e })?;
+    let config = match reset_secret {
+        Some(secret) => {
+            let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+            // Connection IDs carry a keyed hash that the endpoint checks before anything else;
+            // with a random key, a restarted server would drop its old IDs unanswered instead
+            // of resetting them. Derive that key from the same persistent secret.
+            let tag = ring::hmac::sign(&key, b"devinprod connection id key");
+            let mut cid_key = [0u8; 8];
+            cid_key.copy_from_slice(&tag.as_ref()[..8]);
+            let cid_key = u64::from_le_bytes(cid_key);
+            let mut config = quinn::EndpointConfig::new(Arc::new(key));
+            config.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
+            config
+        }
+        None => quinn::EndpointConfig::default(),
+    };
     quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
+        config,
         server,
         socket,
         Arc::new(quinn::TokioRuntime),
@@ -38,15 +55,20 @@ fn endpoint(
 }
 
 /// A QUIC server endpoint bound to `addr` (port 0 picks a free port).
+///
+/// `reset_secret` keys QUIC stateless resets. A server that keeps it across restarts (see
+/// [`crate::load_or_create_secret`]) can reset the connections of its previous life, so their
+/// clients learn at their next packet that it restarted instead of waiting for the idle timeout.
 pub fn server_endpoint(
     addr: SocketAddr,
     tls: rustls::ServerConfig,
     transport: quinn::TransportConfig,
+    reset_secret: Option<&[u8]>,
 ) -> Result<quinn::Endpoint, CertsError> {
     let crypto = QuicServerConfig::try_from(tls).map_err(|e| CertsError::Tls(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(Arc::new(transport));
-    endpoint(addr, Some(config))
+    endpoint(addr, Some(config), reset_secret)
 }
 
 /// A QUIC client endpoint bound to `bind` (usually `0.0.0.0:0` or `[::]:0`) whose default
@@ -59,7 +81,7 @@ pub fn client_endpoint(
     let crypto = QuicClientConfig::try_from(tls).map_err(|e| CertsError::Tls(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(Arc::new(transport));
-    let mut ep = endpoint(bind, None)?;
+    let mut ep = endpoint(bind, None, None)?;
     ep.set_default_client_config(config);
     Ok(ep)
 }

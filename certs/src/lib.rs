@@ -18,7 +18,7 @@ mod tls;
 
 pub use endpoint::{client_endpoint, server_endpoint, unspecified_for, UDP_BUFFER_BYTES};
 
-pub use pki::{ensure_pki, FileOutcome, Leaf, PkiPaths, CA_VALIDITY, DEFAULT_RELAY_NAMES, LEAF_VALIDITY};
+pub use pki::{ensure_pki, load_or_create_secret, FileOutcome, Leaf, PkiPaths, CA_VALIDITY, DEFAULT_RELAY_NAMES, LEAF_VALIDITY};
 pub use tls::{
     load_certs, load_key, load_roots, peer_client_config, peer_role, provider,
     relay_server_config, Identity,

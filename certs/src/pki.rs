@@ -217,3 +217,34 @@ fn write_file(path: &Path, contents: &str, private: bool) -> Result<(), CertsErr
     f.write_all(contents.as_bytes())
         .map_err(|e| CertsError::io(path, e))
 }
+
+/// Reads the secret in `path`, or creates it with `len` random bytes (mode 0600).
+pub fn load_or_create_secret(path: &Path, len: usize) -> Result<Vec<u8>, CertsError> {
+    match fs::read(path) {
+        Ok(bytes) if bytes.len() == len => return Ok(bytes),
+        Ok(bytes) => {
+            return Err(CertsError::Inconsistent(format!(
+                "{} holds {} bytes, expected {len}; remove it to have a new one made",
+                path.display(),
+                bytes.len()
+            )))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(CertsError::io(path, e)),
+    }
+    let mut secret = vec![0u8; len];
+    getrandom::fill(&mut secret).map_err(CertsError::generate)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).map_err(|e| CertsError::io(dir, e))?;
+    }
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path).map_err(|e| CertsError::io(path, e))?;
+    f.write_all(&secret).map_err(|e| CertsError::io(path, e))?;
+    Ok(secret)
+}

@@ -85,6 +85,11 @@ impl RelayConfig {
     pub fn ca_path(&self) -> PathBuf {
         self.ca.clone().unwrap_or_else(|| self.state_dir.join("ca.pem"))
     }
+    /// Secret that keys QUIC stateless resets, kept across restarts so that a restarted relay
+    /// can tell the clients of its previous life at once (`<state_dir>/reset.key`).
+    pub fn reset_key_path(&self) -> PathBuf {
+        self.state_dir.join("reset.key")
+    }
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_millis(self.handshake_timeout_ms)
     }

@@ -33,6 +33,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tracing::info;
 
+/// Length of the stateless-reset secret kept in the state directory.
+const RESET_SECRET_LEN: usize = 64;
+
 /// How long a shutting-down relay waits for its peers to acknowledge the close.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
@@ -89,7 +92,13 @@ impl Relay {
         let identity = certs::Identity::load(&self.config.cert_path(), &self.config.key_path())?;
         let roots = certs::load_roots(&self.config.ca_path())?;
         let tls = certs::relay_server_config(identity, roots, proto::ALPN)?;
-        Ok(certs::server_endpoint(self.config.listen, tls, self.config.transport())?)
+        let reset_secret = certs::load_or_create_secret(&self.config.reset_key_path(), RESET_SECRET_LEN)?;
+        Ok(certs::server_endpoint(
+            self.config.listen,
+            tls,
+            self.config.transport(),
+            Some(&reset_secret),
+        )?)
     }
 
     /// Accepts connections on `endpoint` until `shutdown` completes, then closes every

@@ -123,7 +123,11 @@ pub async fn relay(args: RelayArgs) -> anyhow::Result<i32> {
         )
     })?;
     let admin = bind_tcp(config.admin_listen, "admin API").await?;
-    println!("relay listening on {} (QUIC/UDP), admin API on http://{}", config.listen, config.admin_listen);
+    println!(
+        "relay listening on {} (QUIC/UDP), admin API on http://{}",
+        endpoint.local_addr().context("relay address")?,
+        admin.local_addr().context("admin address")?
+    );
     let mut running = Running::new();
     running.tasks.spawn(relay.clone().run(endpoint, running.stop_signal()));
     running.tasks.spawn(relay::serve_admin(relay, admin, running.stop_signal()));
@@ -139,7 +143,7 @@ pub async fn edge(args: EdgeArgs) -> anyhow::Result<i32> {
     let connector = RelayConnector::new(&config, &relay_addr).context("cannot set up the connection to the relay")?;
     let listener = bind_tcp(config.listen, "edge").await?;
     let edge = Edge::new(config.clone(), Arc::new(connector)).context("invalid edge configuration")?;
-    println!("edge listening on http://{} → relay {relay_addr}", config.listen);
+    println!("edge listening on http://{} → relay {relay_addr}", listener.local_addr()?);
     let mut running = Running::new();
     running.tasks.spawn(edge.run(listener, running.stop_signal()));
     running.serve_until(super::shutdown_signal()).await;
