@@ -40,18 +40,15 @@ fn endpoint(
             cid_key.copy_from_slice(&tag.as_ref()[..8]);
             let cid_key = u64::from_le_bytes(cid_key);
             let mut config = quinn::EndpointConfig::new(Arc::new(key));
-            config.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
+            config.cid_generator(move || {
+                Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+            });
             config
         }
         None => quinn::EndpointConfig::default(),
     };
-    quinn::Endpoint::new(
-        config,
-        server,
-        socket,
-        Arc::new(quinn::TokioRuntime),
-    )
-    .map_err(|e| CertsError::Bind { addr, source: e })
+    quinn::Endpoint::new(config, server, socket, Arc::new(quinn::TokioRuntime))
+        .map_err(|e| CertsError::Bind { addr, source: e })
 }
 
 /// A QUIC server endpoint bound to `addr` (port 0 picks a free port).

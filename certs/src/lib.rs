@@ -18,10 +18,13 @@ mod tls;
 
 pub use endpoint::{client_endpoint, server_endpoint, unspecified_for, UDP_BUFFER_BYTES};
 
-pub use pki::{ensure_pki, load_or_create_secret, FileOutcome, Leaf, PkiPaths, CA_VALIDITY, DEFAULT_RELAY_NAMES, LEAF_VALIDITY};
+pub use pki::{
+    ensure_pki, load_or_create_secret, FileOutcome, Leaf, PkiPaths, CA_VALIDITY,
+    DEFAULT_RELAY_NAMES, LEAF_VALIDITY,
+};
 pub use tls::{
-    load_certs, load_key, load_roots, peer_client_config, peer_role, provider,
-    relay_server_config, Identity,
+    load_certs, load_key, load_roots, peer_client_config, peer_role, provider, relay_server_config,
+    Identity,
 };
 
 use std::path::{Path, PathBuf};
@@ -91,7 +94,10 @@ mod tests {
         std::fs::remove_file(dir.path().join("edge.pem")).unwrap();
         let second = ensure_pki(dir.path(), &[]).unwrap();
         assert_eq!(
-            second.iter().filter(|o| matches!(o, FileOutcome::Created(_))).count(),
+            second
+                .iter()
+                .filter(|o| matches!(o, FileOutcome::Created(_)))
+                .count(),
             1
         );
         assert_eq!(std::fs::read(dir.path().join("ca.pem")).unwrap(), ca_before);
@@ -109,7 +115,10 @@ mod tests {
         let relay = &load_certs(&p.cert(Leaf::Relay)).unwrap()[0];
         assert_eq!(peer_role(relay), None);
         let (_, parsed) = x509_parser::parse_x509_certificate(relay.as_ref()).unwrap();
-        let sans = format!("{:?}", parsed.subject_alternative_name().unwrap().unwrap().value);
+        let sans = format!(
+            "{:?}",
+            parsed.subject_alternative_name().unwrap().unwrap().value
+        );
         assert!(sans.contains("DNSName(\"relay.example.com\")"), "{sans}");
         assert!(sans.contains("IPAddress([10, 0, 0, 7])"), "{sans}");
         let v = parsed.validity();
@@ -138,7 +147,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(server.alpn_protocols, vec![proto::ALPN.to_vec()]);
-        let id = Identity::load(&p.cert(Leaf::Role(Role::Edge)), &p.key(Leaf::Role(Role::Edge))).unwrap();
+        let id = Identity::load(
+            &p.cert(Leaf::Role(Role::Edge)),
+            &p.key(Leaf::Role(Role::Edge)),
+        )
+        .unwrap();
         peer_client_config(load_roots(&p.ca_cert()).unwrap(), Some(id), proto::ALPN).unwrap();
         let err = load_certs(&p.key(Leaf::Relay)).unwrap_err().to_string();
         assert!(err.contains("relay.key"), "{err}");

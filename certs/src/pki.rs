@@ -5,8 +5,8 @@
 use crate::CertsError;
 use proto::Role;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use std::fs;
 use std::io::Write;
@@ -58,7 +58,11 @@ pub enum Leaf {
 }
 
 impl Leaf {
-    pub const ALL: [Leaf; 3] = [Leaf::Relay, Leaf::Role(Role::Edge), Leaf::Role(Role::DbProxy)];
+    pub const ALL: [Leaf; 3] = [
+        Leaf::Relay,
+        Leaf::Role(Role::Edge),
+        Leaf::Role(Role::DbProxy),
+    ];
 
     fn file_stem(self) -> &'static str {
         match self {
@@ -148,7 +152,9 @@ pub fn ensure_pki(dir: &Path, relay_names: &[String]) -> Result<Vec<FileOutcome>
             key
         };
         let params = leaf_params(leaf, relay_names, now)?;
-        let cert = params.signed_by(&key, &issuer).map_err(CertsError::generate)?;
+        let cert = params
+            .signed_by(&key, &issuer)
+            .map_err(CertsError::generate)?;
         write_file(&cert_path, &cert.pem(), false)?;
         outcomes.push(FileOutcome::Created(cert_path));
     }

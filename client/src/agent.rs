@@ -8,7 +8,10 @@
 
 use crate::local::LocalApp;
 use crate::local::RequestRecord;
-use proto::{codes, handshake, read_frame, AuthToken, Frame, HandshakeError, Hello, Refusal, Role, StreamHeader};
+use proto::{
+    codes, handshake, read_frame, AuthToken, Frame, HandshakeError, Hello, Refusal, Role,
+    StreamHeader,
+};
 use rand::RngExt;
 use std::future::Future;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -70,7 +73,10 @@ pub enum AgentEvent {
         session: u64,
     },
     /// Lost or could not reach the relay; trying again after `retry_in`.
-    Disconnected { reason: String, retry_in: Duration },
+    Disconnected {
+        reason: String,
+        retry_in: Duration,
+    },
     Request(RequestRecord),
 }
 
@@ -133,7 +139,10 @@ impl Agent {
             .relay
             .rsplit_once(':')
             .ok_or_else(|| AgentError::BadRelay(config.relay.clone()))?;
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
         let server_name = config.server_name.clone().unwrap_or(host);
         let roots = match &config.ca {
             Some(ca) => certs::load_roots(ca)?,
@@ -150,9 +159,11 @@ impl Agent {
             quinn::IdleTimeout::try_from(config.idle_timeout).unwrap_or(quinn::VarInt::MAX.into()),
         ));
         // The relay may sit on v4 or v6; bind the matching family (dual-stack where possible).
-        let family_hint = resolve(&config.relay).unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let family_hint =
+            resolve(&config.relay).unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         let endpoint = certs::client_endpoint(certs::unspecified_for(family_hint), tls, transport)?;
-        let local = Arc::new(LocalApp::new(&config.http, config.h2c).map_err(AgentError::LocalApp)?);
+        let local =
+            Arc::new(LocalApp::new(&config.http, config.h2c).map_err(AgentError::LocalApp)?);
         Ok(Self {
             config,
             endpoint,
@@ -176,9 +187,16 @@ impl Agent {
                     backoff = self.config.backoff_initial;
                     match self.serve(&conn, &mut shutdown).await {
                         Ok(exit) => {
-                            conn.close(quinn::VarInt::from_u32(codes::CLOSE_NORMAL), b"client shutting down");
+                            conn.close(
+                                quinn::VarInt::from_u32(codes::CLOSE_NORMAL),
+                                b"client shutting down",
+                            );
                             // Let the close reach the relay, briefly.
-                            let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+                            let _ = tokio::time::timeout(
+                                Duration::from_secs(1),
+                                self.endpoint.wait_idle(),
+                            )
+                            .await;
                             return exit;
                         }
                         Err(AttemptError::Exit(exit)) => return exit,
@@ -206,9 +224,16 @@ impl Agent {
         let connecting = self
             .endpoint
             .connect(remote, &self.server_name)
-            .map_err(|e| AttemptError::Retry(format!("cannot connect to {}: {e}", self.config.relay)))?;
-        let conn = connecting.await.map_err(|e| classify_close(&e, &self.config.relay))?;
-        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| classify_close(&e, &self.config.relay))?;
+            .map_err(|e| {
+                AttemptError::Retry(format!("cannot connect to {}: {e}", self.config.relay))
+            })?;
+        let conn = connecting
+            .await
+            .map_err(|e| classify_close(&e, &self.config.relay))?;
+        let (mut send, mut recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| classify_close(&e, &self.config.relay))?;
         let hello = Hello {
             role: Role::Developer,
             token: Some(self.config.token.clone()),
@@ -228,7 +253,9 @@ impl Agent {
                 });
                 Ok(conn)
             }
-            Err(HandshakeError::Refused(r)) if r.code.is_permanent() => Err(AttemptError::Exit(AgentExit::Refused(r))),
+            Err(HandshakeError::Refused(r)) if r.code.is_permanent() => {
+                Err(AttemptError::Exit(AgentExit::Refused(r)))
+            }
             Err(HandshakeError::Refused(r)) => Err(AttemptError::Retry(r.reason)),
             // The Refusal frame may be lost to the close; the close carries the same reason.
             Err(e) => match conn.close_reason() {

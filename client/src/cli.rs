@@ -5,7 +5,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
-#[command(name = "devinprod", version, about = "Develop in production, safely: route your own requests to your laptop.")]
+#[command(
+    name = "devinprod",
+    version,
+    about = "Develop in production, safely: route your own requests to your laptop."
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

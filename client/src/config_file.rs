@@ -6,7 +6,8 @@ use serde::de::DeserializeOwned;
 use std::path::Path;
 
 pub fn load<T: DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
     parse(&text).map_err(|e| anyhow!("{}: {e}", path.display()))
 }
 
@@ -26,7 +27,10 @@ pub fn parse<T: DeserializeOwned>(text: &str) -> Result<T, String> {
 /// toml renders errors over several lines with a caret; keep the location and the message.
 fn one_line(s: &str) -> String {
     let lines: Vec<&str> = s.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
-    let location = lines.iter().find(|l| l.starts_with("TOML parse error")).map(|l| l.trim_start_matches("TOML parse error "));
+    let location = lines
+        .iter()
+        .find(|l| l.starts_with("TOML parse error"))
+        .map(|l| l.trim_start_matches("TOML parse error "));
     let message = lines.last().copied().unwrap_or(s);
     match location {
         Some(loc) if !message.starts_with("TOML parse error") => format!("{message} ({loc})"),
@@ -51,7 +55,13 @@ mod tests {
 
     #[test]
     fn every_key_is_optional() {
-        assert_eq!(parse::<relay::RelayConfig>("").unwrap(), relay::RelayConfig::default());
-        assert_eq!(parse::<edge::EdgeConfig>("").unwrap(), edge::EdgeConfig::default());
+        assert_eq!(
+            parse::<relay::RelayConfig>("").unwrap(),
+            relay::RelayConfig::default()
+        );
+        assert_eq!(
+            parse::<edge::EdgeConfig>("").unwrap(),
+            edge::EdgeConfig::default()
+        );
     }
 }

@@ -45,7 +45,9 @@ impl LocalApp {
             return Err(format!("--http {addr:?} needs a port, e.g. 127.0.0.1:3000"));
         }
         let mut builder = Client::builder(TokioExecutor::new());
-        builder.set_host(false).pool_idle_timeout(Duration::from_secs(30));
+        builder
+            .set_host(false)
+            .pool_idle_timeout(Duration::from_secs(30));
         if h2c {
             builder.http2_only(true);
         }
@@ -77,7 +79,11 @@ impl LocalApp {
         *req.method_mut() = http::Method::from_bytes(head.method.as_bytes())
             .map_err(|_| format!("bad method {:?}", head.method))?;
         *req.uri_mut() = uri;
-        *req.version_mut() = if self.h2c { http::Version::HTTP_2 } else { http::Version::HTTP_11 };
+        *req.version_mut() = if self.h2c {
+            http::Version::HTTP_2
+        } else {
+            http::Version::HTTP_11
+        };
         *req.headers_mut() = headers;
         Ok(req)
     }
@@ -101,7 +107,10 @@ impl LocalApp {
         // The request body, and for an upgrade the rest of the stream (the raw pipe after End).
         let (body, pipe_recv): (Body, Option<quinn::RecvStream>) = if upgrade {
             match read_frame(&mut recv, max_frame_len).await {
-                Ok(Some(Frame::End)) => (Empty::new().map_err(|n| match n {}).boxed_unsync(), Some(recv)),
+                Ok(Some(Frame::End)) => (
+                    Empty::new().map_err(|n| match n {}).boxed_unsync(),
+                    Some(recv),
+                ),
                 other => {
                     debug!("upgrade request with a body, or a broken stream: {other:?}");
                     let _ = send.reset(quinn::VarInt::from_u32(proto::codes::STREAM_BAD_HEADER));
@@ -110,17 +119,29 @@ impl LocalApp {
             }
         } else {
             let body = FrameBody::new(Box::new(recv), max_frame_len);
-            (body.map_err(|e| Box::new(e) as BoxError).boxed_unsync(), None)
+            (
+                body.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),
+                None,
+            )
         };
         let req = match self.request(&head, body) {
             Ok(r) => r,
-            Err(e) => return self.reply_error(&mut send, record, started, StatusCode::BAD_GATEWAY, e).await,
+            Err(e) => {
+                return self
+                    .reply_error(&mut send, record, started, StatusCode::BAD_GATEWAY, e)
+                    .await
+            }
         };
         let mut resp = match self.send_watching(req, &send).await {
             Some(Ok(r)) => r,
             Some(Err(e)) => {
-                let msg = format!("devinprod: cannot reach your local app at {}: {e}", self.authority);
-                return self.reply_error(&mut send, record, started, StatusCode::BAD_GATEWAY, msg).await;
+                let msg = format!(
+                    "devinprod: cannot reach your local app at {}: {e}",
+                    self.authority
+                );
+                return self
+                    .reply_error(&mut send, record, started, StatusCode::BAD_GATEWAY, msg)
+                    .await;
             }
             None => {
                 debug!("visitor left before the local app answered; request cancelled");
@@ -133,9 +154,12 @@ impl LocalApp {
         let on_upgrade = switching.then(|| hyper::upgrade::on(&mut resp));
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers, switching);
-        if write_frame(&mut send, &Frame::ResponseHead(ResponseHead::from_parts(&parts)))
-            .await
-            .is_err()
+        if write_frame(
+            &mut send,
+            &Frame::ResponseHead(ResponseHead::from_parts(&parts)),
+        )
+        .await
+        .is_err()
         {
             record.duration = started.elapsed();
             return record;

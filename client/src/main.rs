@@ -6,7 +6,7 @@ use client::commands;
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
-async fn main() {
+async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // Servers log at info by default; the developer's terminal stays for the request log.
     let default_level = match cli.command {
@@ -14,11 +14,15 @@ async fn main() {
         _ => "warn",
     };
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
+        )
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {
-        Command::Certs { command: CertsCommand::Init { dir, relay_names } } => commands::certs_init::run(&dir, &relay_names),
+        Command::Certs {
+            command: CertsCommand::Init { dir, relay_names },
+        } => commands::certs_init::run(&dir, &relay_names),
         Command::Relay(args) => commands::servers::relay(args).await,
         Command::Edge(args) => commands::servers::edge(args).await,
         Command::Up(args) => commands::servers::up(args).await,
@@ -31,10 +35,10 @@ async fn main() {
         Command::Connect(args) => commands::connect::run(args).await,
     };
     match result {
-        Ok(code) => std::process::exit(code),
+        Ok(code) => std::process::ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(e) => {
             eprintln!("devinprod: {e:#}");
-            std::process::exit(1);
+            std::process::ExitCode::FAILURE
         }
     }
 }

@@ -74,13 +74,19 @@ impl Default for EdgeConfig {
 
 impl EdgeConfig {
     pub fn ca_path(&self) -> PathBuf {
-        self.ca.clone().unwrap_or_else(|| self.state_dir.join("ca.pem"))
+        self.ca
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("ca.pem"))
     }
     pub fn cert_path(&self) -> PathBuf {
-        self.cert.clone().unwrap_or_else(|| self.state_dir.join("edge.pem"))
+        self.cert
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("edge.pem"))
     }
     pub fn key_path(&self) -> PathBuf {
-        self.key.clone().unwrap_or_else(|| self.state_dir.join("edge.key"))
+        self.key
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("edge.key"))
     }
 
     pub(crate) fn transport(&self) -> quinn::TransportConfig {

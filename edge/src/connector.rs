@@ -33,12 +33,16 @@ impl RelayConnector {
             .rsplit_once(':')
             .ok_or_else(|| ConnectorError::BadAddress(relay.into()))?;
         let host = host.trim_start_matches('[').trim_end_matches(']');
-        let server_name = config.relay_server_name.clone().unwrap_or_else(|| host.to_owned());
+        let server_name = config
+            .relay_server_name
+            .clone()
+            .unwrap_or_else(|| host.to_owned());
         let roots = certs::load_roots(&config.ca_path())?;
         let identity = certs::Identity::load(&config.cert_path(), &config.key_path())?;
         let tls = certs::peer_client_config(roots, Some(identity), proto::ALPN)?;
         let remote = resolve(relay)?;
-        let endpoint = certs::client_endpoint(certs::unspecified_for(remote), tls, config.transport())?;
+        let endpoint =
+            certs::client_endpoint(certs::unspecified_for(remote), tls, config.transport())?;
         Ok(Self {
             endpoint,
             relay: relay.to_owned(),
@@ -56,7 +60,8 @@ impl RelayConnector {
         let unavailable = |what: &str, e: &dyn std::fmt::Display| {
             OpenError::RelayUnavailable(format!("{what} {}: {e}", self.relay))
         };
-        let remote = resolve(&self.relay).map_err(|e| OpenError::RelayUnavailable(e.to_string()))?;
+        let remote =
+            resolve(&self.relay).map_err(|e| OpenError::RelayUnavailable(e.to_string()))?;
         let conn = self
             .endpoint
             .connect(remote, &self.server_name)

@@ -75,7 +75,11 @@ pub struct Edge {
 impl Edge {
     pub fn new(config: EdgeConfig, opener: Arc<dyn StreamOpener>) -> Result<Arc<Self>, EdgeError> {
         let router = RouteFinder::new(&config.host_pattern, &config.key_header)?;
-        let production = config.production.as_deref().map(Production::new).transpose()?;
+        let production = config
+            .production
+            .as_deref()
+            .map(Production::new)
+            .transpose()?;
         Ok(Arc::new(Self {
             config,
             router,
@@ -149,7 +153,12 @@ impl Edge {
         // Phase 3: forward.
         let (resp, target) = match decision {
             RouteDecision::Invalid(reason) => (
-                pages::page(StatusCode::BAD_REQUEST, &parts.headers, "Bad routing key", &reason),
+                pages::page(
+                    StatusCode::BAD_REQUEST,
+                    &parts.headers,
+                    "Bad routing key",
+                    &reason,
+                ),
                 "invalid".to_owned(),
             ),
             RouteDecision::Developer(key, _) => {
@@ -158,7 +167,11 @@ impl Edge {
                     .authority()
                     .map(|a| a.as_str().to_owned())
                     .or_else(|| {
-                        parts.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned)
+                        parts
+                            .headers
+                            .get(http::header::HOST)
+                            .and_then(|h| h.to_str().ok())
+                            .map(str::to_owned)
                     })
                     .unwrap_or_default();
                 let head = RequestHead::from_parts(&parts, "http", &authority);
@@ -229,7 +242,12 @@ impl Edge {
             _ => ip.to_string(),
         };
         if !trusted {
-            for name in ["forwarded", "x-forwarded-proto", "x-forwarded-host", "x-real-ip"] {
+            for name in [
+                "forwarded",
+                "x-forwarded-proto",
+                "x-forwarded-host",
+                "x-real-ip",
+            ] {
                 headers.remove(name);
             }
         }

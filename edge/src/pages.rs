@@ -13,11 +13,19 @@ fn wants_html(headers: &HeaderMap) -> bool {
 }
 
 fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 /// A page with `status`, a title and a sentence, as HTML for browsers and plain text otherwise.
-pub fn page(status: StatusCode, request_headers: &HeaderMap, title: &str, detail: &str) -> Response<BoxBody> {
+pub fn page(
+    status: StatusCode,
+    request_headers: &HeaderMap,
+    title: &str,
+    detail: &str,
+) -> Response<BoxBody> {
     let (body, content_type) = if wants_html(request_headers) {
         (
             format!(
@@ -37,12 +45,17 @@ pub fn page(status: StatusCode, request_headers: &HeaderMap, title: &str, detail
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static(content_type),
     );
-    resp.headers_mut()
-        .insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
+    resp.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
     resp
 }
 
-pub fn developer_offline(request_headers: &HeaderMap, key: &proto::RoutingKey) -> Response<BoxBody> {
+pub fn developer_offline(
+    request_headers: &HeaderMap,
+    key: &proto::RoutingKey,
+) -> Response<BoxBody> {
     page(
         StatusCode::BAD_GATEWAY,
         request_headers,

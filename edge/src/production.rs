@@ -27,8 +27,11 @@ pub enum ProductionError {
 
 impl Production {
     pub fn new(url: &str) -> Result<Self, ProductionError> {
-        let uri: Uri = url.parse().map_err(|_| ProductionError::BadUrl(url.into()))?;
-        let (Some(scheme), Some(authority)) = (uri.scheme().cloned(), uri.authority().cloned()) else {
+        let uri: Uri = url
+            .parse()
+            .map_err(|_| ProductionError::BadUrl(url.into()))?;
+        let (Some(scheme), Some(authority)) = (uri.scheme().cloned(), uri.authority().cloned())
+        else {
             return Err(ProductionError::BadUrl(url.into()));
         };
         if scheme != http::uri::Scheme::HTTP {
@@ -45,7 +48,10 @@ impl Production {
         })
     }
 
-    pub async fn forward(&self, mut req: Request<Incoming>) -> Result<Response<BoxBody>, ProductionError> {
+    pub async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+    ) -> Result<Response<BoxBody>, ProductionError> {
         let upgrade = is_upgrade_request(req.headers()).then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         let path = parts.uri.path_and_query().cloned();
@@ -57,7 +63,9 @@ impl Production {
         } else {
             uri = uri.path_and_query("/");
         }
-        parts.uri = uri.build().map_err(|e| ProductionError::Upstream(e.to_string()))?;
+        parts.uri = uri
+            .build()
+            .map_err(|e| ProductionError::Upstream(e.to_string()))?;
         // Production speaks HTTP/1.1 to us whatever the visitor spoke.
         parts.version = http::Version::HTTP_11;
         if !parts.headers.contains_key(http::header::HOST) {

@@ -74,7 +74,11 @@ impl RouteFinder {
             }
         }
         if let Some(v) = parts.headers.get(&self.key_header) {
-            return match v.to_str().map_err(|_| ()).and_then(|s| RoutingKey::parse(s).map_err(|_| ())) {
+            return match v
+                .to_str()
+                .map_err(|_| ())
+                .and_then(|s| RoutingKey::parse(s).map_err(|_| ()))
+            {
                 Ok(k) => RouteDecision::Developer(k, KeySource::Header),
                 Err(()) => RouteDecision::Invalid(format!(
                     "the {} header must be a 6-character routing key [a-z0-9]",
@@ -135,17 +139,29 @@ mod tests {
     #[test]
     fn http2_authority_counts_as_host() {
         let p = parts("https://www-abc123.example.com/x", &[]);
-        assert!(matches!(finder().decide(&p), RouteDecision::Developer(_, KeySource::Host)));
+        assert!(matches!(
+            finder().decide(&p),
+            RouteDecision::Developer(_, KeySource::Host)
+        ));
     }
 
     #[test]
     fn host_wins_over_header_and_header_works_alone() {
-        let p = parts("/", &[("host", "www-aaaaaa.example.com"), ("x-devinprod-key", "bbbbbb")]);
+        let p = parts(
+            "/",
+            &[
+                ("host", "www-aaaaaa.example.com"),
+                ("x-devinprod-key", "bbbbbb"),
+            ],
+        );
         assert_eq!(
             finder().decide(&p),
             RouteDecision::Developer(RoutingKey::parse("aaaaaa").unwrap(), KeySource::Host)
         );
-        let p = parts("/", &[("host", "www.example.com"), ("x-devinprod-key", "BBBBBB")]);
+        let p = parts(
+            "/",
+            &[("host", "www.example.com"), ("x-devinprod-key", "BBBBBB")],
+        );
         assert_eq!(
             finder().decide(&p),
             RouteDecision::Developer(RoutingKey::parse("bbbbbb").unwrap(), KeySource::Header)
@@ -154,8 +170,14 @@ mod tests {
 
     #[test]
     fn no_key_means_production_and_a_bad_header_is_invalid() {
-        assert_eq!(finder().decide(&parts("/", &[("host", "www.example.com")])), RouteDecision::Production);
-        assert_eq!(finder().decide(&parts("/", &[("host", "www-abc.example.com")])), RouteDecision::Production);
+        assert_eq!(
+            finder().decide(&parts("/", &[("host", "www.example.com")])),
+            RouteDecision::Production
+        );
+        assert_eq!(
+            finder().decide(&parts("/", &[("host", "www-abc.example.com")])),
+            RouteDecision::Production
+        );
         assert!(matches!(
             finder().decide(&parts("/", &[("x-devinprod-key", "nope")])),
             RouteDecision::Invalid(_)
@@ -164,7 +186,13 @@ mod tests {
 
     #[test]
     fn a_pattern_without_a_key_group_is_refused() {
-        assert!(matches!(RouteFinder::new("^www-", "x"), Err(RoutingConfigError::NoKeyGroup(_))));
-        assert!(matches!(RouteFinder::new("(", "x"), Err(RoutingConfigError::BadPattern { .. })));
+        assert!(matches!(
+            RouteFinder::new("^www-", "x"),
+            Err(RoutingConfigError::NoKeyGroup(_))
+        ));
+        assert!(matches!(
+            RouteFinder::new("(", "x"),
+            Err(RoutingConfigError::BadPattern { .. })
+        ));
     }
 }

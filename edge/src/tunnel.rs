@@ -57,7 +57,9 @@ pub async fn forward(
     let mut upgrade_send = None;
     if upgrade.is_some() {
         // An upgrade request has no body; after End the stream becomes a raw pipe.
-        write_frame(&mut send, &Frame::End).await.map_err(developer_failed)?;
+        write_frame(&mut send, &Frame::End)
+            .await
+            .map_err(developer_failed)?;
         upgrade_send = Some(send);
     } else {
         let body = req.into_body();
@@ -72,13 +74,18 @@ pub async fn forward(
     }
 
     let head = loop {
-        match read_frame(&mut recv, max_frame_len).await.map_err(developer_failed)? {
+        match read_frame(&mut recv, max_frame_len)
+            .await
+            .map_err(developer_failed)?
+        {
             // A remote relay's routing answer precedes the developer's frames.
             Some(Frame::RouteReply(RouteReply::Connected)) => continue,
             Some(Frame::RouteReply(RouteReply::Offline)) => {
                 return Err(TunnelError::Open(OpenError::DeveloperOffline(key)))
             }
-            Some(Frame::RouteReply(RouteReply::Refused(r))) => return Err(TunnelError::RelayRefused(r)),
+            Some(Frame::RouteReply(RouteReply::Refused(r))) => {
+                return Err(TunnelError::RelayRefused(r))
+            }
             Some(Frame::ResponseHead(h)) => break h,
             Some(Frame::Abort(a)) => return Err(TunnelError::Developer(a.reason)),
             Some(other) => {
@@ -97,7 +104,8 @@ pub async fn forward(
 
     let status = http::StatusCode::from_u16(head.status)
         .map_err(|_| TunnelError::BadResponse(format!("status {} is not valid", head.status)))?;
-    let mut headers = list_to_headers(&head.headers).map_err(|e| TunnelError::BadResponse(e.to_string()))?;
+    let mut headers =
+        list_to_headers(&head.headers).map_err(|e| TunnelError::BadResponse(e.to_string()))?;
     let switching = status == http::StatusCode::SWITCHING_PROTOCOLS;
     strip_hop_by_hop(&mut headers, switching);
 
@@ -134,4 +142,3 @@ pub async fn forward(
     }
     Ok(resp)
 }
-

@@ -232,7 +232,11 @@ fn parse_header(h: [u8; FRAME_HEADER_LEN], max_len: usize) -> Result<(u8, usize)
     Ok((h[0], len))
 }
 
-fn encode_body<T: Serialize>(m: &T, out: &mut Vec<u8>, kind: &'static str) -> Result<(), FrameError> {
+fn encode_body<T: Serialize>(
+    m: &T,
+    out: &mut Vec<u8>,
+    kind: &'static str,
+) -> Result<(), FrameError> {
     bincode::serde::encode_into_std_write(m, out, config()).map_err(|e| FrameError::Malformed {
         kind,
         detail: e.to_string(),
@@ -241,10 +245,12 @@ fn encode_body<T: Serialize>(m: &T, out: &mut Vec<u8>, kind: &'static str) -> Re
 }
 
 fn decode_body<T: DeserializeOwned>(payload: &[u8], kind: &'static str) -> Result<T, FrameError> {
-    let (value, used): (T, usize) = bincode::serde::decode_from_slice(payload, config())
-        .map_err(|e| FrameError::Malformed {
-            kind,
-            detail: e.to_string(),
+    let (value, used): (T, usize) =
+        bincode::serde::decode_from_slice(payload, config()).map_err(|e| {
+            FrameError::Malformed {
+                kind,
+                detail: e.to_string(),
+            }
         })?;
     if used != payload.len() {
         return Err(FrameError::Malformed {

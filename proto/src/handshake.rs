@@ -18,7 +18,11 @@ pub enum HandshakeError {
 }
 
 /// Sends `hello` on a freshly opened control stream and reads the relay's answer.
-pub async fn handshake<W, R>(send: &mut W, recv: &mut R, hello: Hello) -> Result<Welcome, HandshakeError>
+pub async fn handshake<W, R>(
+    send: &mut W,
+    recv: &mut R,
+    hello: Hello,
+) -> Result<Welcome, HandshakeError>
 where
     W: AsyncWrite + Unpin + ?Sized,
     R: AsyncRead + Unpin + ?Sized,

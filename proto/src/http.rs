@@ -51,7 +51,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         headers.remove(http::header::TE);
     }
     if keep_upgrade {
-        headers.insert(http::header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(
+            http::header::CONNECTION,
+            HeaderValue::from_static("upgrade"),
+        );
     } else {
         headers.remove(http::header::CONNECTION);
         headers.remove(http::header::UPGRADE);
@@ -182,7 +185,13 @@ where
             Some(Err(e)) => {
                 let reason = e.to_string();
                 // Best effort: the stream may be what failed.
-                let _ = write_frame(w, &Frame::Abort(Abort { reason: reason.clone() })).await;
+                let _ = write_frame(
+                    w,
+                    &Frame::Abort(Abort {
+                        reason: reason.clone(),
+                    }),
+                )
+                .await;
                 return Err(BodyError::Source(reason));
             }
         }
@@ -300,7 +309,9 @@ mod tests {
     #[tokio::test]
     async fn a_body_cut_before_end_is_an_error_not_a_short_success() {
         let mut wire = Vec::new();
-        send_body(Full::new(Bytes::from_static(b"hello")), &mut wire).await.unwrap();
+        send_body(Full::new(Bytes::from_static(b"hello")), &mut wire)
+            .await
+            .unwrap();
         wire.truncate(wire.len() - 5); // drop the End frame
         let err = FrameBody::new(Box::new(std::io::Cursor::new(wire)), MAX_FRAME_LEN)
             .collect()
@@ -313,18 +324,31 @@ mod tests {
     async fn an_aborted_body_reports_the_reason() {
         let mut wire = Vec::new();
         write_data(&mut wire, b"part").await.unwrap();
-        write_frame(&mut wire, &Frame::Abort(Abort { reason: "app crashed".into() })).await.unwrap();
+        write_frame(
+            &mut wire,
+            &Frame::Abort(Abort {
+                reason: "app crashed".into(),
+            }),
+        )
+        .await
+        .unwrap();
         let err = FrameBody::new(Box::new(std::io::Cursor::new(wire)), MAX_FRAME_LEN)
             .collect()
             .await
             .unwrap_err();
-        assert_eq!(err.to_string(), "the sender aborted the message: app crashed");
+        assert_eq!(
+            err.to_string(),
+            "the sender aborted the message: app crashed"
+        );
     }
 
     #[test]
     fn hop_by_hop_headers_are_stripped_and_named_ones_too() {
         let mut h = HeaderMap::new();
-        h.insert("connection", HeaderValue::from_static("keep-alive, x-secret-hop"));
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-secret-hop"),
+        );
         h.insert("x-secret-hop", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("transfer-encoding", HeaderValue::from_static("chunked"));

@@ -215,7 +215,14 @@ mod tests {
         assert_eq!(err.to_string(), "a token must be 40 characters long, got 5");
         let upper = "A".repeat(40);
         let err = AuthToken::parse(&upper).unwrap_err();
-        assert!(matches!(err, IdError::Character { found: 'A', position: 0, .. }));
+        assert!(matches!(
+            err,
+            IdError::Character {
+                found: 'A',
+                position: 0,
+                ..
+            }
+        ));
         assert!(AuthToken::parse(&format!("{}-", "a".repeat(39))).is_err());
         assert!(AuthToken::parse(&format!("{}é", "a".repeat(39))).is_err());
     }

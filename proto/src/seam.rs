@@ -33,7 +33,8 @@ pub enum OpenError {
     DeveloperConnectionFailed(String),
 }
 
-pub type OpenFuture<'a> = Pin<Box<dyn Future<Output = Result<TunnelStream, OpenError>> + Send + 'a>>;
+pub type OpenFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<TunnelStream, OpenError>> + Send + 'a>>;
 
 /// Opens one stream per HTTP request toward the developer holding `key`.
 pub trait StreamOpener: Send + Sync + 'static {

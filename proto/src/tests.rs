@@ -101,7 +101,8 @@ fn golden_bytes_of_every_frame() {
     let got: Vec<String> = all_frames().iter().map(hex).collect();
     for (i, (g, e)) in got.iter().zip(expected.iter()).enumerate() {
         assert_eq!(
-            g, e,
+            g,
+            e,
             "frame #{i} ({}) encodes as {g}, golden {e}",
             all_frames()[i].name()
         );
@@ -114,7 +115,9 @@ fn oversized_frame_is_refused_before_reading_its_payload() {
     let mut buf = vec![0x21];
     buf.extend_from_slice(&(2u32 << 20).to_be_bytes());
     let err = Frame::decode_from(&buf, MAX_FRAME_LEN).unwrap_err();
-    assert!(matches!(err, FrameError::TooLong { len, max } if len == 2 << 20 && max == MAX_FRAME_LEN));
+    assert!(
+        matches!(err, FrameError::TooLong { len, max } if len == 2 << 20 && max == MAX_FRAME_LEN)
+    );
     // A reader with a lower limit applies it.
     let mut small = vec![0x21];
     small.extend_from_slice(&100u32.to_be_bytes());
@@ -137,9 +140,13 @@ fn encoding_refuses_a_frame_over_the_ceiling() {
 #[test]
 fn partial_frames_wait_for_more_bytes() {
     let mut out = Vec::new();
-    Frame::Data(Bytes::from_static(b"hello")).encode(&mut out).unwrap();
+    Frame::Data(Bytes::from_static(b"hello"))
+        .encode(&mut out)
+        .unwrap();
     for cut in 0..out.len() {
-        assert!(Frame::decode_from(&out[..cut], MAX_FRAME_LEN).unwrap().is_none());
+        assert!(Frame::decode_from(&out[..cut], MAX_FRAME_LEN)
+            .unwrap()
+            .is_none());
     }
 }
 
@@ -147,14 +154,28 @@ fn partial_frames_wait_for_more_bytes() {
 async fn truncated_stream_is_an_error_and_clean_end_is_none() {
     let mut out = Vec::new();
     Frame::End.encode(&mut out).unwrap();
-    Frame::Data(Bytes::from_static(b"hello")).encode(&mut out).unwrap();
+    Frame::Data(Bytes::from_static(b"hello"))
+        .encode(&mut out)
+        .unwrap();
     let mut r = &out[..out.len() - 2];
-    assert_eq!(read_frame(&mut r, MAX_FRAME_LEN).await.unwrap(), Some(Frame::End));
-    assert!(matches!(read_frame(&mut r, MAX_FRAME_LEN).await, Err(FrameError::Truncated)));
+    assert_eq!(
+        read_frame(&mut r, MAX_FRAME_LEN).await.unwrap(),
+        Some(Frame::End)
+    );
+    assert!(matches!(
+        read_frame(&mut r, MAX_FRAME_LEN).await,
+        Err(FrameError::Truncated)
+    ));
     let mut empty: &[u8] = &[];
-    assert!(read_frame(&mut empty, MAX_FRAME_LEN).await.unwrap().is_none());
+    assert!(read_frame(&mut empty, MAX_FRAME_LEN)
+        .await
+        .unwrap()
+        .is_none());
     let mut half_header: &[u8] = &[0x21, 0];
-    assert!(matches!(read_frame(&mut half_header, MAX_FRAME_LEN).await, Err(FrameError::Truncated)));
+    assert!(matches!(
+        read_frame(&mut half_header, MAX_FRAME_LEN).await,
+        Err(FrameError::Truncated)
+    ));
 }
 
 #[test]
@@ -163,42 +184,73 @@ fn hello_of_another_version_is_reported_as_such() {
     all_frames()[0].encode(&mut out).unwrap();
     out[5..7].copy_from_slice(&7u16.to_be_bytes());
     let err = Frame::decode_from(&out, MAX_FRAME_LEN).unwrap_err();
-    assert!(matches!(err, FrameError::UnsupportedVersion { peer: 7, ours: PROTOCOL_VERSION }));
-    assert_eq!(err.to_string(), "peer speaks protocol version 7, this side speaks 1");
+    assert!(matches!(
+        err,
+        FrameError::UnsupportedVersion {
+            peer: 7,
+            ours: PROTOCOL_VERSION
+        }
+    ));
+    assert_eq!(
+        err.to_string(),
+        "peer speaks protocol version 7, this side speaks 1"
+    );
 }
 
 #[test]
 fn garbage_payloads_are_malformed_not_panics() {
     for kind in 0u8..=0x30 {
-        for payload in [&b""[..], b"\xff", b"\xff\xff\xff\xff\xff\xff\xff\xff\xff", b"\x00\x01garbage"] {
+        for payload in [
+            &b""[..],
+            b"\xff",
+            b"\xff\xff\xff\xff\xff\xff\xff\xff\xff",
+            b"\x00\x01garbage",
+        ] {
             let _ = Frame::decode(kind, Bytes::copy_from_slice(payload));
         }
     }
-    assert!(matches!(Frame::decode(0x7f, Bytes::new()), Err(FrameError::UnknownKind(0x7f))));
+    assert!(matches!(
+        Frame::decode(0x7f, Bytes::new()),
+        Err(FrameError::UnknownKind(0x7f))
+    ));
     // A string length claiming far more than the frame holds.
     assert!(matches!(
         Frame::decode(0x12, Bytes::from_static(b"\x02\xfb\xff\xff")),
-        Err(FrameError::Malformed { kind: "RouteReply", .. })
+        Err(FrameError::Malformed {
+            kind: "RouteReply",
+            ..
+        })
     ));
     // A token that is not a valid token is refused by decoding, not carried along.
     let mut out = Vec::new();
     all_frames()[0].encode(&mut out).unwrap();
     let pos = out.iter().position(|&b| b == b'k').unwrap();
     out[pos] = b'K';
-    assert!(matches!(Frame::decode_from(&out, MAX_FRAME_LEN), Err(FrameError::Malformed { kind: "Hello", .. })));
+    assert!(matches!(
+        Frame::decode_from(&out, MAX_FRAME_LEN),
+        Err(FrameError::Malformed { kind: "Hello", .. })
+    ));
 }
 
 #[test]
 fn trailing_bytes_are_refused() {
     let mut out = Vec::new();
-    Frame::RouteReply(RouteReply::Connected).encode(&mut out).unwrap();
+    Frame::RouteReply(RouteReply::Connected)
+        .encode(&mut out)
+        .unwrap();
     out.push(0);
     out[4] += 1;
     assert!(matches!(
         Frame::decode_from(&out, MAX_FRAME_LEN),
-        Err(FrameError::Malformed { kind: "RouteReply", .. })
+        Err(FrameError::Malformed {
+            kind: "RouteReply",
+            ..
+        })
     ));
-    assert!(matches!(Frame::decode(0x23, Bytes::from_static(b"x")), Err(FrameError::Malformed { kind: "End", .. })));
+    assert!(matches!(
+        Frame::decode(0x23, Bytes::from_static(b"x")),
+        Err(FrameError::Malformed { kind: "End", .. })
+    ));
 }
 
 #[tokio::test]
@@ -210,7 +262,9 @@ async fn write_data_splits_large_bodies_into_chunks() {
     let mut total = 0;
     let mut frames = 0;
     while let Some(f) = read_frame(&mut r, MAX_FRAME_LEN).await.unwrap() {
-        let Frame::Data(d) = f else { panic!("not data") };
+        let Frame::Data(d) = f else {
+            panic!("not data")
+        };
         total += d.len();
         frames += 1;
     }

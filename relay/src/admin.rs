@@ -116,16 +116,30 @@ async fn handle(relay: &Relay, peer: SocketAddr, req: Request<Incoming>) -> Resp
         (Method::GET, ["api", "sessions"]) => reply(StatusCode::OK, json!(relay.registry.infos())),
         (Method::GET, ["api", "health"]) => reply(StatusCode::OK, json!({ "ok": true })),
         (_, ["api", "createToken"]) | (_, ["api", "tokens", ..]) | (_, ["api", "sessions"]) => {
-            error(StatusCode::METHOD_NOT_ALLOWED, format!("{} is not allowed on {path}", req.method()))
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{} is not allowed on {path}", req.method()),
+            )
         }
-        _ => error(StatusCode::NOT_FOUND, format!("no admin endpoint at {path}")),
+        _ => error(
+            StatusCode::NOT_FOUND,
+            format!("no admin endpoint at {path}"),
+        ),
     }
 }
 
 async fn create_token(relay: &Relay, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    let body = match Limited::new(req.into_body(), MAX_ADMIN_BODY).collect().await {
+    let body = match Limited::new(req.into_body(), MAX_ADMIN_BODY)
+        .collect()
+        .await
+    {
         Ok(b) => b.to_bytes(),
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("cannot read request body: {e}")),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read request body: {e}"),
+            )
+        }
     };
     let parsed: CreateTokenBody = if body.iter().all(|b| b.is_ascii_whitespace()) {
         CreateTokenBody::default()
@@ -188,7 +202,10 @@ fn revoke(relay: &Relay, key: &str) -> Response<Full<Bytes>> {
             StatusCode::OK,
             json!({ "routing_key": key, "revoked": true, "disconnected": disconnected }),
         ),
-        Ok(None) => error(StatusCode::NOT_FOUND, format!("no token with routing key {key}")),
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            format!("no token with routing key {key}"),
+        ),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }

@@ -77,13 +77,19 @@ impl RelayConfig {
             .unwrap_or_else(|| self.state_dir.join("tokens.json"))
     }
     pub fn cert_path(&self) -> PathBuf {
-        self.cert.clone().unwrap_or_else(|| self.state_dir.join("relay.pem"))
+        self.cert
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("relay.pem"))
     }
     pub fn key_path(&self) -> PathBuf {
-        self.key.clone().unwrap_or_else(|| self.state_dir.join("relay.key"))
+        self.key
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("relay.key"))
     }
     pub fn ca_path(&self) -> PathBuf {
-        self.ca.clone().unwrap_or_else(|| self.state_dir.join("ca.pem"))
+        self.ca
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("ca.pem"))
     }
     /// Secret that keys QUIC stateless resets, kept across restarts so that a restarted relay
     /// can tell the clients of its previous life at once (`<state_dir>/reset.key`).

@@ -92,7 +92,8 @@ impl Relay {
         let identity = certs::Identity::load(&self.config.cert_path(), &self.config.key_path())?;
         let roots = certs::load_roots(&self.config.ca_path())?;
         let tls = certs::relay_server_config(identity, roots, proto::ALPN)?;
-        let reset_secret = certs::load_or_create_secret(&self.config.reset_key_path(), RESET_SECRET_LEN)?;
+        let reset_secret =
+            certs::load_or_create_secret(&self.config.reset_key_path(), RESET_SECRET_LEN)?;
         Ok(certs::server_endpoint(
             self.config.listen,
             tls,
@@ -104,7 +105,11 @@ impl Relay {
     /// Accepts connections on `endpoint` until `shutdown` completes, then closes every
     /// connection with `CLOSE_SHUTTING_DOWN` (clients reconnect) and waits briefly for peers
     /// to acknowledge.
-    pub async fn run(self: Arc<Self>, endpoint: quinn::Endpoint, shutdown: impl Future<Output = ()>) {
+    pub async fn run(
+        self: Arc<Self>,
+        endpoint: quinn::Endpoint,
+        shutdown: impl Future<Output = ()>,
+    ) {
         tokio::pin!(shutdown);
         info!(addr = ?endpoint.local_addr().ok(), "relay listening");
         loop {

@@ -31,7 +31,7 @@ pub(crate) fn close(conn: &quinn::Connection, code: u32, reason: &str) {
     while !reason.is_char_boundary(end) {
         end -= 1;
     }
-    conn.close(vi(code), reason[..end].as_bytes());
+    conn.close(vi(code), &reason.as_bytes()[..end]);
 }
 
 /// Who the peer turned out to be after the handshake.
@@ -56,7 +56,11 @@ impl Relay {
             Ok(Some(a)) => a,
             Ok(None) => return,
             Err(_) => {
-                close(&conn, codes::CLOSE_PROTOCOL_ERROR, "no Hello within the handshake timeout");
+                close(
+                    &conn,
+                    codes::CLOSE_PROTOCOL_ERROR,
+                    "no Hello within the handshake timeout",
+                );
                 return;
             }
         };
@@ -87,7 +91,9 @@ impl Relay {
             Ok(Some(Frame::Hello(h))) => h,
             Ok(Some(other)) => {
                 let reason = format!("expected Hello on the control stream, got {}", other.name());
-                return self.refuse(conn, send, RefusalCode::BadHandshake, reason).await;
+                return self
+                    .refuse(conn, send, RefusalCode::BadHandshake, reason)
+                    .await;
             }
             Ok(None) => return None,
             Err(FrameError::UnsupportedVersion { peer, ours }) => {
@@ -95,11 +101,15 @@ impl Relay {
                     "this relay speaks DevInProd protocol version {ours}, the client speaks \
                      version {peer}: install a devinprod that matches the relay"
                 );
-                return self.refuse(conn, send, RefusalCode::UnsupportedVersion, reason).await;
+                return self
+                    .refuse(conn, send, RefusalCode::UnsupportedVersion, reason)
+                    .await;
             }
             Err(e) => {
                 let reason = format!("malformed Hello: {e}");
-                return self.refuse(conn, send, RefusalCode::BadHandshake, reason).await;
+                return self
+                    .refuse(conn, send, RefusalCode::BadHandshake, reason)
+                    .await;
             }
         };
         let role = match self.check_hello(conn, &hello) {
@@ -118,7 +128,11 @@ impl Relay {
             limits: Limits {
                 max_concurrent_streams: self.config.max_streams_per_peer,
                 max_frame_len: self.config.max_frame_len,
-                keep_alive_ms: self.config.keep_alive_interval_ms.try_into().unwrap_or(u32::MAX),
+                keep_alive_ms: self
+                    .config
+                    .keep_alive_interval_ms
+                    .try_into()
+                    .unwrap_or(u32::MAX),
             },
         };
         if let Err(e) = write_frame(&mut send, &Frame::Welcome(welcome)).await {
@@ -150,7 +164,10 @@ impl Relay {
         match hello.role {
             Role::Developer => {
                 let Some(token) = &hello.token else {
-                    return Err((RefusalCode::BadToken, "a developer connection must present a token".into()));
+                    return Err((
+                        RefusalCode::BadToken,
+                        "a developer connection must present a token".into(),
+                    ));
                 };
                 match self.tokens.verify(token) {
                     Verdict::Valid(_) => {}
@@ -173,7 +190,8 @@ impl Relay {
                 if self.config.require_developer_cert && cert_role.is_none() {
                     return Err((
                         RefusalCode::RoleNotAuthorized,
-                        "this relay also requires a developer client certificate issued by its CA".into(),
+                        "this relay also requires a developer client certificate issued by its CA"
+                            .into(),
                     ));
                 }
                 Ok(Role::Developer)
@@ -241,7 +259,8 @@ impl Relay {
                     }
                 }
             }
-            self.registry.remove_if_current(&session.routing_key, session.id);
+            self.registry
+                .remove_if_current(&session.routing_key, session.id);
         }
         .instrument(span)
         .await
@@ -264,9 +283,18 @@ impl Relay {
     }
 
     /// One edge stream: read its Route frame, open a stream to that developer, reply, splice.
-    async fn route_edge_stream(&self, mut edge_send: quinn::SendStream, mut edge_recv: quinn::RecvStream) {
+    async fn route_edge_stream(
+        &self,
+        mut edge_send: quinn::SendStream,
+        mut edge_recv: quinn::RecvStream,
+    ) {
         let max = self.config.max_frame_len as usize;
-        let route = match timeout(self.config.handshake_timeout(), read_frame(&mut edge_recv, max)).await {
+        let route = match timeout(
+            self.config.handshake_timeout(),
+            read_frame(&mut edge_recv, max),
+        )
+        .await
+        {
             Ok(Ok(Some(Frame::Route(r)))) => r,
             other => {
                 warn!("edge stream without a valid Route frame: {other:?}");
@@ -277,7 +305,10 @@ impl Relay {
         };
         let reply = match self.registry.open_stream(&route.key).await {
             Ok((dev_send, dev_recv)) => {
-                if write_frame(&mut edge_send, &Frame::RouteReply(RouteReply::Connected)).await.is_ok() {
+                if write_frame(&mut edge_send, &Frame::RouteReply(RouteReply::Connected))
+                    .await
+                    .is_ok()
+                {
                     splice((edge_send, edge_recv), (dev_send, dev_recv)).await;
                 }
                 return;

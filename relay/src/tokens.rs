@@ -120,7 +120,8 @@ impl TokenStore {
         const ATTEMPTS: usize = 64;
         let mut tokens = self.lock();
         for _ in 0..ATTEMPTS {
-            let token = AuthToken::generate().map_err(|e| TokenStoreError::Random(e.to_string()))?;
+            let token =
+                AuthToken::generate().map_err(|e| TokenStoreError::Random(e.to_string()))?;
             let key = token.routing_key();
             if tokens.contains_key(&key) {
                 continue;
@@ -229,16 +230,23 @@ mod tests {
         let reopened = TokenStore::open(&path).unwrap();
         assert!(matches!(reopened.verify(&token), Verdict::Valid(r) if r.name == "alice"));
         assert!(reopened.revoke(&token.routing_key()).unwrap());
-        assert_eq!(TokenStore::open(&path).unwrap().verify(&token), Verdict::Revoked);
+        assert_eq!(
+            TokenStore::open(&path).unwrap().verify(&token),
+            Verdict::Revoked
+        );
     }
 
     #[test]
     fn a_token_with_a_known_key_but_wrong_secret_is_unknown() {
         let store = TokenStore::in_memory();
         let (token, _) = store.create("bob").unwrap();
-        let forged = AuthToken::parse(&format!("{}{}", token.routing_key(), "0".repeat(34))).unwrap();
+        let forged =
+            AuthToken::parse(&format!("{}{}", token.routing_key(), "0".repeat(34))).unwrap();
         assert_eq!(store.verify(&forged), Verdict::Unknown);
-        assert_eq!(store.verify(&AuthToken::generate().unwrap()), Verdict::Unknown);
+        assert_eq!(
+            store.verify(&AuthToken::generate().unwrap()),
+            Verdict::Unknown
+        );
     }
 
     #[test]

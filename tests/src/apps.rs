@@ -21,7 +21,10 @@ pub fn pattern(i: usize) -> u8 {
 }
 
 pub fn sha256_hex(data: &[u8]) -> String {
-    Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Starts the echo app named `name` on an ephemeral port.
@@ -41,13 +44,23 @@ pub async fn echo_app(name: &'static str) -> SocketAddr {
     addr
 }
 
-async fn handle(name: &'static str, req: http::Request<Incoming>) -> Result<http::Response<AppBody>, std::io::Error> {
-    if let Some(n) = req.uri().path().strip_prefix("/bytes/").and_then(|n| n.parse::<usize>().ok()) {
+async fn handle(
+    name: &'static str,
+    req: http::Request<Incoming>,
+) -> Result<http::Response<AppBody>, std::io::Error> {
+    if let Some(n) = req
+        .uri()
+        .path()
+        .strip_prefix("/bytes/")
+        .and_then(|n| n.parse::<usize>().ok())
+    {
         const CHUNK: usize = 256 * 1024;
         let chunks = (0..n.div_ceil(CHUNK)).map(move |c| {
             let start = c * CHUNK;
             let end = (start + CHUNK).min(n);
-            Ok::<_, std::io::Error>(http_body::Frame::data(Bytes::from((start..end).map(pattern).collect::<Vec<u8>>())))
+            Ok::<_, std::io::Error>(http_body::Frame::data(Bytes::from(
+                (start..end).map(pattern).collect::<Vec<u8>>(),
+            )))
         });
         let body = StreamBody::new(futures_util::stream::iter(chunks)).boxed_unsync();
         return Ok(http::Response::builder()
@@ -77,7 +90,10 @@ async fn handle(name: &'static str, req: http::Request<Incoming>) -> Result<http
                 .iter()
                 .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
                 .collect();
-            (k.as_str().to_owned(), serde_json::Value::String(values.join(" | ")))
+            (
+                k.as_str().to_owned(),
+                serde_json::Value::String(values.join(" | ")),
+            )
         })
         .collect();
     let json = serde_json::json!({
@@ -91,6 +107,10 @@ async fn handle(name: &'static str, req: http::Request<Incoming>) -> Result<http
     Ok(http::Response::builder()
         .header("content-type", "application/json")
         .header("x-app", name)
-        .body(Full::new(Bytes::from(json.to_string())).map_err(|never| match never {}).boxed_unsync())
+        .body(
+            Full::new(Bytes::from(json.to_string()))
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        )
         .unwrap())
 }

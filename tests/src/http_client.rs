@@ -14,9 +14,8 @@ pub struct Reply {
 
 impl Reply {
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body))
-        })
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
     }
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
@@ -44,10 +43,13 @@ pub async fn send(
     for (k, v) in headers {
         b = b.header(*k, *v);
     }
-    let resp = tokio::time::timeout(crate::WAIT, client.request(b.body(Full::new(body)).unwrap()))
-        .await
-        .expect("request timed out")
-        .expect("request failed");
+    let resp = tokio::time::timeout(
+        crate::WAIT,
+        client.request(b.body(Full::new(body)).unwrap()),
+    )
+    .await
+    .expect("request timed out")
+    .expect("request failed");
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
     let body = tokio::time::timeout(crate::WAIT, resp.into_body().collect())
@@ -55,7 +57,11 @@ pub async fn send(
         .expect("body timed out")
         .expect("body failed")
         .to_bytes();
-    Reply { status, headers, body }
+    Reply {
+        status,
+        headers,
+        body,
+    }
 }
 
 pub async fn get(edge: SocketAddr, host: &str, path: &str) -> Reply {

@@ -92,7 +92,9 @@ impl TestRelay {
     async fn start_relay(relay: Arc<Relay>) -> Self {
         let endpoint = relay.bind().expect("bind relay");
         let addr = endpoint.local_addr().unwrap();
-        let admin_listener = tokio::net::TcpListener::bind(relay.config().admin_listen).await.unwrap();
+        let admin_listener = tokio::net::TcpListener::bind(relay.config().admin_listen)
+            .await
+            .unwrap();
         let admin = admin_listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let stopped = futures_util::future::FutureExt::shared(async move {
@@ -197,7 +199,12 @@ pub struct TestClient {
 }
 
 impl TestClient {
-    pub fn agent_config(relay: SocketAddr, ca: &Path, token: AuthToken, local: SocketAddr) -> AgentConfig {
+    pub fn agent_config(
+        relay: SocketAddr,
+        ca: &Path,
+        token: AuthToken,
+        local: SocketAddr,
+    ) -> AgentConfig {
         let mut c = AgentConfig::new(relay.to_string(), token, local.to_string());
         c.ca = Some(ca.to_owned());
         c.client_name = "test client".into();
@@ -209,9 +216,12 @@ impl TestClient {
     /// Starts the agent without waiting for anything.
     pub fn spawn(config: AgentConfig) -> Self {
         let (tx, events) = mpsc::unbounded_channel();
-        let agent = Agent::new(config, Arc::new(move |e| {
-            let _ = tx.send(e);
-        }))
+        let agent = Agent::new(
+            config,
+            Arc::new(move |e| {
+                let _ = tx.send(e);
+            }),
+        )
         .expect("agent");
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -230,7 +240,12 @@ impl TestClient {
     }
 
     /// Starts the agent and waits until it is connected.
-    pub async fn connect(relay: &TestRelay, pki: &Pki, token: AuthToken, local: SocketAddr) -> Self {
+    pub async fn connect(
+        relay: &TestRelay,
+        pki: &Pki,
+        token: AuthToken,
+        local: SocketAddr,
+    ) -> Self {
         let mut c = Self::spawn(Self::agent_config(relay.addr, &pki.ca(), token, local));
         c.routing_key = c.wait_connected().await;
         c

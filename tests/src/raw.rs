@@ -10,7 +10,12 @@ pub fn endpoint(ca: &Path, identity: Option<(&Path, &Path)>, alpn: &[u8]) -> qui
     let roots = certs::load_roots(ca).unwrap();
     let id = identity.map(|(c, k)| certs::Identity::load(c, k).unwrap());
     let tls = certs::peer_client_config(roots, id, alpn).unwrap();
-    certs::client_endpoint("127.0.0.1:0".parse().unwrap(), tls, quinn::TransportConfig::default()).unwrap()
+    certs::client_endpoint(
+        "127.0.0.1:0".parse().unwrap(),
+        tls,
+        quinn::TransportConfig::default(),
+    )
+    .unwrap()
 }
 
 /// What the relay answered to a control stream.
@@ -42,9 +47,10 @@ pub async fn send_control_bytes(ep: &quinn::Endpoint, relay: SocketAddr, bytes: 
     match answer {
         Ok(Some(f)) => Answer::Frame(f),
         _ => match tokio::time::timeout(crate::WAIT, conn.closed()).await {
-            Ok(quinn::ConnectionError::ApplicationClosed(c)) => {
-                Answer::Closed(c.error_code.into_inner(), String::from_utf8_lossy(&c.reason).into_owned())
-            }
+            Ok(quinn::ConnectionError::ApplicationClosed(c)) => Answer::Closed(
+                c.error_code.into_inner(),
+                String::from_utf8_lossy(&c.reason).into_owned(),
+            ),
             Ok(other) => Answer::Failed(other.to_string()),
             Err(_) => Answer::Failed("no answer and no close".into()),
         },

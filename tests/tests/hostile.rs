@@ -29,7 +29,13 @@ impl Scene {
         let host = format!("www-{}.example.com", token.routing_key());
         let app = echo_app("bystander").await;
         let client = TestClient::connect(&relay, &pki, token, app).await;
-        Self { pki, relay, edge, host, _client: client }
+        Self {
+            pki,
+            relay,
+            edge,
+            host,
+            _client: client,
+        }
     }
 
     async fn bystander_still_served(&self) {
@@ -61,7 +67,10 @@ async fn quic_with_a_wrong_alpn_is_refused_at_the_handshake() {
     let scene = Scene::new().await;
     let ep = endpoint(&scene.pki.ca(), None, b"h3");
     match send_control_bytes(&ep, scene.relay.addr, b"").await {
-        Answer::Failed(reason) => assert!(reason.to_lowercase().contains("alpn") || reason.contains("120"), "{reason}"),
+        Answer::Failed(reason) => assert!(
+            reason.to_lowercase().contains("alpn") || reason.contains("120"),
+            "{reason}"
+        ),
         other => panic!("expected a failed handshake, got {other:?}"),
     }
     scene.bystander_still_served().await;
@@ -78,8 +87,12 @@ async fn a_control_stream_that_is_not_bincode_is_refused_with_a_reason() {
         vec![0x01, 0xff, 0xff, 0xff, 0xff],
     ] {
         match send_control_bytes(&ep, scene.relay.addr, &garbage).await {
-            Answer::Frame(Frame::Refusal(r)) => assert_eq!(r.code, RefusalCode::BadHandshake, "{}", r.reason),
-            Answer::Closed(code, reason) => assert_eq!(code, u64::from(proto::codes::CLOSE_REFUSED), "{reason}"),
+            Answer::Frame(Frame::Refusal(r)) => {
+                assert_eq!(r.code, RefusalCode::BadHandshake, "{}", r.reason)
+            }
+            Answer::Closed(code, reason) => {
+                assert_eq!(code, u64::from(proto::codes::CLOSE_REFUSED), "{reason}")
+            }
             other => panic!("garbage {garbage:?} got {other:?}"),
         }
     }
@@ -117,8 +130,13 @@ async fn a_silent_peer_is_dropped_after_the_handshake_timeout() {
     let ep = endpoint(&pki.ca(), None, proto::ALPN);
     let conn = ep.connect(relay.addr, "localhost").unwrap().await.unwrap();
     // Opens nothing, says nothing.
-    let closed = tokio::time::timeout(WAIT, conn.closed()).await.expect("relay kept a silent peer");
-    assert!(matches!(closed, quinn::ConnectionError::ApplicationClosed(_)), "{closed}");
+    let closed = tokio::time::timeout(WAIT, conn.closed())
+        .await
+        .expect("relay kept a silent peer");
+    assert!(
+        matches!(closed, quinn::ConnectionError::ApplicationClosed(_)),
+        "{closed}"
+    );
 }
 
 #[tokio::test]
@@ -140,7 +158,10 @@ async fn claiming_the_edge_role_without_an_edge_certificate_is_refused() {
         other => panic!("expected a refusal, got {other:?}"),
     }
     // A genuine certificate of the CA, but for the dbproxy role.
-    let db = (scene.pki.path().join("dbproxy.pem"), scene.pki.path().join("dbproxy.key"));
+    let db = (
+        scene.pki.path().join("dbproxy.pem"),
+        scene.pki.path().join("dbproxy.key"),
+    );
     let ep = endpoint(&scene.pki.ca(), Some((&db.0, &db.1)), proto::ALPN);
     match send_control_bytes(&ep, scene.relay.addr, &hello).await {
         Answer::Frame(Frame::Refusal(r)) => assert_eq!(r.code, RefusalCode::RoleNotAuthorized),
@@ -176,22 +197,37 @@ async fn an_edge_stream_that_does_not_start_with_route_is_reset_and_the_edge_sta
     let scene = Scene::new().await;
     let (cert, key) = edge_identity(&scene.pki);
     let ep = endpoint(&scene.pki.ca(), Some((&cert, &key)), proto::ALPN);
-    let conn = ep.connect(scene.relay.addr, "localhost").unwrap().await.unwrap();
+    let conn = ep
+        .connect(scene.relay.addr, "localhost")
+        .unwrap()
+        .await
+        .unwrap();
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
     let welcome = proto::handshake(
         &mut send,
         &mut recv,
-        Hello { role: Role::Edge, token: None, client_name: "edge".into(), capabilities: vec![] },
+        Hello {
+            role: Role::Edge,
+            token: None,
+            client_name: "edge".into(),
+            capabilities: vec![],
+        },
     )
     .await
     .expect("a real edge is welcomed");
     assert!(welcome.routing_key.is_none());
 
-    for garbage in [b"\x00\x00garbage not bincode".to_vec(), vec![0x11, 0, 0, 0, 2, 0xff, 0xff], encode(&Frame::End)] {
+    for garbage in [
+        b"\x00\x00garbage not bincode".to_vec(),
+        vec![0x11, 0, 0, 0, 2, 0xff, 0xff],
+        encode(&Frame::End),
+    ] {
         let (mut s, mut r) = conn.open_bi().await.unwrap();
         s.write_all(&garbage).await.unwrap();
         let mut buf = [0u8; 16];
-        let read = tokio::time::timeout(WAIT, r.read(&mut buf)).await.expect("relay hung on a bad stream");
+        let read = tokio::time::timeout(WAIT, r.read(&mut buf))
+            .await
+            .expect("relay hung on a bad stream");
         assert!(
             matches!(read, Err(quinn::ReadError::Reset(code)) if code.into_inner() == u64::from(proto::codes::STREAM_BAD_HEADER)),
             "{read:?}"
@@ -200,8 +236,18 @@ async fn an_edge_stream_that_does_not_start_with_route_is_reset_and_the_edge_sta
     // The edge's connection is still good for real streams.
     let (mut s, mut r) = conn.open_bi().await.unwrap();
     let key = scene.host[4..10].to_owned();
-    proto::write_frame(&mut s, &Frame::Route(proto::RouteRequest { key: proto::RoutingKey::parse(&key).unwrap() })).await.unwrap();
-    let reply = tokio::time::timeout(WAIT, proto::read_frame(&mut r, proto::MAX_FRAME_LEN)).await.unwrap().unwrap();
+    proto::write_frame(
+        &mut s,
+        &Frame::Route(proto::RouteRequest {
+            key: proto::RoutingKey::parse(&key).unwrap(),
+        }),
+    )
+    .await
+    .unwrap();
+    let reply = tokio::time::timeout(WAIT, proto::read_frame(&mut r, proto::MAX_FRAME_LEN))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(reply, Some(Frame::RouteReply(proto::RouteReply::Connected)));
     scene.bystander_still_served().await;
 }

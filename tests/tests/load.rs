@@ -21,7 +21,16 @@ async fn two_hundred_concurrent_requests_through_one_client_all_succeed_with_the
         let (http, host) = (http.clone(), host.clone());
         async move {
             let body = Bytes::from(format!("request number {i} ").repeat(i % 7 + 1));
-            let reply = send(&http, edge.addr, "POST", &host, &format!("/n/{i}"), &[], body.clone()).await;
+            let reply = send(
+                &http,
+                edge.addr,
+                "POST",
+                &host,
+                &format!("/n/{i}"),
+                &[],
+                body.clone(),
+            )
+            .await;
             (i, body, reply)
         }
     });
@@ -31,7 +40,11 @@ async fn two_hundred_concurrent_requests_through_one_client_all_succeed_with_the
         assert_eq!(reply.status, 200, "request {i}: {}", reply.text());
         let seen = reply.json();
         assert_eq!(seen["uri"], format!("/n/{i}"));
-        assert_eq!(seen["body_sha256"], sha256_hex(&body), "request {i} got another's body");
+        assert_eq!(
+            seen["body_sha256"],
+            sha256_hex(&body),
+            "request {i} got another's body"
+        );
     }
 }
 
@@ -50,13 +63,31 @@ async fn fifty_megabyte_bodies_pass_both_ways_with_matching_checksums() {
 
     // Upload: the app reports the length and checksum of what it received.
     let upload = Bytes::from((0..SIZE).map(|i| (i * 7 % 253) as u8).collect::<Vec<u8>>());
-    let reply = send(&http, edge.addr, "PUT", &host, "/upload", &[], upload.clone()).await;
+    let reply = send(
+        &http,
+        edge.addr,
+        "PUT",
+        &host,
+        "/upload",
+        &[],
+        upload.clone(),
+    )
+    .await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.json()["body_len"], SIZE);
     assert_eq!(reply.json()["body_sha256"], sha256_hex(&upload));
 
     // Download: the app streams a known pattern.
-    let reply = send(&http, edge.addr, "GET", &host, &format!("/bytes/{SIZE}"), &[], Bytes::new()).await;
+    let reply = send(
+        &http,
+        edge.addr,
+        "GET",
+        &host,
+        &format!("/bytes/{SIZE}"),
+        &[],
+        Bytes::new(),
+    )
+    .await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.body.len(), SIZE);
     let expected: Vec<u8> = (0..SIZE).map(pattern).collect();

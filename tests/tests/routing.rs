@@ -46,10 +46,18 @@ async fn developer_request_arrives_intact_and_keyless_requests_reach_production(
     // A visitor cannot claim another address: the edge replaces it with the socket's.
     assert_eq!(seen["headers"]["x-forwarded-for"], "127.0.0.1");
     assert_eq!(seen["headers"]["x-forwarded-proto"], "http");
-    assert_eq!(seen["headers"]["x-forwarded-host"], format!("www-{key}.example.com"));
+    assert_eq!(
+        seen["headers"]["x-forwarded-host"],
+        format!("www-{key}.example.com")
+    );
 
     // Same path, no key: production.
-    let reply = get(edge.addr, "www.example.com", "/orders/42?expand=items&x=%20y").await;
+    let reply = get(
+        edge.addr,
+        "www.example.com",
+        "/orders/42?expand=items&x=%20y",
+    )
+    .await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.json()["app"], "production");
     assert_eq!(reply.json()["uri"], "/orders/42?expand=items&x=%20y");
@@ -67,11 +75,32 @@ async fn routing_header_reaches_the_developer_and_is_removed() {
     let key = token.routing_key().to_string();
     let _client = TestClient::connect(&relay, &pki, token, dev).await;
 
-    let reply = send(&client(), edge.addr, "GET", "www.example.com", "/h", &[("X-DevInProd-Key", &key)], Bytes::new()).await;
+    let reply = send(
+        &client(),
+        edge.addr,
+        "GET",
+        "www.example.com",
+        "/h",
+        &[("X-DevInProd-Key", &key)],
+        Bytes::new(),
+    )
+    .await;
     assert_eq!(reply.json()["app"], "developer");
-    assert!(reply.json()["headers"].get("x-devinprod-key").is_none(), "routing header leaked to the app");
+    assert!(
+        reply.json()["headers"].get("x-devinprod-key").is_none(),
+        "routing header leaked to the app"
+    );
 
-    let reply = send(&client(), edge.addr, "GET", "www.example.com", "/h", &[("x-devinprod-key", "not-a-key")], Bytes::new()).await;
+    let reply = send(
+        &client(),
+        edge.addr,
+        "GET",
+        "www.example.com",
+        "/h",
+        &[("x-devinprod-key", "not-a-key")],
+        Bytes::new(),
+    )
+    .await;
     assert_eq!(reply.status, 400, "{}", reply.text());
 }
 
@@ -86,13 +115,26 @@ async fn two_developers_each_receive_only_their_own_requests() {
     let edge = TestEdge::in_process(&relay, Some(prod)).await;
     let alice = relay.issue_token("alice");
     let bob = relay.issue_token("bob");
-    let (ka, kb) = (alice.routing_key().to_string(), bob.routing_key().to_string());
+    let (ka, kb) = (
+        alice.routing_key().to_string(),
+        bob.routing_key().to_string(),
+    );
     let _a = TestClient::connect(&relay, &pki, alice, alice_app).await;
     let _b = TestClient::connect(&relay, &pki, bob, bob_app).await;
 
     for _ in 0..5 {
-        assert_eq!(get(edge.addr, &format!("www-{ka}.example.com"), "/").await.json()["app"], "alice");
-        assert_eq!(get(edge.addr, &format!("www-{kb}.example.com"), "/").await.json()["app"], "bob");
+        assert_eq!(
+            get(edge.addr, &format!("www-{ka}.example.com"), "/")
+                .await
+                .json()["app"],
+            "alice"
+        );
+        assert_eq!(
+            get(edge.addr, &format!("www-{kb}.example.com"), "/")
+                .await
+                .json()["app"],
+            "bob"
+        );
     }
     // Browsers lowercase host names, but a hand-typed capitalised host must still match.
     let shouted = format!("WWW-{}.Example.COM", ka.to_uppercase());
@@ -106,16 +148,40 @@ async fn offline_developer_gets_a_502_that_says_so_in_html_or_text() {
     let relay = TestRelay::start(&pki).await;
     let prod = echo_app("production").await;
     let edge = TestEdge::in_process(&relay, Some(prod)).await;
-    let key = relay.issue_token("nobody-connected").routing_key().to_string();
+    let key = relay
+        .issue_token("nobody-connected")
+        .routing_key()
+        .to_string();
 
     let plain = get(edge.addr, &format!("www-{key}.example.com"), "/").await;
     assert_eq!(plain.status, 502);
-    assert!(plain.text().contains(&format!("No developer is connected for routing key {key}")), "{}", plain.text());
-    assert!(plain.headers["content-type"].to_str().unwrap().starts_with("text/plain"));
+    assert!(
+        plain
+            .text()
+            .contains(&format!("No developer is connected for routing key {key}")),
+        "{}",
+        plain.text()
+    );
+    assert!(plain.headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
 
-    let html = send(&client(), edge.addr, "GET", &format!("www-{key}.example.com"), "/", &[("accept", "text/html,*/*")], Bytes::new()).await;
+    let html = send(
+        &client(),
+        edge.addr,
+        "GET",
+        &format!("www-{key}.example.com"),
+        "/",
+        &[("accept", "text/html,*/*")],
+        Bytes::new(),
+    )
+    .await;
     assert_eq!(html.status, 502);
-    assert!(html.headers["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(html.headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
     assert!(html.text().contains("<h1>Developer offline</h1>"));
 }
 
@@ -132,11 +198,23 @@ async fn separate_edge_over_quic_routes_developers_and_reports_offline_ones() {
     let _client = TestClient::connect(&relay, &pki, token, dev).await;
 
     let body = Bytes::from(vec![7u8; 300_000]);
-    let reply = send(&client(), edge.addr, "POST", &format!("www-{key}.example.com"), "/via-quic", &[], body.clone()).await;
+    let reply = send(
+        &client(),
+        edge.addr,
+        "POST",
+        &format!("www-{key}.example.com"),
+        "/via-quic",
+        &[],
+        body.clone(),
+    )
+    .await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.json()["app"], "developer");
     assert_eq!(reply.json()["body_sha256"], sha256_hex(&body));
-    assert_eq!(get(edge.addr, "www.example.com", "/").await.json()["app"], "production");
+    assert_eq!(
+        get(edge.addr, "www.example.com", "/").await.json()["app"],
+        "production"
+    );
     let offline = get(edge.addr, "www-zzzzzz.example.com", "/").await;
     assert_eq!(offline.status, 502);
     assert!(offline.text().contains("zzzzzz"), "{}", offline.text());
@@ -158,5 +236,11 @@ async fn local_app_down_gives_the_visitor_a_502_naming_the_local_address() {
     let _client = TestClient::connect(&relay, &pki, token, dead).await;
     let reply = get(edge.addr, &format!("www-{key}.example.com"), "/").await;
     assert_eq!(reply.status, 502);
-    assert!(reply.text().contains(&format!("cannot reach your local app at {dead}")), "{}", reply.text());
+    assert!(
+        reply
+            .text()
+            .contains(&format!("cannot reach your local app at {dead}")),
+        "{}",
+        reply.text()
+    );
 }

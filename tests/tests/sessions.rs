@@ -24,7 +24,10 @@ async fn a_second_client_with_the_same_token_takes_over_and_the_first_exits_with
     let _second = TestClient::connect(&relay, &pki, token, desktop).await;
 
     match first.exit().await {
-        AgentExit::Replaced(reason) => assert!(reason.contains("replaced by a newer connection"), "{reason}"),
+        AgentExit::Replaced(reason) => assert!(
+            reason.contains("replaced by a newer connection"),
+            "{reason}"
+        ),
         other => panic!("first client should have been replaced, got {other:?}"),
     }
     assert_eq!(get(edge.addr, &host, "/").await.json()["app"], "desktop");
@@ -39,7 +42,12 @@ async fn an_unknown_token_is_refused_with_a_reason_and_gets_no_traffic() {
     let app = echo_app("dev").await;
     let unknown = proto::AuthToken::generate().unwrap();
     let key = unknown.routing_key();
-    let mut client = TestClient::spawn(TestClient::agent_config(relay.addr, &pki.ca(), unknown, app));
+    let mut client = TestClient::spawn(TestClient::agent_config(
+        relay.addr,
+        &pki.ca(),
+        unknown,
+        app,
+    ));
     match client.exit().await {
         AgentExit::Refused(r) => {
             assert_eq!(r.code, RefusalCode::BadToken);
@@ -47,7 +55,12 @@ async fn an_unknown_token_is_refused_with_a_reason_and_gets_no_traffic() {
         }
         other => panic!("expected a refusal, got {other:?}"),
     }
-    assert_eq!(get(edge.addr, &format!("www-{key}.example.com"), "/").await.status, 502);
+    assert_eq!(
+        get(edge.addr, &format!("www-{key}.example.com"), "/")
+            .await
+            .status,
+        502
+    );
 }
 
 #[tokio::test]
@@ -88,8 +101,13 @@ async fn a_revoked_token_is_disconnected_then_refused() {
 async fn reqwest_post(url: &str) -> (u16, String) {
     use http_body_util::{BodyExt, Full};
     let client = tests::http_client::client();
-    let req = http::Request::post(url).body(Full::new(bytes::Bytes::new())).unwrap();
-    let resp = tokio::time::timeout(WAIT, client.request(req)).await.unwrap().unwrap();
+    let req = http::Request::post(url)
+        .body(Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let resp = tokio::time::timeout(WAIT, client.request(req))
+        .await
+        .unwrap()
+        .unwrap();
     let status = resp.status().as_u16();
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     (status, String::from_utf8_lossy(&body).into_owned())
@@ -138,15 +156,24 @@ async fn create_token_is_refused_to_peers_outside_the_admin_allow_list() {
             let mut s = sock.connect(admin).await.unwrap();
             s.write_all(request).await.unwrap();
             let mut out = String::new();
-            tokio::time::timeout(WAIT, s.read_to_string(&mut out)).await.unwrap().unwrap();
+            tokio::time::timeout(WAIT, s.read_to_string(&mut out))
+                .await
+                .unwrap()
+                .unwrap();
             out
         }
     };
     // 127.0.0.2 is a loopback address too, but not on the allow-list: as good as remote.
     let refused = from("127.0.0.2").await;
     assert!(refused.starts_with("HTTP/1.1 403"), "{refused}");
-    assert!(refused.contains("this request came from 127.0.0.2"), "{refused}");
-    assert!(relay.relay.tokens().list().is_empty(), "a refused request created a token");
+    assert!(
+        refused.contains("this request came from 127.0.0.2"),
+        "{refused}"
+    );
+    assert!(
+        relay.relay.tokens().list().is_empty(),
+        "a refused request created a token"
+    );
 
     let allowed = from("127.0.0.1").await;
     assert!(allowed.starts_with("HTTP/1.1 200"), "{allowed}");
@@ -169,7 +196,9 @@ async fn the_client_comes_back_by_itself_after_the_relay_restarts() {
     let mut config = TestRelay::config(&pki);
     config.listen = addr;
     let second = TestRelay::start_with(config).await;
-    tokio::time::timeout(WAIT, client.wait_connected()).await.expect("no reconnect");
+    tokio::time::timeout(WAIT, client.wait_connected())
+        .await
+        .expect("no reconnect");
     let edge = TestEdge::in_process(&second, None).await;
     assert_eq!(get(edge.addr, &host, "/").await.json()["app"], "dev");
 }
@@ -191,7 +220,9 @@ async fn a_separate_edge_reconnects_to_a_restarted_relay() {
     let mut config = TestRelay::config(&pki);
     config.listen = addr;
     let _second = TestRelay::start_with(config).await;
-    tokio::time::timeout(WAIT, client.wait_connected()).await.expect("no reconnect");
+    tokio::time::timeout(WAIT, client.wait_connected())
+        .await
+        .expect("no reconnect");
     // The edge notices its connection is gone and makes a new one on the next request.
     let mut status = 0;
     for _ in 0..20 {

@@ -12,7 +12,8 @@ fn token(args: &ConnectArgs) -> anyhow::Result<AuthToken> {
     let (text, source) = if let Some(t) = &args.token {
         (t.clone(), "--token".to_owned())
     } else if let Some(f) = &args.token_file {
-        let t = std::fs::read_to_string(f).with_context(|| format!("cannot read token file {}", f.display()))?;
+        let t = std::fs::read_to_string(f)
+            .with_context(|| format!("cannot read token file {}", f.display()))?;
         (t, format!("token file {}", f.display()))
     } else if let Ok(t) = std::env::var("DEVINPROD_TOKEN") {
         (t, "$DEVINPROD_TOKEN".to_owned())
@@ -33,7 +34,11 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<i32> {
     let relay = args.relay.clone();
     let local = args.http.clone();
     let events = Arc::new(move |e: AgentEvent| match e {
-        AgentEvent::Connected { routing_key, public_urls, .. } => {
+        AgentEvent::Connected {
+            routing_key,
+            public_urls,
+            ..
+        } => {
             println!("Connected to relay {relay}. Routing key: {routing_key}");
             for u in &public_urls {
                 println!("  Preview: {u}");
@@ -41,10 +46,19 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<i32> {
             println!("  Forwarding to your app at http://{local}");
         }
         AgentEvent::Disconnected { reason, retry_in } => {
-            println!("Relay unreachable ({reason}); reconnecting in {:.1}s…", retry_in.as_secs_f64());
+            println!(
+                "Relay unreachable ({reason}); reconnecting in {:.1}s…",
+                retry_in.as_secs_f64()
+            );
         }
         AgentEvent::Request(r) if !quiet => {
-            println!("{} {} {} {:.1}ms", r.method, r.path, r.status, r.duration.as_secs_f64() * 1e3);
+            println!(
+                "{} {} {} {:.1}ms",
+                r.method,
+                r.path,
+                r.status,
+                r.duration.as_secs_f64() * 1e3
+            );
         }
         AgentEvent::Request(_) => {}
     });

@@ -62,7 +62,11 @@ fn edge_config(args: &EdgeArgs) -> anyhow::Result<EdgeConfig> {
     if let Some(v) = &args.state_dir {
         c.state_dir = v.clone();
     }
-    for (flag, slot) in [(&args.ca, &mut c.ca), (&args.cert, &mut c.cert), (&args.key, &mut c.key)] {
+    for (flag, slot) in [
+        (&args.ca, &mut c.ca),
+        (&args.cert, &mut c.cert),
+        (&args.key, &mut c.key),
+    ] {
         if let Some(v) = flag {
             *slot = Some(v.clone());
         }
@@ -129,8 +133,12 @@ pub async fn relay(args: RelayArgs) -> anyhow::Result<i32> {
         admin.local_addr().context("admin address")?
     );
     let mut running = Running::new();
-    running.tasks.spawn(relay.clone().run(endpoint, running.stop_signal()));
-    running.tasks.spawn(relay::serve_admin(relay, admin, running.stop_signal()));
+    running
+        .tasks
+        .spawn(relay.clone().run(endpoint, running.stop_signal()));
+    running
+        .tasks
+        .spawn(relay::serve_admin(relay, admin, running.stop_signal()));
     running.serve_until(super::shutdown_signal()).await;
     Ok(0)
 }
@@ -140,12 +148,19 @@ pub async fn edge(args: EdgeArgs) -> anyhow::Result<i32> {
     let Some(relay_addr) = config.relay.clone() else {
         bail!("the edge needs the relay's address: --relay HOST:PORT (or `relay` in edge.toml)");
     };
-    let connector = RelayConnector::new(&config, &relay_addr).context("cannot set up the connection to the relay")?;
+    let connector = RelayConnector::new(&config, &relay_addr)
+        .context("cannot set up the connection to the relay")?;
     let listener = bind_tcp(config.listen, "edge").await?;
-    let edge = Edge::new(config.clone(), Arc::new(connector)).context("invalid edge configuration")?;
-    println!("edge listening on http://{} → relay {relay_addr}", listener.local_addr()?);
+    let edge =
+        Edge::new(config.clone(), Arc::new(connector)).context("invalid edge configuration")?;
+    println!(
+        "edge listening on http://{} → relay {relay_addr}",
+        listener.local_addr()?
+    );
     let mut running = Running::new();
-    running.tasks.spawn(edge.run(listener, running.stop_signal()));
+    running
+        .tasks
+        .spawn(edge.run(listener, running.stop_signal()));
     running.serve_until(super::shutdown_signal()).await;
     Ok(0)
 }
@@ -189,12 +204,15 @@ pub async fn start_stack(args: &UpArgs, tokens: Option<TokenStore>) -> anyhow::R
     }
 
     // Adopt whatever `certs init` wrote; create only what is missing.
-    certs::ensure_pki(&dir, &[]).with_context(|| format!("cannot prepare the PKI in {}", dir.display()))?;
+    certs::ensure_pki(&dir, &[])
+        .with_context(|| format!("cannot prepare the PKI in {}", dir.display()))?;
     let relay = match tokens {
         Some(t) => Relay::new(rc.clone(), t),
         None => Relay::from_config(rc.clone()).context("cannot open the token store")?,
     };
-    let endpoint = relay.bind().with_context(|| format!("cannot listen on {} (relay, UDP)", rc.listen))?;
+    let endpoint = relay
+        .bind()
+        .with_context(|| format!("cannot listen on {} (relay, UDP)", rc.listen))?;
     let relay_addr = endpoint.local_addr().context("relay address")?;
     let admin = bind_tcp(rc.admin_listen, "admin API").await?;
     let admin_addr = admin.local_addr()?;
@@ -204,9 +222,17 @@ pub async fn start_stack(args: &UpArgs, tokens: Option<TokenStore>) -> anyhow::R
     let edge = Edge::new(ec.clone(), relay.registry()).context("invalid edge configuration")?;
 
     let mut running = Running::new();
-    running.tasks.spawn(relay.clone().run(endpoint, running.stop_signal()));
-    running.tasks.spawn(relay::serve_admin(relay.clone(), admin, running.stop_signal()));
-    running.tasks.spawn(edge.run(edge_listener, running.stop_signal()));
+    running
+        .tasks
+        .spawn(relay.clone().run(endpoint, running.stop_signal()));
+    running.tasks.spawn(relay::serve_admin(
+        relay.clone(),
+        admin,
+        running.stop_signal(),
+    ));
+    running
+        .tasks
+        .spawn(edge.run(edge_listener, running.stop_signal()));
     Ok(Stack {
         relay,
         dir,
@@ -221,12 +247,19 @@ pub async fn start_stack(args: &UpArgs, tokens: Option<TokenStore>) -> anyhow::R
 pub async fn up(args: UpArgs) -> anyhow::Result<i32> {
     let stack = start_stack(&args, None).await?;
     println!("DevInProd is up (state in {}).", stack.dir.display());
-    println!("  edge   http://{}  (production: {})", stack.edge_addr, stack.production.as_deref().unwrap_or("none configured"));
+    println!(
+        "  edge   http://{}  (production: {})",
+        stack.edge_addr,
+        stack.production.as_deref().unwrap_or("none configured")
+    );
     println!("  relay  {} (QUIC/UDP)", stack.relay_addr);
     println!("  admin  http://{}", stack.admin_addr);
     println!();
     println!("Next, for each developer:");
-    println!("  export DEVINPROD_TOKEN=$(devinprod token create --admin http://{})", stack.admin_addr);
+    println!(
+        "  export DEVINPROD_TOKEN=$(devinprod token create --admin http://{})",
+        stack.admin_addr
+    );
     println!(
         "  devinprod connect --relay {} --ca {} --http 127.0.0.1:3000",
         stack.relay_addr,

@@ -16,16 +16,25 @@ async fn call(method: http::Method, url: &str, body: Option<Value>) -> anyhow::R
         .header(http::header::CONTENT_TYPE, "application/json")
         .body(Full::new(Bytes::from(body)))
         .with_context(|| format!("bad admin URL {url:?}"))?;
-    let resp = client
-        .request(req)
-        .await
-        .with_context(|| format!("cannot reach the relay's admin API at {url} (is the relay running? is --admin right?)"))?;
+    let resp = client.request(req).await.with_context(|| {
+        format!(
+            "cannot reach the relay's admin API at {url} (is the relay running? is --admin right?)"
+        )
+    })?;
     let status = resp.status();
-    let bytes = resp.into_body().collect().await.context("admin API response cut")?.to_bytes();
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .context("admin API response cut")?
+        .to_bytes();
     let json: Value = serde_json::from_slice(&bytes)
         .with_context(|| format!("admin API answered {status} with something that is not JSON"))?;
     if !status.is_success() {
-        let msg = json.get("error").and_then(Value::as_str).unwrap_or("no reason given");
+        let msg = json
+            .get("error")
+            .and_then(Value::as_str)
+            .unwrap_or("no reason given");
         bail!("admin API refused ({status}): {msg}");
     }
     Ok(json)
@@ -37,8 +46,16 @@ fn endpoint(admin: &str, path: &str) -> String {
 
 pub async fn create(admin: &str, name: Option<String>) -> anyhow::Result<i32> {
     let body = serde_json::json!({ "name": name.unwrap_or_default() });
-    let json = call(http::Method::POST, &endpoint(admin, "/api/createToken"), Some(body)).await?;
-    let token = json.get("token").and_then(Value::as_str).context("admin API answer has no token")?;
+    let json = call(
+        http::Method::POST,
+        &endpoint(admin, "/api/createToken"),
+        Some(body),
+    )
+    .await?;
+    let token = json
+        .get("token")
+        .and_then(Value::as_str)
+        .context("admin API answer has no token")?;
     // The token alone on stdout, so `TOKEN=$(devinprod token create)` works.
     println!("{token}");
     if let Some(urls) = json.get("public_urls").and_then(Value::as_array) {
@@ -52,10 +69,17 @@ pub async fn create(admin: &str, name: Option<String>) -> anyhow::Result<i32> {
 pub async fn list(admin: &str) -> anyhow::Result<i32> {
     let json = call(http::Method::GET, &endpoint(admin, "/api/tokens"), None).await?;
     let rows = json.as_array().context("admin API answer is not a list")?;
-    println!("{:<8} {:<20} {:<9} {:<10} CLIENT", "KEY", "NAME", "STATE", "CONNECTED");
+    println!(
+        "{:<8} {:<20} {:<9} {:<10} CLIENT",
+        "KEY", "NAME", "STATE", "CONNECTED"
+    );
     for r in rows {
         let s = |k: &str| r.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
-        let state = if r.get("revoked_at").is_some_and(|v| !v.is_null()) { "revoked" } else { "active" };
+        let state = if r.get("revoked_at").is_some_and(|v| !v.is_null()) {
+            "revoked"
+        } else {
+            "active"
+        };
         let connected = r.get("connected").and_then(Value::as_bool).unwrap_or(false);
         println!(
             "{:<8} {:<20} {:<9} {:<10} {}",
@@ -71,11 +95,23 @@ pub async fn list(admin: &str) -> anyhow::Result<i32> {
 
 pub async fn revoke(admin: &str, key: &str) -> anyhow::Result<i32> {
     let key = proto::RoutingKey::parse(key).context("the argument must be a routing key")?;
-    let json = call(http::Method::POST, &endpoint(admin, &format!("/api/tokens/{key}/revoke")), None).await?;
-    let disconnected = json.get("disconnected").and_then(Value::as_bool).unwrap_or(false);
+    let json = call(
+        http::Method::POST,
+        &endpoint(admin, &format!("/api/tokens/{key}/revoke")),
+        None,
+    )
+    .await?;
+    let disconnected = json
+        .get("disconnected")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     println!(
         "revoked {key}{}",
-        if disconnected { " (its live connection was closed)" } else { "" }
+        if disconnected {
+            " (its live connection was closed)"
+        } else {
+            ""
+        }
     );
     Ok(0)
 }
