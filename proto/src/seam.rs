@@ -5,7 +5,9 @@
 //! relay. The edge does not know which one it has.
 //!
 //! A [`TunnelStream`] speaks the HTTP framing of [`crate::frame`] end to end with the
-//! developer's client: the opener has already consumed any relay-side routing exchange.
+//! developer's client. Through a remote relay, the first frame read may be the relay's
+//! [`crate::RouteReply`] (the opener does not wait for it, to save a round trip): readers
+//! skip `Connected` and treat `Offline`/`Refused` as the answer.
 
 use crate::ids::RoutingKey;
 use std::future::Future;
