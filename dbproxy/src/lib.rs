@@ -1,0 +1,4 @@
+#![forbid(unsafe_code)]
+pub mod packet;
+pub mod policy;
+pub mod wire;

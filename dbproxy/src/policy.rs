@@ -1,0 +1,465 @@
+//! The statement policy: what a developer session may send, decided from the SQL text alone.
+//! Fail closed: anything not recognised as allowed is refused with a reason. Pure (no I/O);
+//! checks that need the catalog (table engines, triggers, stored functions) are done by the
+//! session on what [`classify`] reports in [`Forward`].
+//!
+//! Order of checks: executable comments are refused before parsing (the server runs
+//! `/*! … */` and `/*M! … */`, sqlparser drops or mis-versions them); the text must parse as
+//! exactly one statement; then each statement kind is allowed, emulated or refused.
+
+use sqlparser::ast::{
+    visit_expressions, visit_relations, ContextModifier, Expr, ObjectName, ObjectType, Set, SetExpr, Statement, Use,
+};
+use sqlparser::dialect::MySqlDialect;
+use sqlparser::parser::Parser;
+use std::ops::ControlFlow;
+
+/// A table as written in a statement: optional schema and name (unquoted).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TableName {
+    pub schema: Option<String>,
+    pub name: String,
+}
+
+/// A statement that goes upstream as written (after catalog checks).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forward {
+    /// Tables the statement writes to or reads from while writing; every one must be a
+    /// transactional base table or a temporary table of the session. Empty for reads.
+    pub write_tables: Vec<TableName>,
+    /// Names of all functions called (last name part, upper case), to check against the
+    /// catalog's stored functions.
+    pub functions: Vec<String>,
+    pub writes: bool,
+}
+
+/// Transaction control, emulated per app connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TxControl {
+    Begin,
+    Commit,
+    Rollback,
+    Savepoint(String),
+    Release(String),
+    RollbackTo(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Forward(Forward),
+    Tx(TxControl),
+    /// `SET autocommit = 0|1`: emulated, never forwarded.
+    SetAutocommit(bool),
+    /// Accepted and answered OK without going upstream (e.g. `SET TRANSACTION …`).
+    Swallow,
+    /// `USE db`: forwarded, and remembered per app connection.
+    Use(String),
+    /// A session `SET` of allowed variables: forwarded, and replayed when the upstream switches
+    /// back to this app connection. `vars` are the lower-case variable names it sets.
+    SessionSet { vars: Vec<String> },
+    /// `CREATE TEMPORARY TABLE name`: forwarded; the session remembers its temporary tables.
+    CreateTemporary(TableName),
+    /// `DROP TEMPORARY TABLE`: forwarded.
+    DropTemporary(Vec<TableName>),
+    Refuse(String),
+}
+
+/// A classified statement: a short kind for messages and logs ("SELECT", "DROP TABLE") and
+/// the verdict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Classified {
+    pub kind: String,
+    pub verdict: Verdict,
+}
+
+/// Session variables an app may set: they change how this session's statements behave, not
+/// the server, the upstream link, or the transaction.
+const SETTABLE_VARIABLES: &[&str] = &[
+    "character_set_client",
+    "character_set_connection",
+    "character_set_results",
+    "collation_connection",
+    "sql_mode",
+    "time_zone",
+    "lc_time_names",
+    "lc_messages",
+    "group_concat_max_len",
+    "sql_select_limit",
+    "div_precision_increment",
+    "max_sort_length",
+    "sql_safe_updates",
+    "sql_auto_is_null",
+    "sql_big_selects",
+    "sql_quote_show_create",
+    "sql_notes",
+    "sql_warnings",
+    "unique_checks",
+    "foreign_key_checks",
+    "sql_buffer_result",
+    "default_week_format",
+    "max_join_size",
+    "innodb_lock_wait_timeout",
+    "timestamp",
+    "insert_id",
+    "last_insert_id",
+    "optimizer_search_depth",
+    "big_tables",
+    "names",
+];
+
+/// Functions refused wherever they appear: they take locks that outlive the transaction, read
+/// the server's files, wait on replication, or change state that a rollback does not undo.
+const REFUSED_FUNCTIONS: &[(&str, &str)] = &[
+    ("GET_LOCK", "named locks survive ROLLBACK and collide with production's own locks"),
+    ("RELEASE_LOCK", "named locks survive ROLLBACK and collide with production's own locks"),
+    ("RELEASE_ALL_LOCKS", "named locks survive ROLLBACK and collide with production's own locks"),
+    ("IS_FREE_LOCK", "named locks are outside the transaction"),
+    ("IS_USED_LOCK", "named locks are outside the transaction"),
+    ("LOAD_FILE", "it reads files on the database server"),
+    ("SETVAL", "sequence changes are not rolled back"),
+    ("MASTER_POS_WAIT", "it waits on replication"),
+    ("MASTER_GTID_WAIT", "it waits on replication"),
+    ("SOURCE_POS_WAIT", "it waits on replication"),
+    ("WAIT_FOR_EXECUTED_GTID_SET", "it waits on replication"),
+];
+
+fn refuse(kind: impl Into<String>, why: impl Into<String>) -> Classified {
+    let kind = kind.into();
+    let why = why.into();
+    Classified {
+        verdict: Verdict::Refuse(format!("DevInProd refused {kind}: {why}")),
+        kind,
+    }
+}
+
+fn ok(kind: &str, verdict: Verdict) -> Classified {
+    Classified {
+        kind: kind.to_owned(),
+        verdict,
+    }
+}
+
+/// True if `sql` contains an executable comment (`/*!`, `/*M!`), anywhere: even inside a
+/// string literal, where it would be harmless, it is refused rather than risk mis-reading.
+fn has_executable_comment(sql: &str) -> bool {
+    let lower = sql.to_ascii_lowercase();
+    lower.contains("/*!") || lower.contains("/*m!")
+}
+
+/// The first words of a statement, for naming what was refused when it does not parse.
+fn leading_words(sql: &str) -> String {
+    let words: Vec<String> = sql
+        .split(|c: char| c.is_whitespace() || c == '(' || c == ';')
+        .filter(|w| !w.is_empty())
+        .take(2)
+        .map(|w| w.to_ascii_uppercase())
+        .collect();
+    if words.is_empty() {
+        "an empty statement".into()
+    } else {
+        words.join(" ")
+    }
+}
+
+fn table_name(name: &ObjectName) -> TableName {
+    let parts: Vec<String> = name
+        .0
+        .iter()
+        .map(|p| match p.as_ident() {
+            Some(ident) => ident.value.clone(),
+            None => p.to_string(),
+        })
+        .collect();
+    match parts.as_slice() {
+        [schema, table] => TableName {
+            schema: Some(schema.clone()),
+            name: table.clone(),
+        },
+        _ => TableName {
+            schema: None,
+            name: parts.last().cloned().unwrap_or_default(),
+        },
+    }
+}
+
+fn relations(st: &Statement) -> Vec<TableName> {
+    let mut out = Vec::new();
+    let _ = visit_relations(st, |n| {
+        let t = table_name(n);
+        if !out.contains(&t) {
+            out.push(t);
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    out
+}
+
+fn functions(st: &Statement) -> Vec<String> {
+    let mut out = Vec::new();
+    let _ = visit_expressions(st, |e| {
+        if let Expr::Function(f) = e {
+            let last = f
+                .name
+                .0
+                .last()
+                .map(|p| match p.as_ident() {
+                    Some(i) => i.value.to_ascii_uppercase(),
+                    None => p.to_string().to_ascii_uppercase(),
+                })
+                .unwrap_or_default();
+            out.push(last);
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    out
+}
+
+/// Classifies one COM_QUERY text.
+pub fn classify(sql: &str) -> Classified {
+    let trimmed = sql.trim().trim_end_matches(';').trim();
+    if has_executable_comment(sql) {
+        return refuse(
+            "an executable comment",
+            "/*! … */ and /*M! … */ comments are run by the server and cannot be classified safely; remove them",
+        );
+    }
+    let statements = match Parser::parse_sql(&MySqlDialect {}, trimmed) {
+        Ok(s) => s,
+        Err(e) => {
+            return refuse(
+                leading_words(trimmed),
+                format!("the statement could not be classified, so it is not run ({e})"),
+            )
+        }
+    };
+    let statement = match statements.as_slice() {
+        [one] => one,
+        [] => return refuse("an empty statement", "there is nothing to run"),
+        _ => return refuse("multiple statements", "send one statement per query"),
+    };
+    let classified = classify_statement(statement);
+    if matches!(classified.verdict, Verdict::Refuse(_)) {
+        return classified;
+    }
+    // Refused functions, wherever they hide (subqueries, arguments, SET values).
+    if let Some((name, why)) = functions(statement)
+        .iter()
+        .find_map(|name| REFUSED_FUNCTIONS.iter().find(|(n, _)| n == name))
+    {
+        return refuse(format!("{} calling {name}()", classified.kind), *why);
+    }
+    classified
+}
+
+fn forward(st: &Statement, writes: bool) -> Verdict {
+    Verdict::Forward(Forward {
+        write_tables: if writes { relations(st) } else { Vec::new() },
+        functions: functions(st),
+        writes,
+    })
+}
+
+fn classify_statement(st: &Statement) -> Classified {
+    match st {
+        Statement::Query(q) => {
+            if let SetExpr::Select(s) = q.body.as_ref() {
+                if s.into.is_some() {
+                    return refuse("SELECT … INTO", "it writes outside the transaction (a file, or variables)");
+                }
+            }
+            ok("SELECT", forward(st, false))
+        }
+        Statement::Insert(i) => ok(if i.replace_into { "REPLACE" } else { "INSERT" }, forward(st, true)),
+        Statement::Update(_) => ok("UPDATE", forward(st, true)),
+        Statement::Delete(_) => ok("DELETE", forward(st, true)),
+        Statement::StartTransaction { .. } => ok("BEGIN", Verdict::Tx(TxControl::Begin)),
+        Statement::Commit { chain, .. } => {
+            if *chain {
+                return refuse("COMMIT AND CHAIN", "chained transactions are not emulated");
+            }
+            ok("COMMIT", Verdict::Tx(TxControl::Commit))
+        }
+        Statement::Rollback { savepoint, chain } => match (savepoint, chain) {
+            (_, true) => refuse("ROLLBACK AND CHAIN", "chained transactions are not emulated"),
+            (Some(name), _) => ok("ROLLBACK TO SAVEPOINT", Verdict::Tx(TxControl::RollbackTo(name.value.clone()))),
+            (None, _) => ok("ROLLBACK", Verdict::Tx(TxControl::Rollback)),
+        },
+        Statement::Savepoint { name } => ok("SAVEPOINT", Verdict::Tx(TxControl::Savepoint(name.value.clone()))),
+        Statement::ReleaseSavepoint { name } => {
+            ok("RELEASE SAVEPOINT", Verdict::Tx(TxControl::Release(name.value.clone())))
+        }
+        Statement::Set(set) => classify_set(set),
+        Statement::Use(u) => match u {
+            Use::Object(name) | Use::Database(name) | Use::Schema(name) => {
+                ok("USE", Verdict::Use(table_name(name).name))
+            }
+            _ => refuse("USE", "only USE <database> is supported"),
+        },
+        Statement::CreateTable(ct) => {
+            if !ct.temporary {
+                return refuse("CREATE TABLE", "DDL commits the transaction implicitly; use CREATE TEMPORARY TABLE");
+            }
+            if ct.query.is_some() || ct.like.is_some() || ct.clone.is_some() {
+                // Allowed, but it reads other tables: those reads are plain SELECTs.
+            }
+            ok("CREATE TEMPORARY TABLE", Verdict::CreateTemporary(table_name(&ct.name)))
+        }
+        Statement::Drop {
+            object_type,
+            temporary,
+            names,
+            ..
+        } => {
+            if *object_type == ObjectType::Table && *temporary {
+                ok("DROP TEMPORARY TABLE", Verdict::DropTemporary(names.iter().map(table_name).collect()))
+            } else {
+                refuse(
+                    format!("DROP {object_type}"),
+                    "DDL commits the transaction implicitly (only DROP TEMPORARY TABLE is allowed)",
+                )
+            }
+        }
+        Statement::ShowTables { .. }
+        | Statement::ShowColumns { .. }
+        | Statement::ShowDatabases { .. }
+        | Statement::ShowCreate { .. }
+        | Statement::ShowVariables { .. }
+        | Statement::ShowStatus { .. }
+        | Statement::ShowVariable { .. }
+        | Statement::ShowCollation { .. }
+        | Statement::ShowCharset(_)
+        | Statement::ShowFunctions { .. }
+        | Statement::ShowSchemas { .. }
+        | Statement::ShowObjects(_)
+        | Statement::ShowViews { .. } => ok("SHOW", forward(st, false)),
+        Statement::ExplainTable { .. } => ok("DESCRIBE", forward(st, false)),
+        Statement::Explain { statement, analyze, .. } => {
+            let inner = classify_statement(statement);
+            match inner.verdict {
+                // EXPLAIN ANALYZE runs the statement: it must pass as itself.
+                Verdict::Forward(f) if *analyze => ok(&format!("EXPLAIN ANALYZE {}", inner.kind), Verdict::Forward(f)),
+                Verdict::Forward(_) => ok("EXPLAIN", forward(st, false)),
+                Verdict::Refuse(why) => Classified {
+                    kind: format!("EXPLAIN {}", inner.kind),
+                    verdict: Verdict::Refuse(why),
+                },
+                _ => refuse(format!("EXPLAIN {}", inner.kind), "only queries and data changes can be explained"),
+            }
+        }
+        Statement::LockTables { .. } => refuse("LOCK TABLES", "it commits the transaction and blocks production"),
+        Statement::UnlockTables => refuse("UNLOCK TABLES", "table locks are not allowed"),
+        Statement::Call(_) => refuse("CALL", "procedures may COMMIT, run DDL or dynamic SQL"),
+        Statement::Execute { .. } | Statement::Prepare { .. } | Statement::Deallocate { .. } => refuse(
+            "SQL-level PREPARE/EXECUTE",
+            "its text is not visible to the policy (use the protocol's prepared statements)",
+        ),
+        Statement::Truncate { .. } => refuse("TRUNCATE", "it commits the transaction implicitly"),
+        Statement::Grant { .. } | Statement::Revoke { .. } => refuse("GRANT/REVOKE", "account changes commit and touch the server"),
+        Statement::Kill { .. } => refuse("KILL", "it acts on other connections"),
+        other => {
+            let text = other.to_string();
+            refuse(leading_words(&text), "only reads, data changes, safe session SETs, USE, SHOW, DESCRIBE, EXPLAIN, temporary tables and transaction statements are allowed")
+        }
+    }
+}
+
+fn classify_set(set: &Set) -> Classified {
+    match set {
+        Set::SetTransaction { .. } => ok("SET TRANSACTION", Verdict::Swallow),
+        Set::SetNames { .. } | Set::SetNamesDefault { .. } => ok("SET NAMES", Verdict::SessionSet { vars: vec!["names".into()] }),
+        Set::SingleAssignment {
+            scope,
+            variable,
+            values,
+            ..
+        } => {
+            let name = variable_name(variable);
+            if let Some(c) = check_scope(scope.as_ref(), &name) {
+                return c;
+            }
+            if name.trim_start_matches("@@session.").trim_start_matches("@@") == "autocommit" {
+                return match values.as_slice() {
+                    [v] => match autocommit_value(v) {
+                        Some(on) => ok("SET autocommit", Verdict::SetAutocommit(on)),
+                        None => refuse("SET autocommit", "the value must be 0, 1, ON or OFF"),
+                    },
+                    _ => refuse("SET autocommit", "one value expected"),
+                };
+            }
+            session_vars(vec![name])
+        }
+        Set::MultipleAssignments { assignments } => {
+            // MariaDB: the scope of an assignment carries over to the next ones without one.
+            let mut scope: Option<ContextModifier> = None;
+            let mut names = Vec::new();
+            for a in assignments {
+                if a.scope.is_some() {
+                    scope = a.scope;
+                }
+                let name = variable_name(&a.name);
+                if let Some(c) = check_scope(scope.as_ref(), &name) {
+                    return c;
+                }
+                if name.trim_start_matches("@@session.").trim_start_matches("@@") == "autocommit" {
+                    return refuse("SET autocommit", "set autocommit in a statement of its own");
+                }
+                names.push(name);
+            }
+            session_vars(names)
+        }
+        _ => refuse("SET", "this form of SET is not allowed"),
+    }
+}
+
+fn variable_name(name: &ObjectName) -> String {
+    name.0
+        .iter()
+        .map(|p| match p.as_ident() {
+            Some(i) => i.value.clone(),
+            None => p.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(".")
+        .to_ascii_lowercase()
+}
+
+fn check_scope(scope: Option<&ContextModifier>, name: &str) -> Option<Classified> {
+    let global = matches!(scope, Some(ContextModifier::Global))
+        || name.starts_with("@@global.")
+        || name.starts_with("@@persist");
+    global.then(|| refuse("SET GLOBAL", "server-wide settings affect production"))
+}
+
+fn autocommit_value(v: &Expr) -> Option<bool> {
+    let s = v.to_string().to_ascii_lowercase();
+    match s.trim_matches('\'').trim_matches('"') {
+        "1" | "on" | "true" => Some(true),
+        "0" | "off" | "false" => Some(false),
+        _ => None,
+    }
+}
+
+/// Every name must be a user variable or an allowed session variable.
+fn session_vars(names: Vec<String>) -> Classified {
+    for n in &names {
+        if n.starts_with('@') && !n.starts_with("@@") {
+            continue;
+        }
+        let bare = n.trim_start_matches("@@session.").trim_start_matches("@@local.").trim_start_matches("@@");
+        if !SETTABLE_VARIABLES.contains(&bare) {
+            return refuse(
+                format!("SET {bare}"),
+                "only session variables that do not affect the server, the connection or the transaction may be set",
+            );
+        }
+    }
+    let vars = names
+        .into_iter()
+        .filter(|n| !(n.starts_with('@') && !n.starts_with("@@")))
+        .map(|n| n.trim_start_matches("@@session.").trim_start_matches("@@local.").trim_start_matches("@@").to_owned())
+        .collect();
+    ok("SET", Verdict::SessionSet { vars })
+}
+
+#[cfg(test)]
+mod tests;
