@@ -42,6 +42,8 @@ pub struct AgentConfig {
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
     pub max_frame_len: usize,
+    /// Local address for the app's MySQL connections (`--mysql-listen`), if any.
+    pub mysql_listen: Option<SocketAddr>,
 }
 
 impl AgentConfig {
@@ -60,6 +62,7 @@ impl AgentConfig {
             backoff_initial: Duration::from_millis(250),
             backoff_max: Duration::from_secs(30),
             max_frame_len: proto::MAX_FRAME_LEN,
+            mysql_listen: None,
         }
     }
 }
@@ -112,6 +115,11 @@ pub enum AgentError {
     BadRelay(String),
     #[error("{0}")]
     LocalApp(String),
+    #[error("cannot listen for MySQL connections on {addr}: {source}")]
+    MysqlListen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// Failure of one connection attempt.
@@ -128,6 +136,8 @@ pub struct Agent {
     server_name: String,
     local: Arc<LocalApp>,
     events: Arc<dyn Fn(AgentEvent) + Send + Sync>,
+    current: crate::mysql::CurrentConnection,
+    mysql_listener: std::sync::Mutex<Option<tokio::net::TcpListener>>,
 }
 
 impl Agent {
@@ -164,17 +174,56 @@ impl Agent {
         let endpoint = certs::client_endpoint(certs::unspecified_for(family_hint), tls, transport)?;
         let local =
             Arc::new(LocalApp::new(&config.http, config.h2c).map_err(AgentError::LocalApp)?);
+        // Bound now, so a busy port is an error at start rather than a surprise later.
+        let mysql_listener = match config.mysql_listen {
+            Some(addr) => {
+                let l = std::net::TcpListener::bind(addr)
+                    .and_then(|l| l.set_nonblocking(true).map(|_| l))
+                    .and_then(tokio::net::TcpListener::from_std)
+                    .map_err(|source| AgentError::MysqlListen { addr, source })?;
+                Some(l)
+            }
+            None => None,
+        };
         Ok(Self {
             config,
             endpoint,
             server_name,
             local,
             events,
+            current: Arc::default(),
+            mysql_listener: std::sync::Mutex::new(mysql_listener),
         })
     }
 
     /// Runs until one of the [`AgentExit`] reasons.
+    /// The address of the local MySQL listener, if there is one.
+    pub fn mysql_addr(&self) -> Option<SocketAddr> {
+        self.mysql_listener
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+    }
+
     pub async fn run(&self, shutdown: impl Future<Output = ()>) -> AgentExit {
+        let listener = self
+            .mysql_listener
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let mysql = listener
+            .map(|l| AbortOnDrop(tokio::spawn(crate::mysql::serve(l, self.current.clone()))));
+        let exit = self.run_connection(shutdown).await;
+        drop(mysql);
+        exit
+    }
+
+    fn set_current(&self, conn: Option<quinn::Connection>) {
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = conn;
+    }
+
+    async fn run_connection(&self, shutdown: impl Future<Output = ()>) -> AgentExit {
         tokio::pin!(shutdown);
         let mut backoff = self.config.backoff_initial;
         loop {
@@ -185,7 +234,10 @@ impl Agent {
             let reason = match attempt {
                 Ok(conn) => {
                     backoff = self.config.backoff_initial;
-                    match self.serve(&conn, &mut shutdown).await {
+                    self.set_current(Some(conn.clone()));
+                    let served = self.serve(&conn, &mut shutdown).await;
+                    self.set_current(None);
+                    match served {
                         Ok(exit) => {
                             conn.close(
                                 quinn::VarInt::from_u32(codes::CLOSE_NORMAL),
@@ -291,6 +343,15 @@ impl Agent {
                 }
             });
         }
+    }
+}
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -26,6 +26,8 @@ pub enum Command {
     Relay(RelayArgs),
     /// Run an edge (HTTP reverse proxy) as its own process, connected to a relay.
     Edge(EdgeArgs),
+    /// Run a dbproxy (developer sessions in never-committed transactions) as its own process.
+    Dbproxy(DbproxyArgs),
     /// Run relay and edge in one process (PKI and tokens under --dir).
     Up(UpArgs),
     /// Run everything on this machine: `up`, a sample production app, a sample developer app
@@ -104,6 +106,22 @@ pub struct EdgeArgs {
     pub key: Option<PathBuf>,
 }
 
+#[derive(Args, Debug, Default)]
+pub struct DbproxyArgs {
+    /// TOML file with the dbproxy's settings (flags override it).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// The database, mysql://user:password@host:3306 (prefer the config file: flags show in `ps`).
+    #[arg(long)]
+    pub mysql: Option<String>,
+    /// The relay, HOST:PORT (UDP).
+    #[arg(long)]
+    pub relay: Option<String>,
+    /// Directory of ca.pem, dbproxy.pem and dbproxy.key [default: ./.devinprod].
+    #[arg(long = "state-dir")]
+    pub state_dir: Option<PathBuf>,
+}
+
 #[derive(Args, Debug, Default, Clone)]
 pub struct UpArgs {
     /// Directory of the PKI files and the token store [default: ./.devinprod].
@@ -112,6 +130,10 @@ pub struct UpArgs {
     /// Production upstream for requests without a routing key, e.g. http://127.0.0.1:3000.
     #[arg(long)]
     pub production: Option<String>,
+    /// The database for developer sessions, mysql://user:password@host:3306: runs the dbproxy
+    /// in this process.
+    #[arg(long)]
+    pub mysql: Option<String>,
     /// Public HTTP listener [default: 127.0.0.1:8080].
     #[arg(long = "edge-listen")]
     pub edge_listen: Option<SocketAddr>,
@@ -191,6 +213,10 @@ pub struct ConnectArgs {
     /// TLS name on the relay's certificate [default: the host of --relay].
     #[arg(long = "server-name")]
     pub server_name: Option<String>,
+    /// Local address for your app's MySQL connections, e.g. 127.0.0.1:13306; they reach the
+    /// database through your DevInProd session (one never-committed transaction).
+    #[arg(long = "mysql-listen")]
+    pub mysql_listen: Option<std::net::SocketAddr>,
     /// Seconds between keep-alives (stay well inside NAT timeouts).
     #[arg(long = "keep-alive-secs", default_value_t = 10)]
     pub keep_alive_secs: u64,

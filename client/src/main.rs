@@ -10,7 +10,7 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // Servers log at info by default; the developer's terminal stays for the request log.
     let default_level = match cli.command {
-        Command::Relay(_) | Command::Edge(_) | Command::Up(_) => "info",
+        Command::Relay(_) | Command::Edge(_) | Command::Dbproxy(_) | Command::Up(_) => "info",
         _ => "warn",
     };
     tracing_subscriber::fmt()
@@ -25,6 +25,7 @@ async fn main() -> std::process::ExitCode {
         } => commands::certs_init::run(&dir, &relay_names),
         Command::Relay(args) => commands::servers::relay(args).await,
         Command::Edge(args) => commands::servers::edge(args).await,
+        Command::Dbproxy(args) => commands::servers::dbproxy(args).await,
         Command::Up(args) => commands::servers::up(args).await,
         Command::Demo(args) => commands::demo::run(args).await,
         Command::Token { command } => match command {

@@ -133,7 +133,14 @@ mod tests {
 
     #[tokio::test]
     async fn large_packets_split_and_rejoin() {
-        for size in [0usize, 1, MAX_CHUNK - 1, MAX_CHUNK, MAX_CHUNK + 10, 2 * MAX_CHUNK] {
+        for size in [
+            0usize,
+            1,
+            MAX_CHUNK - 1,
+            MAX_CHUNK,
+            MAX_CHUNK + 10,
+            2 * MAX_CHUNK,
+        ] {
             let payload: Vec<u8> = (0..size).map(|i| i as u8).collect();
             let mut out = BytesMut::new();
             let next = encode(5, &payload, &mut out);
@@ -151,7 +158,13 @@ mod tests {
     async fn oversized_and_truncated_packets_are_errors() {
         let mut out = BytesMut::new();
         encode(0, &[1u8; 100], &mut out);
-        assert!(matches!(PacketReader::new(&out[..], 50).read().await, Err(PacketError::TooLarge(100, 50))));
-        assert!(matches!(PacketReader::new(&out[..60], 1000).read().await, Err(PacketError::Io(_))));
+        assert!(matches!(
+            PacketReader::new(&out[..], 50).read().await,
+            Err(PacketError::TooLarge(100, 50))
+        ));
+        assert!(matches!(
+            PacketReader::new(&out[..60], 1000).read().await,
+            Err(PacketError::Io(_))
+        ));
     }
 }

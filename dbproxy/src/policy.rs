@@ -8,7 +8,8 @@
 //! exactly one statement; then each statement kind is allowed, emulated or refused.
 
 use sqlparser::ast::{
-    visit_expressions, visit_relations, ContextModifier, Expr, ObjectName, ObjectType, Set, SetExpr, Statement, Use,
+    visit_expressions, visit_relations, ContextModifier, Expr, ObjectName, ObjectType, Set,
+    SetExpr, Statement, Use,
 };
 use sqlparser::dialect::MySqlDialect;
 use sqlparser::parser::Parser;
@@ -56,7 +57,9 @@ pub enum Verdict {
     Use(String),
     /// A session `SET` of allowed variables: forwarded, and replayed when the upstream switches
     /// back to this app connection. `vars` are the lower-case variable names it sets.
-    SessionSet { vars: Vec<String> },
+    SessionSet {
+        vars: Vec<String>,
+    },
     /// `CREATE TEMPORARY TABLE name`: forwarded; the session remembers its temporary tables.
     CreateTemporary(TableName),
     /// `DROP TEMPORARY TABLE`: forwarded.
@@ -110,9 +113,18 @@ const SETTABLE_VARIABLES: &[&str] = &[
 /// Functions refused wherever they appear: they take locks that outlive the transaction, read
 /// the server's files, wait on replication, or change state that a rollback does not undo.
 const REFUSED_FUNCTIONS: &[(&str, &str)] = &[
-    ("GET_LOCK", "named locks survive ROLLBACK and collide with production's own locks"),
-    ("RELEASE_LOCK", "named locks survive ROLLBACK and collide with production's own locks"),
-    ("RELEASE_ALL_LOCKS", "named locks survive ROLLBACK and collide with production's own locks"),
+    (
+        "GET_LOCK",
+        "named locks survive ROLLBACK and collide with production's own locks",
+    ),
+    (
+        "RELEASE_LOCK",
+        "named locks survive ROLLBACK and collide with production's own locks",
+    ),
+    (
+        "RELEASE_ALL_LOCKS",
+        "named locks survive ROLLBACK and collide with production's own locks",
+    ),
     ("IS_FREE_LOCK", "named locks are outside the transaction"),
     ("IS_USED_LOCK", "named locks are outside the transaction"),
     ("LOAD_FILE", "it reads files on the database server"),
@@ -264,12 +276,18 @@ fn classify_statement(st: &Statement) -> Classified {
         Statement::Query(q) => {
             if let SetExpr::Select(s) = q.body.as_ref() {
                 if s.into.is_some() {
-                    return refuse("SELECT … INTO", "it writes outside the transaction (a file, or variables)");
+                    return refuse(
+                        "SELECT … INTO",
+                        "it writes outside the transaction (a file, or variables)",
+                    );
                 }
             }
             ok("SELECT", forward(st, false))
         }
-        Statement::Insert(i) => ok(if i.replace_into { "REPLACE" } else { "INSERT" }, forward(st, true)),
+        Statement::Insert(i) => ok(
+            if i.replace_into { "REPLACE" } else { "INSERT" },
+            forward(st, true),
+        ),
         Statement::Update(_) => ok("UPDATE", forward(st, true)),
         Statement::Delete(_) => ok("DELETE", forward(st, true)),
         Statement::StartTransaction { .. } => ok("BEGIN", Verdict::Tx(TxControl::Begin)),
@@ -280,14 +298,24 @@ fn classify_statement(st: &Statement) -> Classified {
             ok("COMMIT", Verdict::Tx(TxControl::Commit))
         }
         Statement::Rollback { savepoint, chain } => match (savepoint, chain) {
-            (_, true) => refuse("ROLLBACK AND CHAIN", "chained transactions are not emulated"),
-            (Some(name), _) => ok("ROLLBACK TO SAVEPOINT", Verdict::Tx(TxControl::RollbackTo(name.value.clone()))),
+            (_, true) => refuse(
+                "ROLLBACK AND CHAIN",
+                "chained transactions are not emulated",
+            ),
+            (Some(name), _) => ok(
+                "ROLLBACK TO SAVEPOINT",
+                Verdict::Tx(TxControl::RollbackTo(name.value.clone())),
+            ),
             (None, _) => ok("ROLLBACK", Verdict::Tx(TxControl::Rollback)),
         },
-        Statement::Savepoint { name } => ok("SAVEPOINT", Verdict::Tx(TxControl::Savepoint(name.value.clone()))),
-        Statement::ReleaseSavepoint { name } => {
-            ok("RELEASE SAVEPOINT", Verdict::Tx(TxControl::Release(name.value.clone())))
-        }
+        Statement::Savepoint { name } => ok(
+            "SAVEPOINT",
+            Verdict::Tx(TxControl::Savepoint(name.value.clone())),
+        ),
+        Statement::ReleaseSavepoint { name } => ok(
+            "RELEASE SAVEPOINT",
+            Verdict::Tx(TxControl::Release(name.value.clone())),
+        ),
         Statement::Set(set) => classify_set(set),
         Statement::Use(u) => match u {
             Use::Object(name) | Use::Database(name) | Use::Schema(name) => {
@@ -297,12 +325,18 @@ fn classify_statement(st: &Statement) -> Classified {
         },
         Statement::CreateTable(ct) => {
             if !ct.temporary {
-                return refuse("CREATE TABLE", "DDL commits the transaction implicitly; use CREATE TEMPORARY TABLE");
+                return refuse(
+                    "CREATE TABLE",
+                    "DDL commits the transaction implicitly; use CREATE TEMPORARY TABLE",
+                );
             }
             if ct.query.is_some() || ct.like.is_some() || ct.clone.is_some() {
                 // Allowed, but it reads other tables: those reads are plain SELECTs.
             }
-            ok("CREATE TEMPORARY TABLE", Verdict::CreateTemporary(table_name(&ct.name)))
+            ok(
+                "CREATE TEMPORARY TABLE",
+                Verdict::CreateTemporary(table_name(&ct.name)),
+            )
         }
         Statement::Drop {
             object_type,
@@ -311,7 +345,10 @@ fn classify_statement(st: &Statement) -> Classified {
             ..
         } => {
             if *object_type == ObjectType::Table && *temporary {
-                ok("DROP TEMPORARY TABLE", Verdict::DropTemporary(names.iter().map(table_name).collect()))
+                ok(
+                    "DROP TEMPORARY TABLE",
+                    Verdict::DropTemporary(names.iter().map(table_name).collect()),
+                )
             } else {
                 refuse(
                     format!("DROP {object_type}"),
@@ -333,28 +370,44 @@ fn classify_statement(st: &Statement) -> Classified {
         | Statement::ShowObjects(_)
         | Statement::ShowViews { .. } => ok("SHOW", forward(st, false)),
         Statement::ExplainTable { .. } => ok("DESCRIBE", forward(st, false)),
-        Statement::Explain { statement, analyze, .. } => {
+        Statement::Explain {
+            statement, analyze, ..
+        } => {
             let inner = classify_statement(statement);
             match inner.verdict {
                 // EXPLAIN ANALYZE runs the statement: it must pass as itself.
-                Verdict::Forward(f) if *analyze => ok(&format!("EXPLAIN ANALYZE {}", inner.kind), Verdict::Forward(f)),
+                Verdict::Forward(f) if *analyze => ok(
+                    &format!("EXPLAIN ANALYZE {}", inner.kind),
+                    Verdict::Forward(f),
+                ),
                 Verdict::Forward(_) => ok("EXPLAIN", forward(st, false)),
                 Verdict::Refuse(why) => Classified {
                     kind: format!("EXPLAIN {}", inner.kind),
                     verdict: Verdict::Refuse(why),
                 },
-                _ => refuse(format!("EXPLAIN {}", inner.kind), "only queries and data changes can be explained"),
+                _ => refuse(
+                    format!("EXPLAIN {}", inner.kind),
+                    "only queries and data changes can be explained",
+                ),
             }
         }
-        Statement::LockTables { .. } => refuse("LOCK TABLES", "it commits the transaction and blocks production"),
+        Statement::LockTables { .. } => refuse(
+            "LOCK TABLES",
+            "it commits the transaction and blocks production",
+        ),
         Statement::UnlockTables => refuse("UNLOCK TABLES", "table locks are not allowed"),
         Statement::Call(_) => refuse("CALL", "procedures may COMMIT, run DDL or dynamic SQL"),
-        Statement::Execute { .. } | Statement::Prepare { .. } | Statement::Deallocate { .. } => refuse(
-            "SQL-level PREPARE/EXECUTE",
-            "its text is not visible to the policy (use the protocol's prepared statements)",
-        ),
+        Statement::Execute { .. } | Statement::Prepare { .. } | Statement::Deallocate { .. } => {
+            refuse(
+                "SQL-level PREPARE/EXECUTE",
+                "its text is not visible to the policy (use the protocol's prepared statements)",
+            )
+        }
         Statement::Truncate { .. } => refuse("TRUNCATE", "it commits the transaction implicitly"),
-        Statement::Grant { .. } | Statement::Revoke { .. } => refuse("GRANT/REVOKE", "account changes commit and touch the server"),
+        Statement::Grant { .. } | Statement::Revoke { .. } => refuse(
+            "GRANT/REVOKE",
+            "account changes commit and touch the server",
+        ),
         Statement::Kill { .. } => refuse("KILL", "it acts on other connections"),
         other => {
             let text = other.to_string();
@@ -366,7 +419,12 @@ fn classify_statement(st: &Statement) -> Classified {
 fn classify_set(set: &Set) -> Classified {
     match set {
         Set::SetTransaction { .. } => ok("SET TRANSACTION", Verdict::Swallow),
-        Set::SetNames { .. } | Set::SetNamesDefault { .. } => ok("SET NAMES", Verdict::SessionSet { vars: vec!["names".into()] }),
+        Set::SetNames { .. } | Set::SetNamesDefault { .. } => ok(
+            "SET NAMES",
+            Verdict::SessionSet {
+                vars: vec!["names".into()],
+            },
+        ),
         Set::SingleAssignment {
             scope,
             variable,
@@ -377,7 +435,11 @@ fn classify_set(set: &Set) -> Classified {
             if let Some(c) = check_scope(scope.as_ref(), &name) {
                 return c;
             }
-            if name.trim_start_matches("@@session.").trim_start_matches("@@") == "autocommit" {
+            if name
+                .trim_start_matches("@@session.")
+                .trim_start_matches("@@")
+                == "autocommit"
+            {
                 return match values.as_slice() {
                     [v] => match autocommit_value(v) {
                         Some(on) => ok("SET autocommit", Verdict::SetAutocommit(on)),
@@ -400,7 +462,11 @@ fn classify_set(set: &Set) -> Classified {
                 if let Some(c) = check_scope(scope.as_ref(), &name) {
                     return c;
                 }
-                if name.trim_start_matches("@@session.").trim_start_matches("@@") == "autocommit" {
+                if name
+                    .trim_start_matches("@@session.")
+                    .trim_start_matches("@@")
+                    == "autocommit"
+                {
                     return refuse("SET autocommit", "set autocommit in a statement of its own");
                 }
                 names.push(name);
@@ -445,7 +511,10 @@ fn session_vars(names: Vec<String>) -> Classified {
         if n.starts_with('@') && !n.starts_with("@@") {
             continue;
         }
-        let bare = n.trim_start_matches("@@session.").trim_start_matches("@@local.").trim_start_matches("@@");
+        let bare = n
+            .trim_start_matches("@@session.")
+            .trim_start_matches("@@local.")
+            .trim_start_matches("@@");
         if !SETTABLE_VARIABLES.contains(&bare) {
             return refuse(
                 format!("SET {bare}"),
@@ -456,7 +525,12 @@ fn session_vars(names: Vec<String>) -> Classified {
     let vars = names
         .into_iter()
         .filter(|n| !(n.starts_with('@') && !n.starts_with("@@")))
-        .map(|n| n.trim_start_matches("@@session.").trim_start_matches("@@local.").trim_start_matches("@@").to_owned())
+        .map(|n| {
+            n.trim_start_matches("@@session.")
+                .trim_start_matches("@@local.")
+                .trim_start_matches("@@")
+                .to_owned()
+        })
         .collect();
     ok("SET", Verdict::SessionSet { vars })
 }

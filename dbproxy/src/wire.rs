@@ -35,7 +35,12 @@ pub const ER_LOCK_WAIT_TIMEOUT: u16 = 1205;
 /// ER_QUERY_INTERRUPTED-like code for "the session was reset".
 pub const ER_SESSION_RESET: u16 = 1317;
 
-pub fn handshake(server_version: &str, connection_id: u32, scramble: &[u8; 20], collation: u8) -> Vec<u8> {
+pub fn handshake(
+    server_version: &str,
+    connection_id: u32,
+    scramble: &[u8; 20],
+    collation: u8,
+) -> Vec<u8> {
     let mut part2 = scramble[8..].to_vec();
     part2.push(0);
     let mut part1 = [0u8; 8];
@@ -74,7 +79,11 @@ pub fn eof(status: u16, warnings: u16) -> Vec<u8> {
 }
 
 pub fn err(code: u16, sqlstate: &[u8; 5], message: &str) -> Vec<u8> {
-    let e = ErrPacket::Error(ServerError::new(code, Some(SqlState::new(*sqlstate)), message.as_bytes().to_vec()));
+    let e = ErrPacket::Error(ServerError::new(
+        code,
+        Some(SqlState::new(*sqlstate)),
+        message.as_bytes().to_vec(),
+    ));
     let mut out = Vec::new();
     e.serialize(&mut out);
     out
@@ -159,7 +168,10 @@ pub fn err_info(p: &[u8]) -> Option<(u16, String)> {
     }
     let code = u16::from_le_bytes([p[1], p[2]]);
     let msg_at = if p.get(3) == Some(&b'#') { 9 } else { 3 };
-    Some((code, String::from_utf8_lossy(p.get(msg_at..).unwrap_or(&[])).into_owned()))
+    Some((
+        code,
+        String::from_utf8_lossy(p.get(msg_at..).unwrap_or(&[])).into_owned(),
+    ))
 }
 
 #[cfg(test)]
@@ -181,7 +193,10 @@ mod tests {
     #[test]
     fn refusals_are_server_range_errors_with_sqlstate_42000() {
         let p = refused("DevInProd refused DROP TABLE: it commits");
-        assert_eq!(err_info(&p), Some((1227, "DevInProd refused DROP TABLE: it commits".into())));
+        assert_eq!(
+            err_info(&p),
+            Some((1227, "DevInProd refused DROP TABLE: it commits".into()))
+        );
         assert_eq!(&p[3..9], b"#42000");
     }
 }

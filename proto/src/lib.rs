@@ -22,6 +22,10 @@
 //!   [`Frame::Abort`] (or just stops: a stream that ends without `End` is a failed message).
 //!   After a `101 Switching Protocols` response head and the request's `End`, both directions
 //!   are a raw byte pipe (WebSocket).
+//! * developer → relay: [`Frame::StreamHeader`] (`Db`, no key) for each app database
+//!   connection; the relay answers [`Frame::RouteReply`] and splices the stream to a dbproxy,
+//!   whose stream starts with `StreamHeader::Db` carrying the developer's authenticated key.
+//!   After the header: MySQL protocol bytes, untouched.
 //!
 //! ## Compatibility rules
 //! * Frame layout ([`frame`]) and the [`Refusal`] message are frozen forever, so any peer can
@@ -49,7 +53,7 @@ pub use frame::{
 pub use handshake::{handshake, HandshakeError};
 pub use ids::{AuthToken, IdError, Role, RoutingKey};
 pub use messages::*;
-pub use seam::{OpenError, OpenFuture, StreamOpener, TunnelStream};
+pub use seam::{DbStreamHandler, OpenError, OpenFuture, StreamOpener, TunnelStream};
 
 /// The ALPN protocol id of every DevInProd QUIC connection.
 pub const ALPN: &[u8] = b"devinprod/1";

@@ -70,12 +70,23 @@ impl RefusalCode {
     }
 }
 
-/// First frame of every non-control stream opened toward a developer client.
+/// First frame of every non-control stream between a developer client, the relay and a
+/// dbproxy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StreamHeader {
     /// An HTTP request: the head follows in the header itself; then DATA frames, optional
     /// trailers and `End`.
     Http(RequestHead),
+    /// A database connection: after this frame, MySQL protocol bytes, untouched, both ways.
+    Db(DbStreamHeader),
+}
+
+/// Header of a database stream. A developer's client opens one per app connection with
+/// `routing_key: None`; the relay forwards it to a dbproxy with the key it authenticated, and
+/// answers the client with a [`RouteReply`] first (`Connected`, or why not).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DbStreamHeader {
+    pub routing_key: Option<RoutingKey>,
 }
 
 /// First frame of a stream that an infrastructure peer (the edge) opens on its own connection

@@ -42,3 +42,10 @@ pub type OpenFuture<'a> =
 pub trait StreamOpener: Send + Sync + 'static {
     fn open(&self, key: RoutingKey) -> OpenFuture<'_>;
 }
+
+/// Where the relay hands a developer's database stream: the in-process dbproxy of
+/// `devinprod up --mysql`, or (in a separate relay) the connection to a dbproxy peer. `key` is
+/// the developer's routing key as the relay authenticated it, never what the client claims.
+pub trait DbStreamHandler: Send + Sync + 'static {
+    fn handle(self: std::sync::Arc<Self>, key: RoutingKey, stream: TunnelStream);
+}

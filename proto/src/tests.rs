@@ -66,6 +66,9 @@ fn all_frames() -> Vec<Frame> {
         Frame::Abort(Abort {
             reason: "app died".into(),
         }),
+        Frame::StreamHeader(StreamHeader::Db(DbStreamHeader {
+            routing_key: Some(RoutingKey::parse("k3yx9q").unwrap()),
+        })),
     ]
 }
 
@@ -97,6 +100,7 @@ fn golden_bytes_of_every_frame() {
         "220000000f010b677270632d7374617475730130",
         "2300000000",
         "2400000009086170702064696564",
+        "10000000090101066b3379783971",
     ];
     let got: Vec<String> = all_frames().iter().map(hex).collect();
     for (i, (g, e)) in got.iter().zip(expected.iter()).enumerate() {

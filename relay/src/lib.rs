@@ -11,7 +11,10 @@
 //!    the key up, opens a stream on the developer's connection, answers `RouteReply` and
 //!    splices the two streams ([`splice`]) without parsing what they carry.
 //!    In `devinprod up` the edge skips this hop: the registry itself is its [`proto::StreamOpener`].
-//! 4. The admin API ([`admin`]) issues, lists and revokes tokens, for loopback peers only.
+//! 4. A developer opens one stream per app database connection (`StreamHeader::Db`); the
+//!    relay stamps it with the developer's routing key and hands it to the dbproxy (in process,
+//!    or the dbproxy peer chosen by key, so a session always lands on the same one).
+//! 5. The admin API ([`admin`]) issues, lists and revokes tokens, for loopback peers only.
 
 #![forbid(unsafe_code)]
 
@@ -55,6 +58,10 @@ pub struct Relay {
     pub(crate) tokens: Arc<TokenStore>,
     pub(crate) registry: Arc<SessionRegistry>,
     pub(crate) next_session_id: AtomicU64,
+    /// Where developers' database streams go: an in-process dbproxy, if set…
+    pub(crate) db_handler: std::sync::Mutex<Option<Arc<dyn proto::DbStreamHandler>>>,
+    /// …otherwise the connected dbproxy peers (session id, connection).
+    pub(crate) dbproxies: std::sync::Mutex<Vec<(u64, quinn::Connection)>>,
 }
 
 impl Relay {
@@ -64,6 +71,8 @@ impl Relay {
             tokens: Arc::new(tokens),
             registry: Arc::new(SessionRegistry::default()),
             next_session_id: AtomicU64::new(1),
+            db_handler: std::sync::Mutex::new(None),
+            dbproxies: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -84,6 +93,12 @@ impl Relay {
     /// The registry, which is also the in-process [`proto::StreamOpener`] for an edge.
     pub fn registry(&self) -> Arc<SessionRegistry> {
         self.registry.clone()
+    }
+
+    /// Hands developers' database streams to `handler` in this process (`devinprod up --mysql`)
+    /// instead of to dbproxy peers.
+    pub fn set_db_handler(&self, handler: Arc<dyn proto::DbStreamHandler>) {
+        *self.db_handler.lock().unwrap_or_else(|p| p.into_inner()) = Some(handler);
     }
 
     /// Binds the QUIC endpoint on `config.listen` with the relay's certificate, and the CA

@@ -67,11 +67,27 @@ impl Relay {
         match admitted {
             Admitted::Developer(session) => self.serve_developer(session).await,
             Admitted::Infrastructure(Role::Edge) => self.serve_edge(conn).await,
-            Admitted::Infrastructure(role) => {
-                // Holds the connection (the dbproxy's streams arrive with its own issue).
-                info!(%remote, %role, "infrastructure peer connected");
+            Admitted::Infrastructure(Role::DbProxy) => {
+                let id = self.next_session_id.fetch_add(1, Ordering::Relaxed);
+                info!(%remote, "dbproxy connected");
+                self.dbproxies
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((id, conn.clone()));
                 let why = conn.closed().await;
-                info!(%remote, %role, "infrastructure peer gone: {why}");
+                self.dbproxies
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .retain(|(i, _)| *i != id);
+                info!(%remote, "dbproxy gone: {why}");
+            }
+            Admitted::Infrastructure(role) => {
+                info!(%remote, %role, "peer of an unexpected role; closing");
+                close(
+                    &conn,
+                    codes::CLOSE_PROTOCOL_ERROR,
+                    "no service for this role",
+                );
             }
         }
     }
@@ -246,12 +262,13 @@ impl Relay {
                 info!(old_session = old.id, "{reason}");
                 close(&old.conn, codes::CLOSE_REPLACED, &reason);
             }
-            // Developers do not open streams toward the relay yet; refuse any they try.
+            // Developers open one stream per app database connection.
             loop {
                 match session.conn.accept_bi().await {
-                    Ok((mut send, mut recv)) => {
-                        let _ = send.reset(vi(codes::STREAM_BAD_HEADER));
-                        let _ = recv.stop(vi(codes::STREAM_BAD_HEADER));
+                    Ok((send, recv)) => {
+                        let relay = self.clone();
+                        let key = session.routing_key.clone();
+                        tokio::spawn(async move { relay.route_db_stream(key, send, recv).await });
                     }
                     Err(e) => {
                         info!("developer gone: {e}");
@@ -319,6 +336,97 @@ impl Relay {
         let _ = write_frame(&mut edge_send, &Frame::RouteReply(reply)).await;
         let _ = edge_send.finish();
         let _ = edge_recv.stop(vi(codes::STREAM_CANCELLED));
+    }
+}
+
+impl Relay {
+    /// A developer's database stream: check its header, then hand it to the dbproxy with the
+    /// developer's own routing key (whatever the client wrote in it).
+    async fn route_db_stream(
+        &self,
+        key: proto::RoutingKey,
+        mut dev_send: quinn::SendStream,
+        mut dev_recv: quinn::RecvStream,
+    ) {
+        let max = self.config.max_frame_len as usize;
+        match timeout(
+            self.config.handshake_timeout(),
+            read_frame(&mut dev_recv, max),
+        )
+        .await
+        {
+            Ok(Ok(Some(Frame::StreamHeader(proto::StreamHeader::Db(_))))) => {}
+            other => {
+                debug!(%key, "developer stream without a database header: {other:?}");
+                let _ = dev_send.reset(vi(codes::STREAM_BAD_HEADER));
+                let _ = dev_recv.stop(vi(codes::STREAM_BAD_HEADER));
+                return;
+            }
+        }
+        let handler = self
+            .db_handler
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(handler) = handler {
+            if write_frame(&mut dev_send, &Frame::RouteReply(RouteReply::Connected))
+                .await
+                .is_ok()
+            {
+                handler.handle(
+                    key,
+                    proto::TunnelStream {
+                        send: Box::new(dev_send),
+                        recv: Box::new(dev_recv),
+                    },
+                );
+            }
+            return;
+        }
+        // The same dbproxy for every stream of a session, as long as the set of peers holds.
+        let peer = {
+            let peers = self.dbproxies.lock().unwrap_or_else(|p| p.into_inner());
+            let hash = key
+                .as_str()
+                .bytes()
+                .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+            (!peers.is_empty()).then(|| peers[(hash % peers.len() as u64) as usize].1.clone())
+        };
+        let opened = match peer {
+            None => Err("no database proxy is connected to the relay".to_owned()),
+            Some(conn) => match conn.open_bi().await {
+                Ok((mut send, recv)) => {
+                    let header =
+                        Frame::StreamHeader(proto::StreamHeader::Db(proto::DbStreamHeader {
+                            routing_key: Some(key.clone()),
+                        }));
+                    match write_frame(&mut send, &header).await {
+                        Ok(()) => Ok((send, recv)),
+                        Err(e) => Err(format!("the database proxy failed: {e}")),
+                    }
+                }
+                Err(e) => Err(format!("the database proxy is unreachable: {e}")),
+            },
+        };
+        match opened {
+            Ok(db) => {
+                if write_frame(&mut dev_send, &Frame::RouteReply(RouteReply::Connected))
+                    .await
+                    .is_ok()
+                {
+                    splice((dev_send, dev_recv), db).await;
+                }
+            }
+            Err(reason) => {
+                info!(%key, "database stream refused: {reason}");
+                let _ = write_frame(
+                    &mut dev_send,
+                    &Frame::RouteReply(RouteReply::Refused(reason)),
+                )
+                .await;
+                let _ = dev_send.finish();
+            }
+        }
     }
 }
 

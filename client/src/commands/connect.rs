@@ -30,6 +30,7 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<i32> {
     config.h2c = args.h2c;
     config.server_name = args.server_name.clone();
     config.keep_alive = Duration::from_secs(args.keep_alive_secs.max(1));
+    config.mysql_listen = args.mysql_listen;
     let quiet = args.quiet;
     let relay = args.relay.clone();
     let local = args.http.clone();
@@ -63,6 +64,9 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<i32> {
         AgentEvent::Request(_) => {}
     });
     let agent = Agent::new(config, events).context("cannot start the client")?;
+    if let Some(addr) = agent.mysql_addr() {
+        println!("MySQL for your app: {addr} (every connection joins your session's never-committed transaction)");
+    }
     let exit = agent.run(super::shutdown_signal()).await;
     match &exit {
         AgentExit::Shutdown => println!("Disconnected."),

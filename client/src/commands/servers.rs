@@ -1,7 +1,7 @@
 //! `devinprod relay`, `devinprod edge` and `devinprod up`: flags over config files over
 //! defaults, then the servers from the `relay` and `edge` libraries.
 
-use crate::cli::{EdgeArgs, RelayArgs, UpArgs};
+use crate::cli::{DbproxyArgs, EdgeArgs, RelayArgs, UpArgs};
 use crate::config_file;
 use anyhow::{bail, Context};
 use edge::{Edge, EdgeConfig, RelayConnector};
@@ -20,6 +20,7 @@ use tokio::task::JoinSet;
 struct UpFile {
     relay: RelayConfig,
     edge: EdgeConfig,
+    dbproxy: Option<dbproxy::DbProxyFileConfig>,
 }
 
 fn relay_config(args: &RelayArgs) -> anyhow::Result<RelayConfig> {
@@ -168,6 +169,8 @@ pub async fn edge(args: EdgeArgs) -> anyhow::Result<i32> {
 /// What `up` started, for `up` itself and for `demo`.
 pub struct Stack {
     pub relay: Arc<Relay>,
+    /// The dbproxy's database (password hidden), when `--mysql` was given.
+    pub db_upstream: Option<String>,
     pub dir: PathBuf,
     pub relay_addr: SocketAddr,
     pub edge_addr: SocketAddr,
@@ -218,6 +221,17 @@ pub async fn start_stack(args: &UpArgs, tokens: Option<TokenStore>) -> anyhow::R
     let admin_addr = admin.local_addr()?;
     let edge_listener = bind_tcp(ec.listen, "edge").await?;
     let edge_addr = edge_listener.local_addr()?;
+    // With a database, the dbproxy runs here too and receives developers' database streams
+    // from the relay directly.
+    let mut dc = file.dbproxy.unwrap_or_default();
+    if let Some(url) = &args.mysql {
+        dc.upstream = Some(url.clone());
+    }
+    let db_upstream = dc.upstream.as_deref().map(dbproxy::upstream::redact);
+    if dc.upstream.is_some() {
+        let checked = dc.check().map_err(|e| anyhow::anyhow!("dbproxy: {e}"))?;
+        relay.set_db_handler(dbproxy::DbProxy::new(checked));
+    }
     // In one process the edge reaches developers through the relay's registry directly.
     let edge = Edge::new(ec.clone(), relay.registry()).context("invalid edge configuration")?;
 
@@ -235,6 +249,7 @@ pub async fn start_stack(args: &UpArgs, tokens: Option<TokenStore>) -> anyhow::R
         .spawn(edge.run(edge_listener, running.stop_signal()));
     Ok(Stack {
         relay,
+        db_upstream,
         dir,
         relay_addr,
         edge_addr,
@@ -254,6 +269,9 @@ pub async fn up(args: UpArgs) -> anyhow::Result<i32> {
     );
     println!("  relay  {} (QUIC/UDP)", stack.relay_addr);
     println!("  admin  http://{}", stack.admin_addr);
+    if let Some(db) = &stack.db_upstream {
+        println!("  dbproxy → {db}  (developers: connect with --mysql-listen 127.0.0.1:13306)");
+    }
     println!();
     println!("Next, for each developer:");
     println!(
@@ -266,5 +284,36 @@ pub async fn up(args: UpArgs) -> anyhow::Result<i32> {
         stack.dir.join("ca.pem").display()
     );
     stack.running.serve_until(super::shutdown_signal()).await;
+    Ok(0)
+}
+
+pub async fn dbproxy(args: DbproxyArgs) -> anyhow::Result<i32> {
+    let mut file: dbproxy::DbProxyFileConfig = match &args.config {
+        Some(p) => config_file::load(p)?,
+        None => dbproxy::DbProxyFileConfig::default(),
+    };
+    if let Some(v) = &args.mysql {
+        file.upstream = Some(v.clone());
+    }
+    if let Some(v) = &args.relay {
+        file.relay = Some(v.clone());
+    }
+    if let Some(v) = &args.state_dir {
+        file.state_dir = v.clone();
+    }
+    let checked = file.check().map_err(|e| anyhow::anyhow!("dbproxy: {e}"))?;
+    let Some(relay_addr) = file.relay.clone() else {
+        bail!(
+            "the dbproxy needs the relay's address: --relay HOST:PORT (or `relay` in dbproxy.toml)"
+        );
+    };
+    println!(
+        "dbproxy → {} via relay {relay_addr}",
+        dbproxy::upstream::redact(file.upstream.as_deref().unwrap_or_default())
+    );
+    let proxy = dbproxy::DbProxy::new(checked);
+    dbproxy::peer::run(proxy, &file, &relay_addr, super::shutdown_signal())
+        .await
+        .context("dbproxy")?;
     Ok(0)
 }

@@ -13,22 +13,39 @@ fn refused(sql: &str) -> String {
 
 #[test]
 fn reads_and_data_changes_are_forwarded_with_their_tables() {
-    assert!(matches!(verdict("SELECT * FROM shop.orders WHERE id = 1"), Verdict::Forward(Forward { writes: false, .. })));
+    assert!(matches!(
+        verdict("SELECT * FROM shop.orders WHERE id = 1"),
+        Verdict::Forward(Forward { writes: false, .. })
+    ));
     match verdict("UPDATE orders o JOIN shop.items i ON i.o = o.id SET o.total = 1") {
         Verdict::Forward(f) => {
             assert!(f.writes);
             assert_eq!(
                 f.write_tables,
                 vec![
-                    TableName { schema: None, name: "orders".into() },
-                    TableName { schema: Some("shop".into()), name: "items".into() }
+                    TableName {
+                        schema: None,
+                        name: "orders".into()
+                    },
+                    TableName {
+                        schema: Some("shop".into()),
+                        name: "items".into()
+                    }
                 ]
             );
         }
         other => panic!("{other:?}"),
     }
-    for sql in ["INSERT INTO t(val) VALUES ('test')", "REPLACE INTO t VALUES (1)", "DELETE FROM t", "DELETE FROM `t` WHERE id IN (SELECT id FROM u)"] {
-        assert!(matches!(verdict(sql), Verdict::Forward(Forward { writes: true, .. })), "{sql}");
+    for sql in [
+        "INSERT INTO t(val) VALUES ('test')",
+        "REPLACE INTO t VALUES (1)",
+        "DELETE FROM t",
+        "DELETE FROM `t` WHERE id IN (SELECT id FROM u)",
+    ] {
+        assert!(
+            matches!(verdict(sql), Verdict::Forward(Forward { writes: true, .. })),
+            "{sql}"
+        );
     }
 }
 
@@ -36,17 +53,38 @@ fn reads_and_data_changes_are_forwarded_with_their_tables() {
 fn the_seeds_transaction_statements_are_recognised() {
     assert_eq!(verdict("BEGIN"), Verdict::Tx(TxControl::Begin));
     assert_eq!(verdict("START TRANSACTION"), Verdict::Tx(TxControl::Begin));
-    assert_eq!(verdict("start transaction read only"), Verdict::Tx(TxControl::Begin));
+    assert_eq!(
+        verdict("start transaction read only"),
+        Verdict::Tx(TxControl::Begin)
+    );
     assert_eq!(verdict("COMMIT"), Verdict::Tx(TxControl::Commit));
     assert_eq!(verdict("commit work;"), Verdict::Tx(TxControl::Commit));
     assert_eq!(verdict("ROLLBACK"), Verdict::Tx(TxControl::Rollback));
-    assert_eq!(verdict("SAVEPOINT a1"), Verdict::Tx(TxControl::Savepoint("a1".into())));
-    assert_eq!(verdict("RELEASE SAVEPOINT a1"), Verdict::Tx(TxControl::Release("a1".into())));
-    assert_eq!(verdict("ROLLBACK TO SAVEPOINT a1"), Verdict::Tx(TxControl::RollbackTo("a1".into())));
-    assert_eq!(verdict("ROLLBACK TO a1"), Verdict::Tx(TxControl::RollbackTo("a1".into())));
+    assert_eq!(
+        verdict("SAVEPOINT a1"),
+        Verdict::Tx(TxControl::Savepoint("a1".into()))
+    );
+    assert_eq!(
+        verdict("RELEASE SAVEPOINT a1"),
+        Verdict::Tx(TxControl::Release("a1".into()))
+    );
+    assert_eq!(
+        verdict("ROLLBACK TO SAVEPOINT a1"),
+        Verdict::Tx(TxControl::RollbackTo("a1".into()))
+    );
+    assert_eq!(
+        verdict("ROLLBACK TO a1"),
+        Verdict::Tx(TxControl::RollbackTo("a1".into()))
+    );
     assert_eq!(verdict("SET autocommit=0"), Verdict::SetAutocommit(false));
-    assert_eq!(verdict("set @@autocommit = ON"), Verdict::SetAutocommit(true));
-    assert_eq!(verdict("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED"), Verdict::Swallow);
+    assert_eq!(
+        verdict("set @@autocommit = ON"),
+        Verdict::SetAutocommit(true)
+    );
+    assert_eq!(
+        verdict("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED"),
+        Verdict::Swallow
+    );
 }
 
 #[test]
@@ -66,11 +104,17 @@ fn every_escape_hatch_is_refused_with_a_reason() {
         ("PREPARE s FROM 'DROP TABLE t'", "classified"),
         ("EXECUTE s", "not visible"),
         ("XA START 'x'", "classified"),
-        ("LOAD DATA LOCAL INFILE '/etc/passwd' INTO TABLE t", "classified"),
+        (
+            "LOAD DATA LOCAL INFILE '/etc/passwd' INTO TABLE t",
+            "classified",
+        ),
         ("SELECT * FROM t INTO OUTFILE '/tmp/x'", "classified"),
         ("SELECT a INTO @v FROM t", "outside the transaction"),
         ("SELECT GET_LOCK('a', 10)", "named locks"),
-        ("SELECT * FROM t WHERE x = (SELECT RELEASE_LOCK('a'))", "named locks"),
+        (
+            "SELECT * FROM t WHERE x = (SELECT RELEASE_LOCK('a'))",
+            "named locks",
+        ),
         ("SELECT LOAD_FILE('/etc/passwd')", "files"),
         ("SET @x = GET_LOCK('a', 1)", "named locks"),
         ("HANDLER t OPEN", "classified"),
@@ -103,26 +147,64 @@ fn every_escape_hatch_is_refused_with_a_reason() {
 
 #[test]
 fn safe_session_sets_are_remembered_by_variable() {
-    assert_eq!(verdict("SET NAMES utf8mb4"), Verdict::SessionSet { vars: vec!["names".into()] });
+    assert_eq!(
+        verdict("SET NAMES utf8mb4"),
+        Verdict::SessionSet {
+            vars: vec!["names".into()]
+        }
+    );
     assert_eq!(
         verdict("SET sql_mode = 'STRICT_ALL_TABLES', @@time_zone = '+00:00', @a = 1"),
-        Verdict::SessionSet { vars: vec!["sql_mode".into(), "time_zone".into()] }
+        Verdict::SessionSet {
+            vars: vec!["sql_mode".into(), "time_zone".into()]
+        }
     );
-    assert_eq!(verdict("SET SESSION sql_mode = ''"), Verdict::SessionSet { vars: vec!["sql_mode".into()] });
-    assert_eq!(verdict("SET @user_var = (SELECT 1)"), Verdict::SessionSet { vars: vec![] });
+    assert_eq!(
+        verdict("SET SESSION sql_mode = ''"),
+        Verdict::SessionSet {
+            vars: vec!["sql_mode".into()]
+        }
+    );
+    assert_eq!(
+        verdict("SET @user_var = (SELECT 1)"),
+        Verdict::SessionSet { vars: vec![] }
+    );
 }
 
 #[test]
 fn temporary_tables_use_show_and_explain_are_allowed() {
     assert_eq!(
         verdict("CREATE TEMPORARY TABLE tmp_x (id int)"),
-        Verdict::CreateTemporary(TableName { schema: None, name: "tmp_x".into() })
+        Verdict::CreateTemporary(TableName {
+            schema: None,
+            name: "tmp_x".into()
+        })
     );
-    assert!(matches!(verdict("DROP TEMPORARY TABLE IF EXISTS tmp_x"), Verdict::DropTemporary(_)));
+    assert!(matches!(
+        verdict("DROP TEMPORARY TABLE IF EXISTS tmp_x"),
+        Verdict::DropTemporary(_)
+    ));
     assert_eq!(verdict("USE shop"), Verdict::Use("shop".into()));
     assert_eq!(verdict("use `shop`"), Verdict::Use("shop".into()));
-    for sql in ["SHOW TABLES", "SHOW VARIABLES LIKE 'x'", "SHOW CREATE TABLE t", "DESCRIBE t", "EXPLAIN SELECT * FROM t", "SHOW WARNINGS"] {
-        assert!(matches!(verdict(sql), Verdict::Forward(Forward { writes: false, .. })), "{sql}: {:?}", verdict(sql));
+    for sql in [
+        "SHOW TABLES",
+        "SHOW VARIABLES LIKE 'x'",
+        "SHOW CREATE TABLE t",
+        "DESCRIBE t",
+        "EXPLAIN SELECT * FROM t",
+        "SHOW WARNINGS",
+    ] {
+        assert!(
+            matches!(
+                verdict(sql),
+                Verdict::Forward(Forward { writes: false, .. })
+            ),
+            "{sql}: {:?}",
+            verdict(sql)
+        );
     }
-    assert!(matches!(verdict("EXPLAIN ANALYZE DELETE FROM t"), Verdict::Forward(Forward { writes: true, .. })));
+    assert!(matches!(
+        verdict("EXPLAIN ANALYZE DELETE FROM t"),
+        Verdict::Forward(Forward { writes: true, .. })
+    ));
 }

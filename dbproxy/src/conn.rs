@@ -1,0 +1,202 @@
+//! One app connection: the MySQL handshake toward the app (any user and password: the tunnel
+//! already authenticated the developer), then its commands, each served by the session.
+
+use crate::packet::{PacketError, PacketReader, PacketWriter};
+use crate::session::{Outcome, Session};
+use crate::wire;
+use mysql_common::constants::CapabilityFlags;
+use mysql_common::io::ParseBuf;
+use mysql_common::packets::HandshakeResponse;
+use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::{debug, info};
+
+const COM_QUIT: u8 = 0x01;
+const COM_INIT_DB: u8 = 0x02;
+const COM_QUERY: u8 = 0x03;
+const COM_FIELD_LIST: u8 = 0x04;
+const COM_PING: u8 = 0x0e;
+const COM_CHANGE_USER: u8 = 0x11;
+const COM_STMT_PREPARE: u8 = 0x16;
+const COM_STMT_SEND_LONG_DATA: u8 = 0x18;
+const COM_STMT_CLOSE: u8 = 0x19;
+const COM_STMT_FETCH: u8 = 0x1c;
+const COM_SET_OPTION: u8 = 0x1b;
+const COM_RESET_CONNECTION: u8 = 0x1f;
+
+fn scramble() -> [u8; 20] {
+    let mut s = [0u8; 20];
+    // A failed OS RNG still leaves a valid (if predictable) scramble; the password is not
+    // checked anyway (the tunnel authenticates the developer).
+    let _ = getrandom::fill(&mut s);
+    for b in &mut s {
+        // Clients read the scramble as NUL-terminated.
+        *b = (*b % 94) + 33;
+    }
+    s
+}
+
+/// Serves one app connection on `reader`/`writer` for `session`.
+pub async fn serve_app<R, W>(session: Arc<Session>, reader: R, writer: W, max_packet: usize)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut reader = PacketReader::new(reader, max_packet);
+    let mut writer = PacketWriter::new(writer);
+    let (version, collation) = match session.server_info().await {
+        Ok(v) => v,
+        Err(e) => {
+            let msg = format!("DevInProd cannot open the database session: {e}");
+            let _ = writer
+                .send(0, &wire::err(wire::ER_REFUSED, b"08004", &msg))
+                .await;
+            return;
+        }
+    };
+    let scramble = scramble();
+    // Connection ids shown to the app are the proxy's own.
+    if writer
+        .send(0, &wire::handshake(&version, 0, &scramble, collation))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let login = match reader.read().await {
+        Ok(p) => p,
+        Err(_) => return,
+    };
+    let reply_seq = login.seq.wrapping_add(1);
+    let caps = login
+        .payload
+        .get(..4)
+        .map(|b| CapabilityFlags::from_bits_truncate(u32::from_le_bytes([b[0], b[1], b[2], b[3]])))
+        .unwrap_or_else(CapabilityFlags::empty);
+    if login.payload.len() == 32 && caps.contains(CapabilityFlags::CLIENT_SSL) {
+        let msg = "TLS is not offered here: the connection already runs inside the encrypted DevInProd tunnel (use ssl-mode=DISABLED or PREFERRED)";
+        let _ = writer.send(reply_seq, &wire::refused(msg)).await;
+        return;
+    }
+    // Clients set capability bits the server did not offer but lay the packet out for the
+    // intersection; parse it as negotiated, as a server does.
+    let mut negotiated_login = login.payload.clone();
+    let negotiated = caps & wire::capabilities();
+    if negotiated_login.len() >= 4 {
+        negotiated_login[..4].copy_from_slice(&negotiated.bits().to_le_bytes());
+    }
+    let resp: HandshakeResponse = match ParseBuf(&negotiated_login).parse(()) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = writer
+                .send(
+                    reply_seq,
+                    &wire::refused(&format!("malformed login packet: {e}")),
+                )
+                .await;
+            return;
+        }
+    };
+    let db = resp
+        .db_name()
+        .map(|d| String::from_utf8_lossy(d).into_owned())
+        .filter(|d| !d.is_empty());
+    let (mut conn, _guard) = session.open_conn(None, resp.collation()).await;
+    debug!(key = %session.key, conn = conn.id, user = %String::from_utf8_lossy(resp.user()), "app connection");
+    match &db {
+        Some(db) => {
+            if let Outcome::AppGone = session.use_db(&mut conn, db, &mut writer, reply_seq).await {
+                return;
+            }
+            if conn.db.is_none() {
+                // The USE failed and its error was sent: a server ends the login there.
+                return;
+            }
+        }
+        None => {
+            if writer
+                .send(reply_seq, &wire::ok(0, 0, wire::STATUS_AUTOCOMMIT, 0))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+
+    loop {
+        let packet = match reader.read().await {
+            Ok(p) => p,
+            Err(PacketError::Closed) => break,
+            Err(e) => {
+                debug!(key = %session.key, conn = conn.id, "app connection failed: {e}");
+                break;
+            }
+        };
+        let payload = packet.payload;
+        let Some(&command) = payload.first() else {
+            break;
+        };
+        let outcome = match command {
+            COM_QUIT => break,
+            COM_QUERY => {
+                let sql = String::from_utf8_lossy(&payload[1..]).into_owned();
+                session.query(&mut conn, &sql, &payload, &mut writer).await
+            }
+            COM_INIT_DB => {
+                let db = String::from_utf8_lossy(&payload[1..]).into_owned();
+                session.use_db(&mut conn, &db, &mut writer, 1).await
+            }
+            COM_PING => send(&mut writer, wire::ok(0, 0, status(&conn), 0)).await,
+            COM_FIELD_LIST => session.field_list(&mut conn, &payload, &mut writer).await,
+            COM_RESET_CONNECTION => {
+                // Emulated: the app connection's transaction and settings go, the session's stay.
+                session.end_conn(&mut conn).await;
+                send(&mut writer, wire::ok(0, 0, wire::STATUS_AUTOCOMMIT, 0)).await
+            }
+            COM_SET_OPTION => {
+                // Multi-statements stay off whatever the app asks; the server answers EOF here.
+                send(&mut writer, wire::eof(status(&conn), 0)).await
+            }
+            // These two get no reply on a real server either.
+            COM_STMT_SEND_LONG_DATA | COM_STMT_CLOSE => Outcome::Done,
+            COM_STMT_PREPARE..=COM_STMT_FETCH => send(
+                &mut writer,
+                wire::refused(
+                    "DevInProd does not support server-side prepared statements yet: use text queries \
+                     (client-side prepare in your driver)",
+                ),
+            )
+            .await,
+            COM_CHANGE_USER => send(&mut writer, wire::refused("DevInProd does not support COM_CHANGE_USER")).await,
+            other => send(
+                &mut writer,
+                wire::err(wire::ER_UNKNOWN_COMMAND, b"42000", &format!("DevInProd does not serve protocol command 0x{other:02x}")),
+            )
+            .await,
+        };
+        if let Outcome::AppGone = outcome {
+            break;
+        }
+    }
+    session.end_conn(&mut conn).await;
+    info!(key = %session.key, conn = conn.id, "app connection closed");
+}
+
+fn status(conn: &crate::session::AppConn) -> u16 {
+    let mut s = 0;
+    if conn.tx.in_transaction() {
+        s |= wire::STATUS_IN_TRANS;
+    }
+    if conn.tx.autocommit() {
+        s |= wire::STATUS_AUTOCOMMIT;
+    }
+    s
+}
+
+async fn send<W: AsyncWrite + Unpin>(w: &mut PacketWriter<W>, packet: Vec<u8>) -> Outcome {
+    match w.send(1, &packet).await {
+        Ok(_) => Outcome::Done,
+        Err(_) => Outcome::AppGone,
+    }
+}

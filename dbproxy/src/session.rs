@@ -1,0 +1,804 @@
+//! A developer session: ONE upstream connection holding ONE transaction that is never
+//! committed, shared by every app connection of the developer (their app's pool). Commands
+//! from app connections are serialised on it; each app connection's own state (database,
+//! session variables, character set, its transaction) is re-applied when the upstream switches
+//! to it.
+//!
+//! If the upstream transaction is lost (deadlock, server restart, a dropped connection), the
+//! session says so loudly: every app connection gets an error on its next command, and a new
+//! transaction starts after that. It never continues in autocommit.
+
+use crate::config::DbProxyConfig;
+use crate::packet::PacketWriter;
+use crate::policy::{classify, Forward, TableName, Verdict};
+use crate::txn::AppTransaction;
+use crate::upstream::{relay_response, ResponseTracker, Upstream, UpstreamError};
+use crate::wire;
+use proto::RoutingKey;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWrite;
+use tracing::{info, warn};
+
+/// How long catalog facts (engines, triggers, stored functions) are trusted.
+const CATALOG_TTL: Duration = Duration::from_secs(30);
+
+/// One app connection's state, as a real server would keep it for that connection.
+pub struct AppConn {
+    pub id: u32,
+    pub db: Option<String>,
+    /// Session variables it set: variable → the SET statement, in order.
+    vars: Vec<(String, String)>,
+    pub tx: AppTransaction,
+    generation: u64,
+}
+
+impl AppConn {
+    fn new(id: u32, db: Option<String>, collation: u8, generation: u64) -> Self {
+        Self {
+            id,
+            db,
+            vars: vec![(
+                "names".into(),
+                format!("SET NAMES {}", charset_of(collation)),
+            )],
+            tx: AppTransaction::new(id),
+            generation,
+        }
+    }
+
+    fn set_var(&mut self, var: &str, sql: &str) {
+        self.vars.retain(|(v, _)| v != var);
+        self.vars.push((var.to_owned(), sql.to_owned()));
+    }
+
+    fn status(&self) -> u16 {
+        let mut s = 0;
+        if self.tx.in_transaction() {
+            s |= wire::STATUS_IN_TRANS;
+        }
+        if self.tx.autocommit() {
+            s |= wire::STATUS_AUTOCOMMIT;
+        }
+        s
+    }
+}
+
+/// The character set named by a handshake collation id (the common ones; utf8mb4 otherwise).
+fn charset_of(collation: u8) -> &'static str {
+    match collation {
+        8 | 47 | 48 | 49 | 94 => "latin1",
+        33 | 83 | 192..=215 => "utf8",
+        63 => "binary",
+        _ => "utf8mb4",
+    }
+}
+
+#[derive(Clone)]
+struct TableFacts {
+    at: Instant,
+    /// None: no such base table or view in the catalog.
+    kind: Option<(String, String, u64)>, // (table_type, engine, triggers)
+}
+
+struct Inner {
+    upstream: Option<Upstream>,
+    generation: u64,
+    /// Why the previous upstream transaction ended, told to each app connection once.
+    lost: Option<String>,
+    /// The app connection whose state the upstream currently has.
+    on: Option<u32>,
+    applied_db: Option<String>,
+    applied_vars: Vec<(String, String)>,
+    temp_tables: HashSet<String>,
+    stored_functions: Option<(Instant, HashSet<String>)>,
+    tables: HashMap<(String, String), TableFacts>,
+    statements: u64,
+    wrote: bool,
+    server: Option<(String, u8)>,
+}
+
+/// What `db status` shows.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SessionStatus {
+    pub routing_key: String,
+    pub age_secs: u64,
+    pub statements: u64,
+    pub holds_writes: bool,
+    pub app_connections: usize,
+}
+
+pub struct Session {
+    pub key: RoutingKey,
+    config: Arc<DbProxyConfig>,
+    inner: tokio::sync::Mutex<Inner>,
+    next_conn: AtomicU32,
+    app_conns: AtomicUsize,
+    pub created: Instant,
+    last_seen: std::sync::Mutex<Instant>,
+}
+
+/// What went wrong serving a command, for the app connection.
+pub enum Outcome {
+    /// The reply was written.
+    Done,
+    /// The app connection's byte stream failed; stop serving it.
+    AppGone,
+}
+
+impl Session {
+    pub fn new(key: RoutingKey, config: Arc<DbProxyConfig>) -> Self {
+        Self {
+            key,
+            config,
+            inner: tokio::sync::Mutex::new(Inner {
+                upstream: None,
+                generation: 0,
+                lost: None,
+                on: None,
+                applied_db: None,
+                applied_vars: Vec::new(),
+                temp_tables: HashSet::new(),
+                stored_functions: None,
+                tables: HashMap::new(),
+                statements: 0,
+                wrote: false,
+                server: None,
+            }),
+            next_conn: AtomicU32::new(1),
+            app_conns: AtomicUsize::new(0),
+            created: Instant::now(),
+            last_seen: std::sync::Mutex::new(Instant::now()),
+        }
+    }
+
+    fn touch(&self) {
+        *self.last_seen.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    }
+
+    pub fn idle_for(&self) -> Option<Duration> {
+        (self.app_conns.load(Ordering::Relaxed) == 0).then(|| {
+            self.last_seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .elapsed()
+        })
+    }
+
+    pub async fn status(&self) -> SessionStatus {
+        let inner = self.inner.lock().await;
+        SessionStatus {
+            routing_key: self.key.to_string(),
+            age_secs: self.created.elapsed().as_secs(),
+            statements: inner.statements,
+            holds_writes: inner.wrote,
+            app_connections: self.app_conns.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Ends the upstream transaction (closing the connection rolls everything back).
+    pub async fn end(&self, reason: &str) {
+        let mut inner = self.inner.lock().await;
+        if let Some(up) = inner.upstream.take() {
+            info!(key = %self.key, "database session ended: {reason}");
+            up.close().await;
+            inner.lost = Some(reason.to_owned());
+        }
+    }
+
+    /// Opens the upstream and its transaction if there is none.
+    async fn ensure_upstream(&self, inner: &mut Inner) -> Result<(), UpstreamError> {
+        if inner.upstream.is_some() {
+            return Ok(());
+        }
+        let mut up = Upstream::connect(&self.config.upstream, self.config.max_packet_bytes).await?;
+        let isolation = if self.config.consistent_snapshot {
+            "REPEATABLE READ"
+        } else {
+            "READ COMMITTED"
+        };
+        let mut setup = vec![
+            format!("SET SESSION TRANSACTION ISOLATION LEVEL {isolation}"),
+            "SET autocommit = 0".to_owned(),
+            "SET NAMES utf8mb4".to_owned(),
+        ];
+        if self.config.statement_timeout_ms > 0 {
+            // MariaDB; on MySQL this variable does not exist and the proxy skips it.
+            setup.push(format!(
+                "SET SESSION max_statement_time = {}",
+                self.config.statement_timeout_ms as f64 / 1000.0
+            ));
+        }
+        for sql in &setup {
+            if let Err((code, msg)) = up.run(sql).await? {
+                if !sql.contains("max_statement_time") {
+                    return Err(UpstreamError::Protocol(format!(
+                        "session setup `{sql}` failed: {code} {msg}"
+                    )));
+                }
+            }
+        }
+        let begin = if self.config.consistent_snapshot {
+            "START TRANSACTION WITH CONSISTENT SNAPSHOT"
+        } else {
+            "START TRANSACTION"
+        };
+        match up.run(begin).await? {
+            Ok(c) if c.status.is_some_and(|s| s & wire::STATUS_IN_TRANS != 0) => {}
+            Ok(_) => {
+                return Err(UpstreamError::Protocol(
+                    "START TRANSACTION did not open a transaction".into(),
+                ))
+            }
+            Err((code, msg)) => {
+                return Err(UpstreamError::Protocol(format!(
+                    "START TRANSACTION failed: {code} {msg}"
+                )))
+            }
+        }
+        info!(key = %self.key, upstream_id = up.connection_id, "database session started ({isolation})");
+        inner.server = Some((up.server_version.clone(), up.collation));
+        inner.upstream = Some(up);
+        inner.generation += 1;
+        inner.on = None;
+        inner.applied_db = None;
+        inner.applied_vars = vec![("names".into(), "SET NAMES utf8mb4".into())];
+        inner.temp_tables.clear();
+        inner.tables.clear();
+        inner.stored_functions = None;
+        Ok(())
+    }
+
+    /// Server version and collation to present to apps (connects the upstream if needed).
+    pub async fn server_info(&self) -> Result<(String, u8), UpstreamError> {
+        let mut inner = self.inner.lock().await;
+        self.ensure_upstream(&mut inner).await?;
+        Ok(inner
+            .server
+            .clone()
+            .unwrap_or_else(|| ("5.5.5-10.11.0-MariaDB".into(), 45)))
+    }
+
+    /// A new app connection (after its handshake): counts it and gives it an id.
+    pub async fn open_conn(
+        self: &Arc<Self>,
+        db: Option<String>,
+        collation: u8,
+    ) -> (AppConn, ConnGuard) {
+        let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        self.app_conns.fetch_add(1, Ordering::Relaxed);
+        self.touch();
+        let generation = self.inner.lock().await.generation;
+        (
+            AppConn::new(id, db, collation, generation),
+            ConnGuard(self.clone()),
+        )
+    }
+
+    /// Records the loss of the upstream transaction.
+    fn lose(&self, inner: &mut Inner, why: String) {
+        warn!(key = %self.key, "database session reset: {why}");
+        inner.upstream = None;
+        inner.lost = Some(why);
+        inner.on = None;
+    }
+
+    /// If the session was reset since `conn` last ran something, the error to give it.
+    fn reset_notice(&self, inner: &Inner, conn: &mut AppConn) -> Option<String> {
+        if conn.generation == inner.generation {
+            return None;
+        }
+        conn.generation = inner.generation;
+        conn.tx.forget();
+        Some(format!(
+            "DevInProd reset this database session ({}); everything it had written is gone, and a new session has begun",
+            inner.lost.clone().unwrap_or_else(|| "the previous one ended".into())
+        ))
+    }
+
+    /// Makes the upstream carry `conn`'s database and session variables.
+    async fn switch_to(&self, inner: &mut Inner, conn: &AppConn) -> Result<(), UpstreamError> {
+        if inner.on == Some(conn.id) {
+            return Ok(());
+        }
+        let Some(up) = inner.upstream.as_mut() else {
+            return Ok(());
+        };
+        if conn.db.is_some() && conn.db != inner.applied_db {
+            let db = conn.db.clone().unwrap_or_default();
+            if up
+                .run(&format!("USE `{}`", db.replace('`', "``")))
+                .await?
+                .is_ok()
+            {
+                inner.applied_db = Some(db);
+            }
+        }
+        let mut sent = HashSet::new();
+        for (var, _) in inner.applied_vars.clone() {
+            if var != "names" && !conn.vars.iter().any(|(v, _)| *v == var) {
+                let _ = up.run(&format!("SET SESSION {var} = DEFAULT")).await?;
+            }
+        }
+        for (var, sql) in &conn.vars {
+            let current = inner
+                .applied_vars
+                .iter()
+                .find(|(v, _)| v == var)
+                .map(|(_, s)| s);
+            if current != Some(sql) && sent.insert(sql.clone()) {
+                let _ = up.run(sql).await?;
+            }
+        }
+        inner.applied_vars = conn.vars.clone();
+        inner.on = Some(conn.id);
+        Ok(())
+    }
+
+    /// Serves one COM_QUERY.
+    pub async fn query<W: AsyncWrite + Unpin>(
+        &self,
+        conn: &mut AppConn,
+        sql: &str,
+        payload: &[u8],
+        app: &mut PacketWriter<W>,
+    ) -> Outcome {
+        self.touch();
+        let classified = classify(sql);
+        let mut inner = self.inner.lock().await;
+        if let Verdict::Refuse(why) = &classified.verdict {
+            info!(key = %self.key, conn = conn.id, kind = %classified.kind, "refused: {why}");
+            return reply(app, wire::refused(why)).await;
+        }
+        match self
+            .serve(&mut inner, conn, &classified.verdict, payload, app)
+            .await
+        {
+            Ok(outcome) => outcome,
+            Err(ServeError::App) => Outcome::AppGone,
+            Err(ServeError::Upstream(e)) => {
+                self.lose(&mut inner, format!("the database connection failed: {e}"));
+                conn.generation = inner.generation;
+                conn.tx.forget();
+                reply(
+                    app,
+                    wire::err(
+                        wire::ER_SESSION_RESET,
+                        b"70100",
+                        &format!("DevInProd lost the database session ({e}); everything it had written is gone"),
+                    ),
+                )
+                .await
+            }
+        }
+    }
+
+    async fn serve<W: AsyncWrite + Unpin>(
+        &self,
+        inner: &mut Inner,
+        conn: &mut AppConn,
+        verdict: &Verdict,
+        payload: &[u8],
+        app: &mut PacketWriter<W>,
+    ) -> Result<Outcome, ServeError> {
+        self.ensure_upstream(inner).await?;
+        if let Some(notice) = self.reset_notice(inner, conn) {
+            return Ok(reply(app, wire::err(wire::ER_SESSION_RESET, b"70100", &notice)).await);
+        }
+        self.switch_to(inner, conn).await?;
+        match verdict {
+            Verdict::Forward(f) => {
+                if let Some(why) = self.check_catalog(inner, conn, f).await? {
+                    info!(key = %self.key, conn = conn.id, "refused: {why}");
+                    return Ok(reply(app, wire::refused(&why)).await);
+                }
+                if let Some(sql) = conn.tx.before_statement() {
+                    if let Some(err) = self.run_internal(inner, &sql).await? {
+                        return Ok(reply(app, err).await);
+                    }
+                }
+                let ok = self.relay(inner, conn, payload, app).await?;
+                inner.statements += 1;
+                if ok && f.writes {
+                    inner.wrote = true;
+                }
+                Ok(Outcome::Done)
+            }
+            Verdict::Tx(control) => {
+                let statements = conn.tx.control(control);
+                self.run_all_then_ok(inner, conn, &statements, app).await
+            }
+            Verdict::SetAutocommit(on) => {
+                let statements = conn.tx.set_autocommit(*on);
+                self.run_all_then_ok(inner, conn, &statements, app).await
+            }
+            Verdict::Swallow => Ok(reply(app, wire::ok(0, 0, conn.status(), 0)).await),
+            Verdict::Use(db) => {
+                if self.relay(inner, conn, payload, app).await? {
+                    conn.db = Some(db.clone());
+                    inner.applied_db = Some(db.clone());
+                }
+                Ok(Outcome::Done)
+            }
+            Verdict::SessionSet { vars } => {
+                let sql = String::from_utf8_lossy(&payload[1..]).into_owned();
+                if self.relay(inner, conn, payload, app).await? {
+                    for v in vars {
+                        conn.set_var(v, &sql);
+                    }
+                    inner.applied_vars = conn.vars.clone();
+                }
+                Ok(Outcome::Done)
+            }
+            Verdict::CreateTemporary(t) => {
+                if self.relay(inner, conn, payload, app).await? {
+                    inner.temp_tables.insert(t.name.to_ascii_lowercase());
+                }
+                Ok(Outcome::Done)
+            }
+            Verdict::DropTemporary(ts) => {
+                if self.relay(inner, conn, payload, app).await? {
+                    for t in ts {
+                        inner.temp_tables.remove(&t.name.to_ascii_lowercase());
+                    }
+                }
+                Ok(Outcome::Done)
+            }
+            Verdict::Refuse(why) => Ok(reply(app, wire::refused(why)).await),
+        }
+    }
+
+    /// Sends the app's command and relays the response with this connection's status flags;
+    /// then makes sure the upstream is still inside its transaction. `Ok(true)` if it succeeded.
+    async fn relay<W: AsyncWrite + Unpin>(
+        &self,
+        inner: &mut Inner,
+        conn: &AppConn,
+        payload: &[u8],
+        app: &mut PacketWriter<W>,
+    ) -> Result<bool, ServeError> {
+        let tracker = if payload.first() == Some(&0x04) {
+            ResponseTracker::field_list()
+        } else {
+            ResponseTracker::new()
+        };
+        let (in_trans, autocommit) = (conn.tx.in_transaction(), conn.tx.autocommit());
+        let up = inner
+            .upstream
+            .as_mut()
+            .ok_or_else(|| ServeError::Upstream(UpstreamError::Protocol("no upstream".into())))?;
+        up.send(payload).await?;
+        let (tracker, app_ok) = relay_response(up, tracker, app, 1, |p| {
+            wire::patch_status(p, in_trans, autocommit)
+        })
+        .await?;
+        self.check_still_in_transaction(inner, tracker.status, tracker.error.is_some())
+            .await?;
+        if !app_ok {
+            return Err(ServeError::App);
+        }
+        Ok(tracker.error.is_none())
+    }
+
+    /// After every reply: the server's own IN_TRANS flag must still be set. After an error (a
+    /// deadlock rolls back everything) it is asked for explicitly.
+    async fn check_still_in_transaction(
+        &self,
+        inner: &mut Inner,
+        status: Option<u16>,
+        failed: bool,
+    ) -> Result<(), ServeError> {
+        let status = match (status, failed) {
+            (Some(s), false) => Some(s),
+            _ => {
+                let up = inner.upstream.as_mut().ok_or_else(|| {
+                    ServeError::Upstream(UpstreamError::Protocol("no upstream".into()))
+                })?;
+                up.run("DO 0").await?.ok().and_then(|c| c.status)
+            }
+        };
+        if status.is_some_and(|s| s & wire::STATUS_IN_TRANS == 0) {
+            if let Some(up) = inner.upstream.take() {
+                up.close().await;
+            }
+            self.lose(inner, "the database ended the session's transaction (a deadlock or a server-side rollback)".into());
+        }
+        Ok(())
+    }
+
+    /// Runs a statement of the proxy's own; an ERR becomes the packet to give the app.
+    async fn run_internal(
+        &self,
+        inner: &mut Inner,
+        sql: &str,
+    ) -> Result<Option<Vec<u8>>, ServeError> {
+        let up = inner
+            .upstream
+            .as_mut()
+            .ok_or_else(|| ServeError::Upstream(UpstreamError::Protocol("no upstream".into())))?;
+        let c = up.query(sql).await?;
+        match c.error {
+            Some((code, msg)) => {
+                // Hide the proxy's savepoint prefix from the message where it shows.
+                let p = c
+                    .packets
+                    .last()
+                    .cloned()
+                    .unwrap_or_else(|| wire::err(code, b"HY000", &msg));
+                self.check_still_in_transaction(inner, None, true).await?;
+                Ok(Some(p))
+            }
+            None => {
+                self.check_still_in_transaction(inner, c.status, false)
+                    .await?;
+                Ok(None)
+            }
+        }
+    }
+
+    async fn run_all_then_ok<W: AsyncWrite + Unpin>(
+        &self,
+        inner: &mut Inner,
+        conn: &AppConn,
+        statements: &[String],
+        app: &mut PacketWriter<W>,
+    ) -> Result<Outcome, ServeError> {
+        for sql in statements {
+            if let Some(err) = self.run_internal(inner, sql).await? {
+                return Ok(reply(app, err).await);
+            }
+        }
+        Ok(reply(app, wire::ok(0, 0, conn.status(), 0)).await)
+    }
+
+    /// Catalog checks for a forwarded statement: writes only to transactional base tables (or
+    /// the session's temporary tables) without triggers, and no stored functions.
+    async fn check_catalog(
+        &self,
+        inner: &mut Inner,
+        conn: &AppConn,
+        f: &Forward,
+    ) -> Result<Option<String>, ServeError> {
+        if !f.functions.is_empty() {
+            let stored = self.stored_functions(inner).await?;
+            if let Some(name) = f.functions.iter().find(|n| stored.contains(*n)) {
+                return Ok(Some(format!(
+                    "DevInProd refused a call to stored function {name}(): stored functions may write to \
+                     non-transactional tables or commit, which a rollback would not undo"
+                )));
+            }
+        }
+        for t in &f.write_tables {
+            if t.schema.is_none() && inner.temp_tables.contains(&t.name.to_ascii_lowercase()) {
+                continue;
+            }
+            let Some(schema) = t.schema.clone().or_else(|| conn.db.clone()) else {
+                continue;
+            };
+            let facts = self.table_facts(inner, &schema, &t.name).await?;
+            if let Some((table_type, engine, triggers)) = facts.kind {
+                let name = display(t, &schema);
+                if table_type != "BASE TABLE" {
+                    return Ok(Some(format!(
+                        "DevInProd refused a write involving {name}: it is a {}, and writes through it cannot be \
+                         proven to stay inside the transaction",
+                        table_type.to_ascii_lowercase()
+                    )));
+                }
+                if !engine.eq_ignore_ascii_case("InnoDB") {
+                    return Ok(Some(format!(
+                        "DevInProd refused a write involving {name}: its engine {engine} is not transactional, \
+                         so the write would survive the session's rollback"
+                    )));
+                }
+                if triggers > 0 {
+                    return Ok(Some(format!(
+                        "DevInProd refused a write to {name}: it has triggers, which may write outside the transaction"
+                    )));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    async fn stored_functions(&self, inner: &mut Inner) -> Result<HashSet<String>, ServeError> {
+        if let Some((at, set)) = &inner.stored_functions {
+            if at.elapsed() < CATALOG_TTL {
+                return Ok(set.clone());
+            }
+        }
+        let up = inner
+            .upstream
+            .as_mut()
+            .ok_or_else(|| ServeError::Upstream(UpstreamError::Protocol("no upstream".into())))?;
+        let rows = match up.run("SELECT ROUTINE_NAME FROM information_schema.ROUTINES WHERE ROUTINE_TYPE = 'FUNCTION'").await? {
+            Ok(c) => c.rows(),
+            Err((code, msg)) => return Err(ServeError::Upstream(UpstreamError::Protocol(format!("catalog query failed: {code} {msg}")))),
+        };
+        let set: HashSet<String> = rows
+            .into_iter()
+            .filter_map(|r| r.into_iter().next().flatten())
+            .map(|s| s.to_ascii_uppercase())
+            .collect();
+        inner.stored_functions = Some((Instant::now(), set.clone()));
+        Ok(set)
+    }
+
+    async fn table_facts(
+        &self,
+        inner: &mut Inner,
+        schema: &str,
+        name: &str,
+    ) -> Result<TableFacts, ServeError> {
+        let key = (schema.to_ascii_lowercase(), name.to_ascii_lowercase());
+        if let Some(f) = inner
+            .tables
+            .get(&key)
+            .filter(|f| f.at.elapsed() < CATALOG_TTL)
+        {
+            return Ok(f.clone());
+        }
+        // Hex literals: no quoting rule (sql_mode, NO_BACKSLASH_ESCAPES) can change their meaning.
+        let sql = format!(
+            "SELECT t.TABLE_TYPE, COALESCE(t.ENGINE, ''), (SELECT COUNT(*) FROM information_schema.TRIGGERS g \
+             WHERE g.EVENT_OBJECT_SCHEMA = t.TABLE_SCHEMA AND g.EVENT_OBJECT_TABLE = t.TABLE_NAME) \
+             FROM information_schema.TABLES t WHERE t.TABLE_SCHEMA = CONVERT(X'{}' USING utf8mb4) \
+             AND t.TABLE_NAME = CONVERT(X'{}' USING utf8mb4)",
+            hex(schema),
+            hex(name)
+        );
+        let up = inner
+            .upstream
+            .as_mut()
+            .ok_or_else(|| ServeError::Upstream(UpstreamError::Protocol("no upstream".into())))?;
+        let rows = match up.run(&sql).await? {
+            Ok(c) => c.rows(),
+            Err((code, msg)) => {
+                return Err(ServeError::Upstream(UpstreamError::Protocol(format!(
+                    "catalog query failed: {code} {msg}"
+                ))))
+            }
+        };
+        let kind = rows.into_iter().next().map(|r| {
+            let get = |i: usize| r.get(i).cloned().flatten().unwrap_or_default();
+            (get(0), get(1), get(2).parse().unwrap_or(1))
+        });
+        let facts = TableFacts {
+            at: Instant::now(),
+            kind,
+        };
+        inner.tables.insert(key, facts.clone());
+        Ok(facts)
+    }
+
+    /// COM_INIT_DB, and the database named at login.
+    pub async fn use_db<W: AsyncWrite + Unpin>(
+        &self,
+        conn: &mut AppConn,
+        db: &str,
+        app: &mut PacketWriter<W>,
+        seq: u8,
+    ) -> Outcome {
+        let mut inner = self.inner.lock().await;
+        let result = async {
+            self.ensure_upstream(&mut inner).await?;
+            let up = inner
+                .upstream
+                .as_mut()
+                .ok_or_else(|| UpstreamError::Protocol("no upstream".into()))?;
+            up.query(&format!("USE `{}`", db.replace('`', "``"))).await
+        }
+        .await;
+        let packet = match result {
+            Ok(c) => match c.error {
+                None => {
+                    conn.db = Some(db.to_owned());
+                    inner.applied_db = Some(db.to_owned());
+                    wire::ok(0, 0, conn.status(), 0)
+                }
+                Some(_) => c
+                    .packets
+                    .last()
+                    .cloned()
+                    .unwrap_or_else(|| wire::refused("USE failed")),
+            },
+            Err(e) => wire::err(
+                wire::ER_SESSION_RESET,
+                b"70100",
+                &format!("DevInProd cannot reach the database: {e}"),
+            ),
+        };
+        match app.send(seq, &packet).await {
+            Ok(_) => Outcome::Done,
+            Err(_) => Outcome::AppGone,
+        }
+    }
+
+    /// COM_FIELD_LIST: read-only, forwarded.
+    pub async fn field_list<W: AsyncWrite + Unpin>(
+        &self,
+        conn: &mut AppConn,
+        payload: &[u8],
+        app: &mut PacketWriter<W>,
+    ) -> Outcome {
+        let mut inner = self.inner.lock().await;
+        let r = async {
+            self.ensure_upstream(&mut inner).await?;
+            self.switch_to(&mut inner, conn).await?;
+            self.relay(&mut inner, conn, payload, app)
+                .await
+                .map(|_| Outcome::Done)
+        }
+        .await;
+        match r {
+            Ok(o) => o,
+            Err(ServeError::App) => Outcome::AppGone,
+            Err(ServeError::Upstream(e)) => {
+                self.lose(&mut inner, format!("the database connection failed: {e}"));
+                reply(
+                    app,
+                    wire::err(
+                        wire::ER_SESSION_RESET,
+                        b"70100",
+                        &format!("DevInProd lost the database session ({e})"),
+                    ),
+                )
+                .await
+            }
+        }
+    }
+
+    /// The app connection ends or resets: its open transaction is rolled back.
+    pub async fn end_conn(&self, conn: &mut AppConn) {
+        let statements = conn.tx.end();
+        let mut inner = self.inner.lock().await;
+        if conn.generation == inner.generation && inner.upstream.is_some() {
+            for sql in statements {
+                if let Ok(Some(_)) = self.run_internal(&mut inner, &sql).await {
+                    break;
+                }
+            }
+        }
+        if inner.on == Some(conn.id) {
+            inner.on = None;
+        }
+    }
+}
+
+fn display(t: &TableName, schema: &str) -> String {
+    format!("{schema}.{}", t.name)
+}
+
+fn hex(s: &str) -> String {
+    s.bytes().map(|b| format!("{b:02X}")).collect()
+}
+
+enum ServeError {
+    App,
+    Upstream(UpstreamError),
+}
+
+impl From<UpstreamError> for ServeError {
+    fn from(e: UpstreamError) -> Self {
+        ServeError::Upstream(e)
+    }
+}
+
+async fn reply<W: AsyncWrite + Unpin>(app: &mut PacketWriter<W>, packet: Vec<u8>) -> Outcome {
+    match app.send(1, &packet).await {
+        Ok(_) => Outcome::Done,
+        Err(_) => Outcome::AppGone,
+    }
+}
+
+/// Counts an app connection for as long as it lives.
+pub struct ConnGuard(Arc<Session>);
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.0.app_conns.fetch_sub(1, Ordering::Relaxed);
+        self.0.touch();
+    }
+}
