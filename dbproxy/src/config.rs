@@ -32,6 +32,9 @@ pub struct DbProxyFileConfig {
     pub consistent_snapshot: bool,
     /// Largest MySQL packet accepted from an app or the database.
     pub max_packet_bytes: usize,
+    /// How long a write waits while another app connection of the same session has an open
+    /// transaction with writes, in ms; then it fails with a clear error.
+    pub write_turn_timeout_ms: u64,
 }
 
 impl Default for DbProxyFileConfig {
@@ -49,6 +52,7 @@ impl Default for DbProxyFileConfig {
             statement_timeout_ms: 30_000,
             consistent_snapshot: false,
             max_packet_bytes: 64 << 20,
+            write_turn_timeout_ms: 10_000,
         }
     }
 }
@@ -62,6 +66,7 @@ pub struct DbProxyConfig {
     pub statement_timeout_ms: u64,
     pub consistent_snapshot: bool,
     pub max_packet_bytes: usize,
+    pub write_turn_timeout: Duration,
 }
 
 impl DbProxyFileConfig {
@@ -77,6 +82,7 @@ impl DbProxyFileConfig {
             statement_timeout_ms: self.statement_timeout_ms,
             consistent_snapshot: self.consistent_snapshot,
             max_packet_bytes: self.max_packet_bytes,
+            write_turn_timeout: Duration::from_millis(self.write_turn_timeout_ms),
         })
     }
 

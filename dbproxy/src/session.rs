@@ -11,7 +11,7 @@
 use crate::config::DbProxyConfig;
 use crate::packet::PacketWriter;
 use crate::policy::{classify, Forward, TableName, Verdict};
-use crate::txn::AppTransaction;
+use crate::txn::{AppTransaction, Plan};
 use crate::upstream::{relay_response, ResponseTracker, Upstream, UpstreamError};
 use crate::wire;
 use proto::RoutingKey;
@@ -98,6 +98,10 @@ struct Inner {
     statements: u64,
     wrote: bool,
     server: Option<(String, u8)>,
+    /// Advanced by every write, RELEASE and ROLLBACK TO (see `txn`).
+    epoch: u64,
+    /// The app connection whose transaction has written and not ended: other writers wait.
+    turn: Option<u32>,
 }
 
 /// What `db status` shows.
@@ -118,6 +122,8 @@ pub struct Session {
     app_conns: AtomicUsize,
     pub created: Instant,
     last_seen: std::sync::Mutex<Instant>,
+    /// Woken when the write turn is released.
+    turn_free: tokio::sync::Notify,
 }
 
 /// What went wrong serving a command, for the app connection.
@@ -146,7 +152,10 @@ impl Session {
                 statements: 0,
                 wrote: false,
                 server: None,
+                epoch: 0,
+                turn: None,
             }),
+            turn_free: tokio::sync::Notify::new(),
             next_conn: AtomicU32::new(1),
             app_conns: AtomicUsize::new(0),
             created: Instant::now(),
@@ -283,6 +292,20 @@ impl Session {
         inner.upstream = None;
         inner.lost = Some(why);
         inner.on = None;
+        self.release_turn(inner, None);
+    }
+
+    /// Gives up the write turn if `conn` (or anyone, for `None`) holds it and no longer needs it.
+    fn release_turn(&self, inner: &mut Inner, conn: Option<&AppConn>) {
+        let release = match (inner.turn, conn) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            (Some(owner), Some(c)) => owner == c.id && !c.tx.holds_write_turn(),
+        };
+        if release {
+            inner.turn = None;
+            self.turn_free.notify_waiters();
+        }
     }
 
     /// If the session was reset since `conn` last ran something, the error to give it.
@@ -347,11 +370,33 @@ impl Session {
     ) -> Outcome {
         self.touch();
         let classified = classify(sql);
-        let mut inner = self.inner.lock().await;
         if let Verdict::Refuse(why) = &classified.verdict {
             info!(key = %self.key, conn = conn.id, kind = %classified.kind, "refused: {why}");
             return reply(app, wire::refused(why)).await;
         }
+        let writes = matches!(&classified.verdict, Verdict::Forward(f) if f.writes);
+        // A write waits while another connection's transaction that has written is open: its
+        // ROLLBACK would otherwise undo this write too. Reads never wait.
+        let deadline = tokio::time::Instant::now() + self.config.write_turn_timeout;
+        let mut inner = loop {
+            let inner = self.inner.lock().await;
+            let owner = inner.turn;
+            if !writes || owner.is_none() || owner == Some(conn.id) {
+                break inner;
+            }
+            let notified = self.turn_free.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            drop(inner);
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                let msg = format!(
+                    "DevInProd: this write waited {} ms for another connection of the same session (connection {})                      to end its transaction, which has uncommitted writes; commit or roll that one back first",
+                    self.config.write_turn_timeout.as_millis(),
+                    owner.unwrap_or_default()
+                );
+                return reply(app, wire::err(wire::ER_LOCK_WAIT_TIMEOUT, b"HY000", &msg)).await;
+            }
+        };
         match self
             .serve(&mut inner, conn, &classified.verdict, payload, app)
             .await
@@ -394,25 +439,36 @@ impl Session {
                     info!(key = %self.key, conn = conn.id, "refused: {why}");
                     return Ok(reply(app, wire::refused(&why)).await);
                 }
-                if let Some(sql) = conn.tx.before_statement() {
+                if !f.writes {
+                    conn.tx.before_read();
+                    self.relay(inner, conn, payload, app).await?;
+                    inner.statements += 1;
+                    return Ok(Outcome::Done);
+                }
+                inner.turn = Some(conn.id);
+                if let Some(sql) = conn.tx.before_write(inner.epoch) {
                     if let Some(err) = self.run_internal(inner, &sql).await? {
+                        self.release_turn(inner, Some(conn));
                         return Ok(reply(app, err).await);
                     }
                 }
-                let ok = self.relay(inner, conn, payload, app).await?;
+                let result = self.relay(inner, conn, payload, app).await;
                 inner.statements += 1;
-                if ok && f.writes {
+                inner.epoch += 1;
+                if let Ok(true) = result {
                     inner.wrote = true;
+                    conn.tx.after_write(inner.epoch);
                 }
-                Ok(Outcome::Done)
+                self.release_turn(inner, Some(conn));
+                result.map(|_| Outcome::Done)
             }
             Verdict::Tx(control) => {
-                let statements = conn.tx.control(control);
-                self.run_all_then_ok(inner, conn, &statements, app).await
+                let plan = conn.tx.control(control, inner.epoch);
+                self.run_plan_then_ok(inner, conn, plan, app).await
             }
             Verdict::SetAutocommit(on) => {
-                let statements = conn.tx.set_autocommit(*on);
-                self.run_all_then_ok(inner, conn, &statements, app).await
+                let plan = conn.tx.set_autocommit(*on, inner.epoch);
+                self.run_plan_then_ok(inner, conn, plan, app).await
             }
             Verdict::Swallow => Ok(reply(app, wire::ok(0, 0, conn.status(), 0)).await),
             Verdict::Use(db) => {
@@ -538,19 +594,28 @@ impl Session {
         }
     }
 
-    async fn run_all_then_ok<W: AsyncWrite + Unpin>(
+    async fn run_plan_then_ok<W: AsyncWrite + Unpin>(
         &self,
         inner: &mut Inner,
         conn: &AppConn,
-        statements: &[String],
+        plan: Plan,
         app: &mut PacketWriter<W>,
     ) -> Result<Outcome, ServeError> {
-        for sql in statements {
+        if plan.advances_epoch {
+            inner.epoch += 1;
+        }
+        let mut failed = None;
+        for sql in &plan.statements {
             if let Some(err) = self.run_internal(inner, sql).await? {
-                return Ok(reply(app, err).await);
+                failed = Some(err);
+                break;
             }
         }
-        Ok(reply(app, wire::ok(0, 0, conn.status(), 0)).await)
+        self.release_turn(inner, Some(conn));
+        Ok(match failed {
+            Some(err) => reply(app, err).await,
+            None => reply(app, wire::ok(0, 0, conn.status(), 0)).await,
+        })
     }
 
     /// Catalog checks for a forwarded statement: writes only to transactional base tables (or
@@ -752,10 +817,14 @@ impl Session {
 
     /// The app connection ends or resets: its open transaction is rolled back.
     pub async fn end_conn(&self, conn: &mut AppConn) {
-        let statements = conn.tx.end();
         let mut inner = self.inner.lock().await;
+        let plan = conn.tx.end(inner.epoch);
+        if plan.advances_epoch {
+            inner.epoch += 1;
+        }
+        self.release_turn(&mut inner, Some(conn));
         if conn.generation == inner.generation && inner.upstream.is_some() {
-            for sql in statements {
+            for sql in plan.statements {
                 if let Ok(Some(_)) = self.run_internal(&mut inner, &sql).await {
                     break;
                 }

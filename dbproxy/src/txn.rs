@@ -1,5 +1,7 @@
 //! One app connection's transaction, emulated on top of the session's single, never-committed
-//! upstream transaction. Pure: it says which statements to send upstream; the caller sends them.
+//! upstream transaction. Pure: it says which statements to send upstream; the session sends
+//! them and keeps the *epoch*, a counter it advances on every write, RELEASE and ROLLBACK TO by
+//! any connection.
 //!
 //! | the app sends | upstream receives |
 //! | --- | --- |
@@ -9,6 +11,13 @@
 //! | `SAVEPOINT x` / `RELEASE SAVEPOINT x` / `ROLLBACK TO x` | the same on `<conn>_sp_x` |
 //! | `SET autocommit=0` | nothing; the next statement opens a transaction, as on a server |
 //! | `SET autocommit=1` | `RELEASE SAVEPOINT <conn>_tx` if one is open (it commits) |
+//!
+//! Savepoints are one linear stack in the upstream transaction, so interleaved connections
+//! would undo each other's work. Two rules keep them apart: a transaction that has written
+//! holds the session's write turn until it ends (the session makes other writers wait), and
+//! a savepoint is trusted only if the epoch has not moved since it was placed — otherwise it is
+//! placed again at the connection's first write, and a transaction that never wrote has
+//! nothing to release or undo.
 
 use crate::policy::TxControl;
 
@@ -16,7 +25,19 @@ use crate::policy::TxControl;
 pub struct AppTransaction {
     prefix: String,
     autocommit: bool,
+    /// A transaction is open, as the app sees it (status flag IN_TRANS).
     open: bool,
+    /// This transaction has written (and so holds the write turn).
+    wrote: bool,
+    /// The epoch at which this connection's savepoint was placed (and after its own writes).
+    mark: Option<u64>,
+}
+
+/// Statements to send, and whether they advance the session's epoch.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Plan {
+    pub statements: Vec<String>,
+    pub advances_epoch: bool,
 }
 
 impl AppTransaction {
@@ -26,6 +47,8 @@ impl AppTransaction {
             prefix: format!("dip{conn_id}"),
             autocommit: true,
             open: false,
+            wrote: false,
+            mark: None,
         }
     }
 
@@ -47,87 +70,138 @@ impl AppTransaction {
         self.autocommit
     }
 
-    /// Statements to send for a transaction-control statement (possibly none).
-    pub fn control(&mut self, tx: &TxControl) -> Vec<String> {
+    /// This connection's transaction has written: it holds the session's write turn.
+    pub fn holds_write_turn(&self) -> bool {
+        self.open && self.wrote
+    }
+
+    /// Whether this connection's savepoint still marks the start of its own work.
+    fn savepoint_valid(&self, epoch: u64) -> bool {
+        self.wrote || self.mark == Some(epoch)
+    }
+
+    fn close(&mut self) {
+        self.open = false;
+        self.wrote = false;
+        self.mark = None;
+    }
+
+    /// The end of a transaction: RELEASE (commit) or ROLLBACK TO (rollback) when there is
+    /// work of this connection to keep or undo.
+    fn finish(&mut self, epoch: u64, rollback: bool) -> Plan {
+        let plan = if self.open && self.mark.is_some() && self.savepoint_valid(epoch) {
+            let sql = if rollback {
+                format!("ROLLBACK TO SAVEPOINT {}", self.savepoint())
+            } else {
+                format!("RELEASE SAVEPOINT {}", self.savepoint())
+            };
+            Plan {
+                statements: vec![sql],
+                advances_epoch: true,
+            }
+        } else {
+            Plan::default()
+        };
+        self.close();
+        plan
+    }
+
+    /// Statements for a transaction-control statement (possibly none).
+    pub fn control(&mut self, tx: &TxControl, epoch: u64) -> Plan {
         match tx {
             TxControl::Begin => {
-                let mut out = Vec::new();
-                if self.open {
-                    out.push(format!("RELEASE SAVEPOINT {}", self.savepoint()));
-                }
-                out.push(format!("SAVEPOINT {}", self.savepoint()));
+                // BEGIN inside a transaction commits it first, as on a server.
+                let mut plan = self.finish(epoch, false);
+                let epoch = epoch + u64::from(plan.advances_epoch);
+                plan.statements
+                    .push(format!("SAVEPOINT {}", self.savepoint()));
                 self.open = true;
-                out
+                self.mark = Some(epoch);
+                plan
             }
-            TxControl::Commit => {
-                if !self.open {
-                    return Vec::new();
-                }
-                self.open = false;
-                vec![format!("RELEASE SAVEPOINT {}", self.savepoint())]
-            }
-            TxControl::Rollback => {
-                if !self.open {
-                    return Vec::new();
-                }
-                self.open = false;
-                vec![format!("ROLLBACK TO SAVEPOINT {}", self.savepoint())]
-            }
+            TxControl::Commit => self.finish(epoch, false),
+            TxControl::Rollback => self.finish(epoch, true),
             TxControl::Savepoint(name) => {
-                let mut out = self.before_statement().into_iter().collect::<Vec<_>>();
-                out.push(format!("SAVEPOINT {}", self.user_savepoint(name)));
-                out
+                if !self.autocommit {
+                    self.open = true;
+                }
+                Plan {
+                    statements: vec![format!("SAVEPOINT {}", self.user_savepoint(name))],
+                    advances_epoch: false,
+                }
             }
-            TxControl::Release(name) => {
-                vec![format!("RELEASE SAVEPOINT {}", self.user_savepoint(name))]
-            }
-            TxControl::RollbackTo(name) => vec![format!(
-                "ROLLBACK TO SAVEPOINT {}",
-                self.user_savepoint(name)
-            )],
+            TxControl::Release(name) => Plan {
+                statements: vec![format!("RELEASE SAVEPOINT {}", self.user_savepoint(name))],
+                advances_epoch: true,
+            },
+            TxControl::RollbackTo(name) => Plan {
+                statements: vec![format!(
+                    "ROLLBACK TO SAVEPOINT {}",
+                    self.user_savepoint(name)
+                )],
+                advances_epoch: true,
+            },
         }
     }
 
-    /// Before any other statement: with autocommit off and no transaction open, the statement
-    /// opens one (as on a real server), so its work can be rolled back by the app.
-    pub fn before_statement(&mut self) -> Option<String> {
-        if !self.autocommit && !self.open {
+    /// Before a read: with autocommit off, a statement opens a transaction (as on a server).
+    pub fn before_read(&mut self) {
+        if !self.autocommit {
             self.open = true;
+        }
+    }
+
+    /// Before a write (the caller holds the write turn): the savepoint to (re)place, if any.
+    pub fn before_write(&mut self, epoch: u64) -> Option<String> {
+        if !self.autocommit {
+            self.open = true;
+        }
+        if self.open && !self.savepoint_valid(epoch) {
+            self.mark = Some(epoch);
             return Some(format!("SAVEPOINT {}", self.savepoint()));
         }
         None
     }
 
-    /// `SET autocommit = on`: statements to send (turning it on commits an open transaction).
-    pub fn set_autocommit(&mut self, on: bool) -> Vec<String> {
-        let mut out = Vec::new();
-        if on && self.open {
-            out.push(format!("RELEASE SAVEPOINT {}", self.savepoint()));
-            self.open = false;
+    /// After a successful write, which advanced the epoch to `epoch`.
+    pub fn after_write(&mut self, epoch: u64) {
+        if self.open {
+            self.wrote = true;
+            self.mark = Some(epoch);
         }
-        self.autocommit = on;
-        out
     }
 
-    /// The connection goes away or is reset: its open transaction is rolled back, as a server
-    /// does for a closed connection.
-    pub fn end(&mut self) -> Vec<String> {
-        let out = if self.open {
-            vec![
+    /// `SET autocommit = on|off`: statements to send (turning it on commits an open transaction).
+    pub fn set_autocommit(&mut self, on: bool, epoch: u64) -> Plan {
+        let plan = if on && self.open {
+            self.finish(epoch, false)
+        } else {
+            Plan::default()
+        };
+        self.autocommit = on;
+        plan
+    }
+
+    /// The connection goes away or is reset: its work is rolled back, as a server does for a
+    /// closed connection.
+    pub fn end(&mut self, epoch: u64) -> Plan {
+        let mut plan = Plan::default();
+        if self.open && self.wrote {
+            plan.statements = vec![
                 format!("ROLLBACK TO SAVEPOINT {}", self.savepoint()),
                 format!("RELEASE SAVEPOINT {}", self.savepoint()),
-            ]
-        } else {
-            Vec::new()
-        };
-        self.open = false;
+            ];
+            plan.advances_epoch = true;
+        }
+        let _ = epoch;
+        self.close();
         self.autocommit = true;
-        out
+        plan
     }
 
     /// The upstream transaction was lost: nothing of this connection's is open any more.
     pub fn forget(&mut self) {
-        self.open = false;
+        self.close();
     }
 }
 
@@ -136,23 +210,39 @@ mod tests {
     use super::*;
     use crate::policy::{classify, Verdict};
 
-    fn send(tx: &mut AppTransaction, sql: &str) -> Vec<String> {
-        match classify(sql).verdict {
-            Verdict::Tx(c) => tx.control(&c),
-            Verdict::SetAutocommit(on) => tx.set_autocommit(on),
-            Verdict::Forward(_) => {
-                let mut out: Vec<String> = tx.before_statement().into_iter().collect();
-                out.push(sql.to_owned());
-                out
-            }
-            other => panic!("{other:?}"),
+    /// A session with one epoch, as the session module keeps it.
+    #[derive(Default)]
+    struct Sim {
+        epoch: u64,
+    }
+
+    impl Sim {
+        fn send(&mut self, tx: &mut AppTransaction, sql: &str) -> Vec<String> {
+            let plan = match classify(sql).verdict {
+                Verdict::Tx(c) => tx.control(&c, self.epoch),
+                Verdict::SetAutocommit(on) => tx.set_autocommit(on, self.epoch),
+                Verdict::Forward(f) if f.writes => {
+                    let mut out: Vec<String> = tx.before_write(self.epoch).into_iter().collect();
+                    out.push(sql.to_owned());
+                    self.epoch += 1;
+                    tx.after_write(self.epoch);
+                    return out;
+                }
+                Verdict::Forward(_) => {
+                    tx.before_read();
+                    return vec![sql.to_owned()];
+                }
+                other => panic!("{other:?}"),
+            };
+            self.epoch += u64::from(plan.advances_epoch);
+            plan.statements
         }
     }
 
     /// The product brief's table, row by row.
     #[test]
     fn the_seed_example_rewrites_exactly_as_designed() {
-        let mut tx = AppTransaction::new(1);
+        let (mut sim, mut tx) = (Sim::default(), AppTransaction::new(1));
         let rows: [(&str, &[&str]); 8] = [
             ("BEGIN", &["SAVEPOINT dip1_tx"]),
             (
@@ -170,52 +260,85 @@ mod tests {
             ("COMMIT", &[]),
         ];
         for (app, upstream) in rows {
-            assert_eq!(send(&mut tx, app), upstream, "app sent {app}");
+            assert_eq!(sim.send(&mut tx, app), upstream, "app sent {app}");
         }
         assert!(!tx.in_transaction());
     }
 
     #[test]
-    fn autocommit_off_opens_a_transaction_at_the_first_statement_and_on_commits_it() {
-        let mut tx = AppTransaction::new(7);
-        assert!(send(&mut tx, "SET autocommit=0").is_empty());
-        assert!(!tx.in_transaction());
-        assert_eq!(send(&mut tx, "SELECT 1"), ["SAVEPOINT dip7_tx", "SELECT 1"]);
+    fn autocommit_off_opens_a_transaction_and_places_the_savepoint_at_the_first_write() {
+        let (mut sim, mut tx) = (Sim::default(), AppTransaction::new(7));
+        assert!(sim.send(&mut tx, "SET autocommit=0").is_empty());
+        assert_eq!(sim.send(&mut tx, "SELECT 1"), ["SELECT 1"]);
         assert!(tx.in_transaction());
-        assert_eq!(send(&mut tx, "UPDATE t SET a=1"), ["UPDATE t SET a=1"]);
-        assert_eq!(send(&mut tx, "COMMIT"), ["RELEASE SAVEPOINT dip7_tx"]);
         assert_eq!(
-            send(&mut tx, "DELETE FROM t"),
+            sim.send(&mut tx, "UPDATE t SET a=1"),
+            ["SAVEPOINT dip7_tx", "UPDATE t SET a=1"]
+        );
+        assert_eq!(sim.send(&mut tx, "UPDATE t SET a=2"), ["UPDATE t SET a=2"]);
+        assert_eq!(sim.send(&mut tx, "COMMIT"), ["RELEASE SAVEPOINT dip7_tx"]);
+        assert_eq!(sim.send(&mut tx, "SELECT 2"), ["SELECT 2"]);
+        assert_eq!(
+            sim.send(&mut tx, "COMMIT"),
+            Vec::<String>::new(),
+            "a read-only transaction has nothing to release"
+        );
+        assert_eq!(
+            sim.send(&mut tx, "DELETE FROM t"),
             ["SAVEPOINT dip7_tx", "DELETE FROM t"]
         );
         assert_eq!(
-            send(&mut tx, "SET autocommit=1"),
+            sim.send(&mut tx, "SET autocommit=1"),
             ["RELEASE SAVEPOINT dip7_tx"]
         );
-        assert_eq!(send(&mut tx, "SELECT 2"), ["SELECT 2"]);
+        assert_eq!(sim.send(&mut tx, "SELECT 2"), ["SELECT 2"]);
+    }
+
+    #[test]
+    fn interleaved_connections_never_undo_each_others_writes() {
+        let mut sim = Sim::default();
+        let (mut a, mut b) = (AppTransaction::new(1), AppTransaction::new(2));
+        sim.send(&mut b, "BEGIN"); // b's savepoint is placed early…
+        sim.send(&mut a, "INSERT INTO t VALUES (1)"); // …then a writes (autocommit)
+                                                      // b's first write re-places its savepoint after a's work.
+        assert_eq!(
+            sim.send(&mut b, "INSERT INTO t VALUES (2)"),
+            ["SAVEPOINT dip2_tx", "INSERT INTO t VALUES (2)"]
+        );
+        assert_eq!(
+            sim.send(&mut b, "ROLLBACK"),
+            ["ROLLBACK TO SAVEPOINT dip2_tx"]
+        );
+        // A transaction that never wrote has nothing to undo, even if others wrote meanwhile.
+        sim.send(&mut a, "BEGIN");
+        sim.send(&mut b, "DELETE FROM t");
+        assert!(sim.send(&mut a, "ROLLBACK").is_empty());
+        assert!(!a.holds_write_turn() && !b.holds_write_turn());
     }
 
     #[test]
     fn begin_inside_a_transaction_commits_it_first_and_app_savepoints_are_namespaced() {
-        let mut tx = AppTransaction::new(2);
-        send(&mut tx, "BEGIN");
+        let (mut sim, mut tx) = (Sim::default(), AppTransaction::new(2));
+        sim.send(&mut tx, "BEGIN");
         assert_eq!(
-            send(&mut tx, "BEGIN"),
+            sim.send(&mut tx, "BEGIN"),
             ["RELEASE SAVEPOINT dip2_tx", "SAVEPOINT dip2_tx"]
         );
-        assert_eq!(send(&mut tx, "SAVEPOINT a"), ["SAVEPOINT `dip2_sp_a`"]);
+        assert_eq!(sim.send(&mut tx, "SAVEPOINT a"), ["SAVEPOINT `dip2_sp_a`"]);
         assert_eq!(
-            send(&mut tx, "ROLLBACK TO SAVEPOINT a"),
+            sim.send(&mut tx, "ROLLBACK TO SAVEPOINT a"),
             ["ROLLBACK TO SAVEPOINT `dip2_sp_a`"]
         );
         assert_eq!(
-            send(&mut tx, "RELEASE SAVEPOINT a"),
+            sim.send(&mut tx, "RELEASE SAVEPOINT a"),
             ["RELEASE SAVEPOINT `dip2_sp_a`"]
         );
+        sim.send(&mut tx, "UPDATE t SET a = 1");
+        assert!(tx.holds_write_turn());
         assert_eq!(
-            tx.end(),
+            tx.end(sim.epoch).statements,
             ["ROLLBACK TO SAVEPOINT dip2_tx", "RELEASE SAVEPOINT dip2_tx"]
         );
-        assert!(tx.end().is_empty());
+        assert!(tx.end(sim.epoch).statements.is_empty());
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod apps;
 pub mod http_client;
+pub mod mariadb;
 pub mod raw;
 
 use client::{Agent, AgentConfig, AgentEvent, AgentExit};
@@ -194,6 +195,8 @@ impl Drop for TestEdge {
 pub struct TestClient {
     pub events: mpsc::UnboundedReceiver<AgentEvent>,
     pub routing_key: String,
+    /// The client's local MySQL listener, when configured.
+    pub mysql: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<AgentExit>>,
 }
@@ -223,6 +226,7 @@ impl TestClient {
             }),
         )
         .expect("agent");
+        let mysql = agent.mysql_addr();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             agent
@@ -234,6 +238,7 @@ impl TestClient {
         Self {
             events,
             routing_key: String::new(),
+            mysql,
             stop: Some(stop),
             task: Some(task),
         }
@@ -289,4 +294,62 @@ impl Drop for TestClient {
             t.abort();
         }
     }
+}
+
+/// A relay with an in-process dbproxy on the test database server (`devinprod up --mysql`).
+pub async fn relay_with_dbproxy(
+    pki: &Pki,
+    tune: impl FnOnce(&mut dbproxy::DbProxyFileConfig),
+) -> (TestRelay, Arc<dbproxy::DbProxy>) {
+    let relay = TestRelay::start(pki).await;
+    let mut file = dbproxy::DbProxyFileConfig {
+        upstream: Some(mariadb::server().url.clone()),
+        ..Default::default()
+    };
+    tune(&mut file);
+    let proxy = dbproxy::DbProxy::new(file.check().expect("dbproxy config"));
+    relay.relay.set_db_handler(proxy.clone());
+    (relay, proxy)
+}
+
+/// A developer connected with a local MySQL listener on an ephemeral port.
+pub async fn developer_with_mysql(relay: &TestRelay, pki: &Pki, name: &str) -> TestClient {
+    let token = relay.issue_token(name);
+    // The HTTP side is not used by database tests; any address will do.
+    let mut config =
+        TestClient::agent_config(relay.addr, &pki.ca(), token, "127.0.0.1:9".parse().unwrap());
+    config.mysql_listen = Some("127.0.0.1:0".parse().unwrap());
+    let mut c = TestClient::spawn(config);
+    c.routing_key = c.wait_connected().await;
+    c
+}
+
+/// A MySQL connection (mysql_async, a real driver) to `addr`, using database `db`.
+pub async fn mysql_conn(addr: SocketAddr, db: &str) -> mysql_async::Conn {
+    let opts = mysql_async::OptsBuilder::default()
+        .ip_or_hostname(addr.ip().to_string())
+        .tcp_port(addr.port())
+        .user(Some("app"))
+        .pass(Some("whatever"))
+        .db_name(Some(db))
+        .prefer_socket(false);
+    tokio::time::timeout(WAIT, mysql_async::Conn::new(opts))
+        .await
+        .expect("mysql connect timed out")
+        .expect("mysql connect")
+}
+
+/// A direct connection to the database server, as production would have.
+pub async fn production_conn(db: &str) -> mysql_async::Conn {
+    let s = mariadb::server();
+    let opts = mysql_async::OptsBuilder::default()
+        .ip_or_hostname(s.host.clone())
+        .tcp_port(s.port)
+        .user(Some(s.user.clone()))
+        .pass((!s.password.is_empty()).then(|| s.password.clone()))
+        .db_name(Some(db))
+        .prefer_socket(false);
+    mysql_async::Conn::new(opts)
+        .await
+        .expect("production connection")
 }

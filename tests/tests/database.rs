@@ -1,0 +1,318 @@
+//! The database sandbox against a real MariaDB: one never-committed transaction per developer
+//! session, reached through the tunnel with a real driver.
+
+use mysql_async::prelude::*;
+use tests::mariadb::TestDatabase;
+use tests::{
+    developer_with_mysql, init_tracing, mysql_conn, production_conn, relay_with_dbproxy, Pki,
+};
+
+fn server_error(e: mysql_async::Error) -> (u16, String, String) {
+    match e {
+        mysql_async::Error::Server(s) => (s.code, s.state, s.message),
+        other => panic!("expected a server error, got {other}"),
+    }
+}
+
+async fn vals(conn: &mut mysql_async::Conn, table: &str) -> Vec<String> {
+    conn.query(format!("SELECT val FROM {table} ORDER BY id"))
+        .await
+        .unwrap()
+}
+
+fn checksum(db: &TestDatabase, table: &str) -> String {
+    db.admin(&format!("CHECKSUM TABLE {table}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_sequence_behaves_as_an_app_expects_and_production_never_sees_it() {
+    init_tracing();
+    let db = TestDatabase::new();
+    db.admin("CREATE TABLE t (id INT PRIMARY KEY AUTO_INCREMENT, val VARCHAR(50)) ENGINE=InnoDB; INSERT INTO t(val) VALUES ('prod')");
+    let before = checksum(&db, "t");
+    let pki = Pki::new();
+    let (relay, _proxy) = relay_with_dbproxy(&pki, |_| {}).await;
+    let dev = developer_with_mysql(&relay, &pki, "alice").await;
+    let mut app = mysql_conn(dev.mysql.unwrap(), &db.name).await;
+    let mut prod = production_conn(&db.name).await;
+
+    app.query_drop("BEGIN").await.unwrap();
+    app.query_drop("INSERT INTO t(val) VALUES ('test')")
+        .await
+        .unwrap();
+    app.query_drop("COMMIT").await.unwrap();
+    assert_eq!(vals(&mut app, "t").await, ["prod", "test"]);
+    app.query_drop("BEGIN").await.unwrap();
+    app.query_drop("UPDATE t SET val='new val'").await.unwrap();
+    assert_eq!(vals(&mut app, "t").await, ["new val", "new val"]);
+    app.query_drop("ROLLBACK").await.unwrap();
+    assert_eq!(
+        vals(&mut app, "t").await,
+        ["prod", "test"],
+        "ROLLBACK undid the UPDATE only"
+    );
+    app.query_drop("DELETE FROM t").await.unwrap();
+    app.query_drop("COMMIT").await.unwrap();
+    assert!(vals(&mut app, "t").await.is_empty());
+
+    // Production saw none of it, and is not blocked by it (READ COMMITTED, no locks on read).
+    assert_eq!(vals(&mut prod, "t").await, ["prod"]);
+    assert_eq!(checksum(&db, "t"), before);
+    // The upstream is still inside its one transaction.
+    let in_tx: Option<i64> = app.query_first("SELECT @@in_transaction").await.unwrap();
+    assert_eq!(in_tx, Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_is_shared_by_its_connections_and_invisible_to_others_and_gone_when_it_ends() {
+    init_tracing();
+    let db = TestDatabase::new();
+    db.admin("CREATE TABLE t (id INT PRIMARY KEY AUTO_INCREMENT, val VARCHAR(50)) ENGINE=InnoDB");
+    let before = checksum(&db, "t");
+    let pki = Pki::new();
+    let (relay, proxy) = relay_with_dbproxy(&pki, |_| {}).await;
+    let alice = developer_with_mysql(&relay, &pki, "alice").await;
+    let bob = developer_with_mysql(&relay, &pki, "bob").await;
+    let mut a1 = mysql_conn(alice.mysql.unwrap(), &db.name).await;
+    let mut a2 = mysql_conn(alice.mysql.unwrap(), &db.name).await;
+    let mut b1 = mysql_conn(bob.mysql.unwrap(), &db.name).await;
+    let mut prod = production_conn(&db.name).await;
+
+    a1.query_drop("INSERT INTO t(val) VALUES ('alice was here')")
+        .await
+        .unwrap();
+    a1.query_drop("UPDATE t SET val = 'alice again' WHERE val = 'alice was here'")
+        .await
+        .unwrap();
+    assert_eq!(
+        vals(&mut a2, "t").await,
+        ["alice again"],
+        "the pool's other connection sees the session's work"
+    );
+    assert!(
+        vals(&mut b1, "t").await.is_empty(),
+        "another developer's session does not"
+    );
+    assert!(vals(&mut prod, "t").await.is_empty(), "production does not");
+    assert_eq!(checksum(&db, "t"), before);
+
+    // Ending the session (as `db reset` or the grace period does) rolls everything back.
+    let key = proto::RoutingKey::parse(&alice.routing_key).unwrap();
+    assert!(proxy.reset(&key, "test").await);
+    let mut a3 = mysql_conn(alice.mysql.unwrap(), &db.name).await;
+    assert!(vals(&mut a3, "t").await.is_empty());
+    assert_eq!(checksum(&db, "t"), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_escape_hatch_is_refused_and_the_session_stays_in_its_transaction() {
+    init_tracing();
+    let db = TestDatabase::new();
+    db.admin(
+        "CREATE TABLE t (id INT PRIMARY KEY, val VARCHAR(50)) ENGINE=InnoDB; INSERT INTO t VALUES (1, 'prod');
+         CREATE TABLE m (id INT PRIMARY KEY) ENGINE=MyISAM;
+         CREATE TABLE audited (id INT PRIMARY KEY) ENGINE=InnoDB;
+         CREATE TABLE audit_log (id INT) ENGINE=MyISAM;
+         CREATE TRIGGER audited_ins AFTER INSERT ON audited FOR EACH ROW INSERT INTO audit_log VALUES (NEW.id);
+         DELIMITER //
+         CREATE FUNCTION sneaky() RETURNS INT MODIFIES SQL DATA BEGIN INSERT INTO m VALUES (99); RETURN 1; END //
+         CREATE PROCEDURE p() BEGIN COMMIT; END //
+         DELIMITER ;",
+    );
+    let checksums = |db: &TestDatabase| ["t", "m", "audited", "audit_log"].map(|t| checksum(db, t));
+    let before = checksums(&db);
+    let pki = Pki::new();
+    let (relay, _proxy) = relay_with_dbproxy(&pki, |_| {}).await;
+    let dev = developer_with_mysql(&relay, &pki, "mallory").await;
+    let mut app = mysql_conn(dev.mysql.unwrap(), &db.name).await;
+    app.query_drop("UPDATE t SET val = 'dev' WHERE id = 1")
+        .await
+        .unwrap();
+
+    let hatches = [
+        ("CREATE TABLE x (id INT)", "implicitly"),
+        ("DROP TABLE t", "implicitly"),
+        ("ALTER TABLE t ADD COLUMN y INT", "only reads"),
+        ("TRUNCATE TABLE t", "implicitly"),
+        ("/*!50000 DROP TABLE t */", "executable"),
+        ("/*M!100100 DROP TABLE t */ SELECT 1", "executable"),
+        ("SELECT 1; COMMIT", "one statement"),
+        ("PREPARE s FROM 'COMMIT'", "classified"),
+        ("CALL p()", "procedures"),
+        ("XA START 'x'", "classified"),
+        ("LOCK TABLES t WRITE", "blocks production"),
+        (
+            "LOAD DATA LOCAL INFILE '/etc/passwd' INTO TABLE t",
+            "classified",
+        ),
+        ("SELECT GET_LOCK('devinprod-test', 0)", "named locks"),
+        ("INSERT INTO m VALUES (1)", "MyISAM"),
+        ("INSERT INTO audited VALUES (1)", "triggers"),
+        ("SELECT sneaky()", "stored function"),
+        ("HANDLER t OPEN", "classified"),
+        ("SET GLOBAL max_connections = 1000", "server-wide"),
+        (
+            "SELECT * FROM t INTO OUTFILE '/tmp/devinprod-leak'",
+            "classified",
+        ),
+        ("COMMIT AND CHAIN", "chained"),
+    ];
+    for (sql, why) in hatches {
+        let (code, state, message) = server_error(app.query_drop(sql).await.unwrap_err());
+        assert_eq!((code, state.as_str()), (1227, "42000"), "{sql}: {message}");
+        assert!(message.contains(why), "{sql}: {message}");
+    }
+    // Still the same session: its uncommitted UPDATE is there, and it is in its transaction.
+    let val: Option<String> = app
+        .query_first("SELECT val FROM t WHERE id = 1")
+        .await
+        .unwrap();
+    assert_eq!(val.as_deref(), Some("dev"));
+    let in_tx: Option<i64> = app.query_first("SELECT @@in_transaction").await.unwrap();
+    assert_eq!(in_tx, Some(1));
+    let locks: Option<i64> = production_conn(&db.name)
+        .await
+        .query_first("SELECT IS_FREE_LOCK('devinprod-test')")
+        .await
+        .unwrap();
+    assert_eq!(locks, Some(1), "no named lock was taken");
+    assert_eq!(checksums(&db), before, "production unchanged");
+    assert_eq!(
+        db.admin("SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE()")
+            .trim(),
+        "4"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_connections_share_reads_and_take_turns_to_write() {
+    init_tracing();
+    let db = TestDatabase::new();
+    db.admin("CREATE TABLE t (id INT PRIMARY KEY AUTO_INCREMENT, val VARCHAR(50)) ENGINE=InnoDB");
+    let pki = Pki::new();
+    let (relay, _proxy) = relay_with_dbproxy(&pki, |c| c.write_turn_timeout_ms = 800).await;
+    let dev = developer_with_mysql(&relay, &pki, "alice").await;
+    let mut a = mysql_conn(dev.mysql.unwrap(), &db.name).await;
+    let mut b = mysql_conn(dev.mysql.unwrap(), &db.name).await;
+    // A pool of autocommit-off connections that only read never blocks.
+    for c in [&mut a, &mut b] {
+        c.query_drop("SET autocommit = 0").await.unwrap();
+        let n: Option<i64> = c.query_first("SELECT COUNT(*) FROM t").await.unwrap();
+        assert_eq!(n, Some(0));
+    }
+    a.query_drop("INSERT INTO t(val) VALUES ('from a')")
+        .await
+        .unwrap();
+    // B reads A's uncommitted work (one session, one transaction: documented)…
+    assert_eq!(vals(&mut b, "t").await, ["from a"]);
+    // …but B's write waits for A's transaction, which has written, to end.
+    let b_write = tokio::spawn(async move {
+        let r = b.query_drop("INSERT INTO t(val) VALUES ('from b')").await;
+        (b, r)
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !b_write.is_finished(),
+        "B's write went ahead of A's open transaction"
+    );
+    a.query_drop("COMMIT").await.unwrap();
+    let (mut b, r) = b_write.await.unwrap();
+    r.unwrap();
+    // B's rollback undoes B's work only.
+    b.query_drop("ROLLBACK").await.unwrap();
+    assert_eq!(vals(&mut a, "t").await, ["from a"]);
+
+    // A write that waits too long gets a clear error instead of hanging.
+    a.query_drop("UPDATE t SET val = 'held'").await.unwrap();
+    let (code, _, message) = server_error(b.query_drop("DELETE FROM t").await.unwrap_err());
+    assert_eq!(code, 1205, "{message}");
+    assert!(message.contains("waited 800 ms"), "{message}");
+    a.query_drop("ROLLBACK").await.unwrap();
+    b.query_drop("DELETE FROM t").await.unwrap();
+    assert!(vals(&mut a, "t").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadlock_with_production_resets_the_session_loudly() {
+    init_tracing();
+    let db = TestDatabase::new();
+    db.admin(
+        "CREATE TABLE t (id INT PRIMARY KEY, val INT) ENGINE=InnoDB; INSERT INTO t VALUES (1, 0), (2, 0);
+         CREATE TABLE heavy (id INT PRIMARY KEY, v INT) ENGINE=InnoDB;
+         INSERT INTO heavy SELECT seq, 0 FROM seq_1_to_200",
+    );
+    let pki = Pki::new();
+    let (relay, _proxy) = relay_with_dbproxy(&pki, |c| c.statement_timeout_ms = 20_000).await;
+    let dev = developer_with_mysql(&relay, &pki, "alice").await;
+    let mut app = mysql_conn(dev.mysql.unwrap(), &db.name).await;
+    let mut prod = production_conn(&db.name).await;
+
+    // Production holds more undo (200 rows), so InnoDB picks the developer as the victim.
+    prod.query_drop("START TRANSACTION").await.unwrap();
+    prod.query_drop("UPDATE heavy SET v = v + 1").await.unwrap();
+    app.query_drop("UPDATE t SET val = 1 WHERE id = 1")
+        .await
+        .unwrap();
+    prod.query_drop("UPDATE t SET val = 2 WHERE id = 2")
+        .await
+        .unwrap();
+    let dev_wait = tokio::spawn(async move {
+        let r = app.query_drop("UPDATE t SET val = 1 WHERE id = 2").await;
+        (app, r)
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let prod_result = prod.query_drop("UPDATE t SET val = 2 WHERE id = 1").await;
+    let (mut app, dev_result) = dev_wait.await.unwrap();
+    assert!(
+        prod_result.is_ok(),
+        "production should win: {prod_result:?}"
+    );
+    let (code, _, _) = server_error(dev_result.unwrap_err());
+    assert_eq!(
+        code, 1213,
+        "the developer's statement is the deadlock victim"
+    );
+    prod.query_drop("ROLLBACK").await.unwrap();
+
+    // Never a silent autocommit: the next statement is told the session was reset.
+    let (code, _, message) = server_error(app.query_drop("SELECT 1").await.unwrap_err());
+    assert_eq!(code, 1317);
+    assert!(message.contains("reset this database session"), "{message}");
+    // Then a fresh session serves it, inside a transaction again.
+    let in_tx: Option<i64> = app.query_first("SELECT @@in_transaction").await.unwrap();
+    assert_eq!(in_tx, Some(1));
+    assert_eq!(
+        db.admin("SELECT val FROM t ORDER BY id")
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["0", "0"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mariadb_command_line_client_works_through_the_tunnel() {
+    init_tracing();
+    let db = TestDatabase::new();
+    db.admin("CREATE TABLE t (id INT PRIMARY KEY, val VARCHAR(50)) ENGINE=InnoDB; INSERT INTO t VALUES (1, 'prod')");
+    let pki = Pki::new();
+    let (relay, _proxy) = relay_with_dbproxy(&pki, |_| {}).await;
+    let dev = developer_with_mysql(&relay, &pki, "alice").await;
+    let addr = dev.mysql.unwrap();
+    let name = db.name.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("mariadb")
+            .args(["-uanyone", "-h127.0.0.1", &format!("-P{}", addr.port()), "-N", "-B", &name])
+            .args(["-e", "BEGIN; UPDATE t SET val = 'dev' WHERE id = 1; COMMIT; SELECT val FROM t; SELECT @@in_transaction;"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "dev\n1\n");
+    assert_eq!(db.admin("SELECT val FROM t").trim(), "prod");
+}
