@@ -505,10 +505,15 @@ fn autocommit_value(v: &Expr) -> Option<bool> {
     }
 }
 
+/// `@name` (a user variable), as opposed to `@@name` (a system variable).
+fn is_user_variable(name: &str) -> bool {
+    name.starts_with('@') && !name.starts_with("@@")
+}
+
 /// Every name must be a user variable or an allowed session variable.
 fn session_vars(names: Vec<String>) -> Classified {
     for n in &names {
-        if n.starts_with('@') && !n.starts_with("@@") {
+        if is_user_variable(n) {
             continue;
         }
         let bare = n
@@ -524,7 +529,7 @@ fn session_vars(names: Vec<String>) -> Classified {
     }
     let vars = names
         .into_iter()
-        .filter(|n| !(n.starts_with('@') && !n.starts_with("@@")))
+        .filter(|n| !is_user_variable(n))
         .map(|n| {
             n.trim_start_matches("@@session.")
                 .trim_start_matches("@@local.")

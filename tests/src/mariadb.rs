@@ -16,6 +16,8 @@ pub struct Server {
     pub user: String,
     pub password: String,
     _dir: Option<tempfile::TempDir>,
+    /// The shell that runs the private server and stops it when this process is gone.
+    _watcher: Option<std::process::Child>,
 }
 
 static SERVER: OnceLock<Server> = OnceLock::new();
@@ -32,6 +34,7 @@ pub fn server() -> &'static Server {
                 user: u.user,
                 password: u.password,
                 _dir: None,
+                _watcher: None,
             }
         }
         Err(_) => start_private(),
@@ -86,7 +89,7 @@ fn start_private() -> Server {
         log = dir.path().join("error.log").display(),
         parent = std::process::id(),
     );
-    Command::new("sh")
+    let watcher = Command::new("sh")
         .arg("-c")
         .arg(script)
         .stdin(Stdio::null())
@@ -123,6 +126,7 @@ fn start_private() -> Server {
         user: "root".into(),
         password: String::new(),
         _dir: Some(dir),
+        _watcher: Some(watcher),
     }
 }
 
