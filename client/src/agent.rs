@@ -234,7 +234,6 @@ impl Agent {
             let reason = match attempt {
                 Ok(conn) => {
                     backoff = self.config.backoff_initial;
-                    self.set_current(Some(conn.clone()));
                     let served = self.serve(&conn, &mut shutdown).await;
                     self.set_current(None);
                     match served {
@@ -294,6 +293,8 @@ impl Agent {
         };
         match handshake(&mut send, &mut recv, hello).await {
             Ok(welcome) => {
+                // Recorded before telling anyone, so whoever reacts to `Connected` can use it.
+                self.set_current(Some(conn.clone()));
                 let routing_key = welcome
                     .routing_key
                     .map(|k| k.to_string())

@@ -16,13 +16,12 @@ pub type CurrentConnection = Arc<Mutex<Option<quinn::Connection>>>;
 /// Time the relay has to say whether the database is there.
 const ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// A MySQL ERR packet (sequence 0, as a server that refuses a connection sends it).
+/// A MySQL ERR packet as a server that refuses a connection sends it: sequence 0, and without
+/// the `#SQLSTATE` marker, since no capabilities are agreed yet (clients read it that way).
 pub fn error_packet(message: &str) -> Vec<u8> {
-    // 1227 / 42000: a server-range error, so drivers report it instead of retrying blindly.
+    // 1227: a server-range error, so drivers report it instead of retrying blindly.
     let mut payload = vec![0xFF];
     payload.extend_from_slice(&1227u16.to_le_bytes());
-    payload.push(b'#');
-    payload.extend_from_slice(b"42000");
     payload.extend_from_slice(message.as_bytes());
     let len = payload.len().min(0xFF_FFFF);
     let mut out = (len as u32).to_le_bytes()[..3].to_vec();

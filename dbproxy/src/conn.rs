@@ -18,8 +18,10 @@ const COM_FIELD_LIST: u8 = 0x04;
 const COM_PING: u8 = 0x0e;
 const COM_CHANGE_USER: u8 = 0x11;
 const COM_STMT_PREPARE: u8 = 0x16;
+const COM_STMT_EXECUTE: u8 = 0x17;
 const COM_STMT_SEND_LONG_DATA: u8 = 0x18;
 const COM_STMT_CLOSE: u8 = 0x19;
+const COM_STMT_RESET: u8 = 0x1a;
 const COM_STMT_FETCH: u8 = 0x1c;
 const COM_SET_OPTION: u8 = 0x1b;
 const COM_RESET_CONNECTION: u8 = 0x1f;
@@ -158,22 +160,37 @@ where
                 // Multi-statements stay off whatever the app asks; the server answers EOF here.
                 send(&mut writer, wire::eof(status(&conn), 0)).await
             }
+            COM_STMT_PREPARE => session.prepare(&mut conn, &payload, &mut writer).await,
+            COM_STMT_EXECUTE | COM_STMT_RESET => {
+                session.execute(&mut conn, &payload, &mut writer).await
+            }
             // These two get no reply on a real server either.
-            COM_STMT_SEND_LONG_DATA | COM_STMT_CLOSE => Outcome::Done,
-            COM_STMT_PREPARE..=COM_STMT_FETCH => send(
-                &mut writer,
-                wire::refused(
-                    "DevInProd does not support server-side prepared statements yet: use text queries \
-                     (client-side prepare in your driver)",
-                ),
-            )
-            .await,
-            COM_CHANGE_USER => send(&mut writer, wire::refused("DevInProd does not support COM_CHANGE_USER")).await,
-            other => send(
-                &mut writer,
-                wire::err(wire::ER_UNKNOWN_COMMAND, b"42000", &format!("DevInProd does not serve protocol command 0x{other:02x}")),
-            )
-            .await,
+            COM_STMT_SEND_LONG_DATA | COM_STMT_CLOSE => {
+                session.statement_no_reply(&mut conn, &payload).await;
+                Outcome::Done
+            }
+            COM_STMT_FETCH => {
+                let msg = "DevInProd refused COM_STMT_FETCH: server-side cursors are not supported";
+                send(&mut writer, wire::refused(msg)).await
+            }
+            COM_CHANGE_USER => {
+                send(
+                    &mut writer,
+                    wire::refused("DevInProd does not support COM_CHANGE_USER"),
+                )
+                .await
+            }
+            other => {
+                send(
+                    &mut writer,
+                    wire::err(
+                        wire::ER_UNKNOWN_COMMAND,
+                        b"42000",
+                        &format!("DevInProd does not serve protocol command 0x{other:02x}"),
+                    ),
+                )
+                .await
+            }
         };
         if let Outcome::AppGone = outcome {
             break;

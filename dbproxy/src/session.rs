@@ -12,7 +12,7 @@ use crate::config::DbProxyConfig;
 use crate::packet::PacketWriter;
 use crate::policy::{classify, Forward, TableName, Verdict};
 use crate::txn::{AppTransaction, Plan};
-use crate::upstream::{relay_response, ResponseTracker, Upstream, UpstreamError};
+use crate::upstream::{relay_response, Position, ResponseTracker, Upstream, UpstreamError};
 use crate::wire;
 use proto::RoutingKey;
 use std::collections::{HashMap, HashSet};
@@ -33,6 +33,16 @@ pub struct AppConn {
     vars: Vec<(String, String)>,
     pub tx: AppTransaction,
     generation: u64,
+    /// Its prepared statements: the id the app knows → the upstream's.
+    stmts: HashMap<u32, PreparedStatement>,
+    next_stmt: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct PreparedStatement {
+    upstream_id: u32,
+    writes: bool,
+    generation: u64,
 }
 
 impl AppConn {
@@ -46,6 +56,8 @@ impl AppConn {
             )],
             tx: AppTransaction::new(id),
             generation,
+            stmts: HashMap::new(),
+            next_stmt: 1,
         }
     }
 
@@ -375,47 +387,288 @@ impl Session {
             return reply(app, wire::refused(why)).await;
         }
         let writes = matches!(&classified.verdict, Verdict::Forward(f) if f.writes);
-        // A write waits while another connection's transaction that has written is open: its
-        // ROLLBACK would otherwise undo this write too. Reads never wait.
+        let mut inner = match self.lock_for(conn.id, writes).await {
+            Ok(inner) => inner,
+            Err(msg) => {
+                return reply(app, wire::err(wire::ER_LOCK_WAIT_TIMEOUT, b"HY000", &msg)).await
+            }
+        };
+        let r = self
+            .serve(&mut inner, conn, &classified.verdict, payload, app)
+            .await;
+        match r {
+            Ok(outcome) => outcome,
+            Err(e) => self.failed(&mut inner, conn, e, app).await,
+        }
+    }
+
+    /// The session, once `conn_id` may go ahead: a write waits while another connection's
+    /// transaction that has written is open (its ROLLBACK would otherwise undo this write too).
+    /// Reads never wait.
+    async fn lock_for(
+        &self,
+        conn_id: u32,
+        writes: bool,
+    ) -> Result<tokio::sync::MutexGuard<'_, Inner>, String> {
         let deadline = tokio::time::Instant::now() + self.config.write_turn_timeout;
-        let mut inner = loop {
+        loop {
             let inner = self.inner.lock().await;
             let owner = inner.turn;
-            if !writes || owner.is_none() || owner == Some(conn.id) {
-                break inner;
+            if !writes || owner.is_none() || owner == Some(conn_id) {
+                return Ok(inner);
             }
             let notified = self.turn_free.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             drop(inner);
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                let msg = format!(
-                    "DevInProd: this write waited {} ms for another connection of the same session (connection {})                      to end its transaction, which has uncommitted writes; commit or roll that one back first",
+                return Err(format!(
+                    "DevInProd: this write waited {} ms for another connection of the same session \
+                     (connection {}) to end its transaction, which has uncommitted writes; commit or \
+                     roll that one back first",
                     self.config.write_turn_timeout.as_millis(),
                     owner.unwrap_or_default()
-                );
-                return reply(app, wire::err(wire::ER_LOCK_WAIT_TIMEOUT, b"HY000", &msg)).await;
+                ));
             }
-        };
-        match self
-            .serve(&mut inner, conn, &classified.verdict, payload, app)
-            .await
-        {
-            Ok(outcome) => outcome,
-            Err(ServeError::App) => Outcome::AppGone,
-            Err(ServeError::Upstream(e)) => {
-                self.lose(&mut inner, format!("the database connection failed: {e}"));
+        }
+    }
+
+    /// Turns a failure of the upstream while serving `conn` into the session's loss and the
+    /// error the app connection gets.
+    async fn failed<W: AsyncWrite + Unpin>(
+        &self,
+        inner: &mut Inner,
+        conn: &mut AppConn,
+        e: ServeError,
+        app: &mut PacketWriter<W>,
+    ) -> Outcome {
+        match e {
+            ServeError::App => Outcome::AppGone,
+            ServeError::Upstream(e) => {
+                self.lose(inner, format!("the database connection failed: {e}"));
                 conn.generation = inner.generation;
                 conn.tx.forget();
-                reply(
-                    app,
-                    wire::err(
-                        wire::ER_SESSION_RESET,
-                        b"70100",
-                        &format!("DevInProd lost the database session ({e}); everything it had written is gone"),
-                    ),
-                )
-                .await
+                let msg = format!(
+                    "DevInProd lost the database session ({e}); everything it had written is gone"
+                );
+                reply(app, wire::err(wire::ER_SESSION_RESET, b"70100", &msg)).await
+            }
+        }
+    }
+
+    /// COM_STMT_PREPARE: the same policy and catalog checks as a text query; the statement id
+    /// the app sees is its own connection's.
+    pub async fn prepare<W: AsyncWrite + Unpin>(
+        &self,
+        conn: &mut AppConn,
+        payload: &[u8],
+        app: &mut PacketWriter<W>,
+    ) -> Outcome {
+        self.touch();
+        let sql = String::from_utf8_lossy(&payload[1..]).into_owned();
+        let classified = classify(&sql);
+        let f = match classified.verdict {
+            Verdict::Forward(f) => f,
+            Verdict::Refuse(why) => return reply(app, wire::refused(&why)).await,
+            _ => {
+                let why = format!(
+                    "DevInProd refused to prepare {}: only queries and data changes can be prepared; send it as a text query",
+                    classified.kind
+                );
+                return reply(app, wire::refused(&why)).await;
+            }
+        };
+        let mut inner = self.inner.lock().await;
+        let r = self.prepare_in(&mut inner, conn, &f, payload, app).await;
+        match r {
+            Ok(o) => o,
+            Err(e) => self.failed(&mut inner, conn, e, app).await,
+        }
+    }
+
+    async fn prepare_in<W: AsyncWrite + Unpin>(
+        &self,
+        inner: &mut Inner,
+        conn: &mut AppConn,
+        f: &Forward,
+        payload: &[u8],
+        app: &mut PacketWriter<W>,
+    ) -> Result<Outcome, ServeError> {
+        self.ensure_upstream(inner).await?;
+        if let Some(notice) = self.reset_notice(inner, conn) {
+            conn.stmts.clear();
+            return Ok(reply(app, wire::err(wire::ER_SESSION_RESET, b"70100", &notice)).await);
+        }
+        self.switch_to(inner, conn).await?;
+        if let Some(why) = self.check_catalog(inner, conn, f).await? {
+            return Ok(reply(app, wire::refused(&why)).await);
+        }
+        let app_id = conn.next_stmt;
+        let mut upstream_id = None;
+        let (in_trans, autocommit) = (conn.tx.in_transaction(), conn.tx.autocommit());
+        let up = upstream(inner)?;
+        up.send(payload).await?;
+        let (tracker, app_ok) = relay_response(
+            up,
+            ResponseTracker::prepare(),
+            app,
+            1,
+            |position, p| match position {
+                Position::PrepareOk => {
+                    upstream_id = Some(u32::from_le_bytes([p[1], p[2], p[3], p[4]]));
+                    p[1..5].copy_from_slice(&app_id.to_le_bytes());
+                }
+                Position::Status => wire::patch_status(p, in_trans, autocommit),
+                Position::Other => {}
+            },
+        )
+        .await?;
+        if let (Some(upstream_id), None) = (upstream_id, tracker.error) {
+            conn.next_stmt += 1;
+            conn.stmts.insert(
+                app_id,
+                PreparedStatement {
+                    upstream_id,
+                    writes: f.writes,
+                    generation: inner.generation,
+                },
+            );
+        }
+        if !app_ok {
+            return Err(ServeError::App);
+        }
+        Ok(Outcome::Done)
+    }
+
+    /// COM_STMT_EXECUTE / COM_STMT_RESET: the app's statement id becomes the upstream's; an
+    /// execute that writes takes the write turn and follows the savepoint rules of a text write.
+    pub async fn execute<W: AsyncWrite + Unpin>(
+        &self,
+        conn: &mut AppConn,
+        payload: &[u8],
+        app: &mut PacketWriter<W>,
+    ) -> Outcome {
+        self.touch();
+        let id = payload
+            .get(1..5)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+        let Some(stmt) = id.and_then(|id| conn.stmts.get(&id)).copied() else {
+            return reply(
+                app,
+                wire::err(
+                    1243,
+                    b"HY000",
+                    "Unknown prepared statement handler given to DevInProd",
+                ),
+            )
+            .await;
+        };
+        let is_execute = payload[0] == 0x17;
+        if is_execute && payload.get(5).is_some_and(|flags| flags & 0x07 != 0) {
+            return reply(
+                app,
+                wire::refused("DevInProd refused a cursor: server-side cursors are not supported"),
+            )
+            .await;
+        }
+        let writes = is_execute && stmt.writes;
+        let mut inner = match self.lock_for(conn.id, writes).await {
+            Ok(inner) => inner,
+            Err(msg) => {
+                return reply(app, wire::err(wire::ER_LOCK_WAIT_TIMEOUT, b"HY000", &msg)).await
+            }
+        };
+        let r = self
+            .execute_in(&mut inner, conn, stmt, writes, payload, app)
+            .await;
+        match r {
+            Ok(o) => o,
+            Err(e) => self.failed(&mut inner, conn, e, app).await,
+        }
+    }
+
+    async fn execute_in<W: AsyncWrite + Unpin>(
+        &self,
+        inner: &mut Inner,
+        conn: &mut AppConn,
+        stmt: PreparedStatement,
+        writes: bool,
+        payload: &[u8],
+        app: &mut PacketWriter<W>,
+    ) -> Result<Outcome, ServeError> {
+        self.ensure_upstream(inner).await?;
+        if let Some(notice) = self.reset_notice(inner, conn) {
+            conn.stmts.clear();
+            return Ok(reply(app, wire::err(wire::ER_SESSION_RESET, b"70100", &notice)).await);
+        }
+        if stmt.generation != inner.generation {
+            let msg = "Unknown prepared statement handler: it belonged to a session that was reset";
+            return Ok(reply(app, wire::err(1243, b"HY000", msg)).await);
+        }
+        self.switch_to(inner, conn).await?;
+        let mut upstream_payload = payload.to_vec();
+        upstream_payload[1..5].copy_from_slice(&stmt.upstream_id.to_le_bytes());
+        self.forward(inner, conn, writes, &upstream_payload, app)
+            .await
+    }
+
+    /// Sends a statement that passed the policy (text or prepared) and relays its response.
+    /// A write holds the write turn while it runs (and after, if its transaction stays open),
+    /// and (re)places the connection's savepoint first when needed.
+    async fn forward<W: AsyncWrite + Unpin>(
+        &self,
+        inner: &mut Inner,
+        conn: &mut AppConn,
+        writes: bool,
+        payload: &[u8],
+        app: &mut PacketWriter<W>,
+    ) -> Result<Outcome, ServeError> {
+        inner.statements += 1;
+        if !writes {
+            conn.tx.before_read();
+            self.relay(inner, conn, payload, app).await?;
+            return Ok(Outcome::Done);
+        }
+        inner.turn = Some(conn.id);
+        if let Some(sql) = conn.tx.before_write(inner.epoch) {
+            if let Some(err) = self.run_internal(inner, &sql).await? {
+                self.release_turn(inner, Some(conn));
+                return Ok(reply(app, err).await);
+            }
+        }
+        let result = self.relay(inner, conn, payload, app).await;
+        inner.epoch += 1;
+        if let Ok(true) = result {
+            inner.wrote = true;
+            conn.tx.after_write(inner.epoch);
+        }
+        self.release_turn(inner, Some(conn));
+        result.map(|_| Outcome::Done)
+    }
+
+    /// COM_STMT_CLOSE and COM_STMT_SEND_LONG_DATA: forwarded with the upstream's id; no reply.
+    pub async fn statement_no_reply(&self, conn: &mut AppConn, payload: &[u8]) {
+        let Some(id) = payload
+            .get(1..5)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        else {
+            return;
+        };
+        let stmt = if payload[0] == 0x19 {
+            conn.stmts.remove(&id)
+        } else {
+            conn.stmts.get(&id).copied()
+        };
+        let Some(stmt) = stmt else { return };
+        let mut inner = self.inner.lock().await;
+        if stmt.generation != inner.generation {
+            return;
+        }
+        if let Some(up) = inner.upstream.as_mut() {
+            let mut upstream_payload = payload.to_vec();
+            upstream_payload[1..5].copy_from_slice(&stmt.upstream_id.to_le_bytes());
+            if let Err(e) = up.send(&upstream_payload).await {
+                self.lose(&mut inner, format!("the database connection failed: {e}"));
             }
         }
     }
@@ -439,28 +692,7 @@ impl Session {
                     info!(key = %self.key, conn = conn.id, "refused: {why}");
                     return Ok(reply(app, wire::refused(&why)).await);
                 }
-                if !f.writes {
-                    conn.tx.before_read();
-                    self.relay(inner, conn, payload, app).await?;
-                    inner.statements += 1;
-                    return Ok(Outcome::Done);
-                }
-                inner.turn = Some(conn.id);
-                if let Some(sql) = conn.tx.before_write(inner.epoch) {
-                    if let Some(err) = self.run_internal(inner, &sql).await? {
-                        self.release_turn(inner, Some(conn));
-                        return Ok(reply(app, err).await);
-                    }
-                }
-                let result = self.relay(inner, conn, payload, app).await;
-                inner.statements += 1;
-                inner.epoch += 1;
-                if let Ok(true) = result {
-                    inner.wrote = true;
-                    conn.tx.after_write(inner.epoch);
-                }
-                self.release_turn(inner, Some(conn));
-                result.map(|_| Outcome::Done)
+                self.forward(inner, conn, f.writes, payload, app).await
             }
             Verdict::Tx(control) => {
                 let plan = conn.tx.control(control, inner.epoch);
@@ -521,13 +753,12 @@ impl Session {
             ResponseTracker::new()
         };
         let (in_trans, autocommit) = (conn.tx.in_transaction(), conn.tx.autocommit());
-        let up = inner
-            .upstream
-            .as_mut()
-            .ok_or_else(|| ServeError::Upstream(UpstreamError::Protocol("no upstream".into())))?;
+        let up = upstream(inner)?;
         up.send(payload).await?;
-        let (tracker, app_ok) = relay_response(up, tracker, app, 1, |p| {
-            wire::patch_status(p, in_trans, autocommit)
+        let (tracker, app_ok) = relay_response(up, tracker, app, 1, |position, p| {
+            if position == Position::Status {
+                wire::patch_status(p, in_trans, autocommit);
+            }
         })
         .await?;
         self.check_still_in_transaction(inner, tracker.status, tracker.error.is_some())
@@ -570,10 +801,7 @@ impl Session {
         inner: &mut Inner,
         sql: &str,
     ) -> Result<Option<Vec<u8>>, ServeError> {
-        let up = inner
-            .upstream
-            .as_mut()
-            .ok_or_else(|| ServeError::Upstream(UpstreamError::Protocol("no upstream".into())))?;
+        let up = upstream(inner)?;
         let c = up.query(sql).await?;
         match c.error {
             Some((code, msg)) => {
@@ -674,10 +902,7 @@ impl Session {
                 return Ok(set.clone());
             }
         }
-        let up = inner
-            .upstream
-            .as_mut()
-            .ok_or_else(|| ServeError::Upstream(UpstreamError::Protocol("no upstream".into())))?;
+        let up = upstream(inner)?;
         let rows = match up.run("SELECT ROUTINE_NAME FROM information_schema.ROUTINES WHERE ROUTINE_TYPE = 'FUNCTION'").await? {
             Ok(c) => c.rows(),
             Err((code, msg)) => return Err(ServeError::Upstream(UpstreamError::Protocol(format!("catalog query failed: {code} {msg}")))),
@@ -714,10 +939,7 @@ impl Session {
             hex(schema),
             hex(name)
         );
-        let up = inner
-            .upstream
-            .as_mut()
-            .ok_or_else(|| ServeError::Upstream(UpstreamError::Protocol("no upstream".into())))?;
+        let up = upstream(inner)?;
         let rows = match up.run(&sql).await? {
             Ok(c) => c.rows(),
             Err((code, msg)) => {
@@ -818,6 +1040,14 @@ impl Session {
     /// The app connection ends or resets: its open transaction is rolled back.
     pub async fn end_conn(&self, conn: &mut AppConn) {
         let mut inner = self.inner.lock().await;
+        let generation = inner.generation;
+        for (_, stmt) in conn.stmts.drain() {
+            if let (true, Some(up)) = (stmt.generation == generation, inner.upstream.as_mut()) {
+                let mut close = vec![0x19];
+                close.extend_from_slice(&stmt.upstream_id.to_le_bytes());
+                let _ = up.send(&close).await;
+            }
+        }
         let plan = conn.tx.end(inner.epoch);
         if plan.advances_epoch {
             inner.epoch += 1;
@@ -842,6 +1072,13 @@ fn display(t: &TableName, schema: &str) -> String {
 
 fn hex(s: &str) -> String {
     s.bytes().map(|b| format!("{b:02X}")).collect()
+}
+
+/// The upstream connection, which the caller has made sure exists.
+fn upstream(inner: &mut Inner) -> Result<&mut Upstream, ServeError> {
+    inner.upstream.as_mut().ok_or_else(|| {
+        ServeError::Upstream(UpstreamError::Protocol("no upstream connection".into()))
+    })
 }
 
 enum ServeError {

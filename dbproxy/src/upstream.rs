@@ -121,6 +121,8 @@ impl From<std::io::Error> for UpstreamError {
 #[derive(Debug)]
 pub struct ResponseTracker {
     phase: Phase,
+    /// A prepare response: no rows follow its column definitions.
+    prepare: bool,
     /// Status flags of the last OK/EOF that ended a result or the response.
     pub status: Option<u16>,
     /// Code and message if the response ended with ERR.
@@ -135,6 +137,11 @@ enum Phase {
     Rows,
     /// COM_FIELD_LIST: column definitions until EOF.
     FieldList,
+    /// COM_STMT_PREPARE: its OK (statement id and counts) comes first.
+    PrepareFirst,
+    /// Parameter definitions still to come, then columns.
+    Params(u64, u64),
+    ParamsEof(u64),
     Done,
 }
 
@@ -143,24 +150,40 @@ enum Phase {
 pub enum Position {
     /// Carries status flags that the caller may patch (OK, or EOF ending rows or a response).
     Status,
+    /// The OK of COM_STMT_PREPARE: statement id at bytes 1..5.
+    PrepareOk,
     Other,
 }
 
 impl ResponseTracker {
-    pub fn new() -> Self {
+    fn starting(phase: Phase) -> Self {
         Self {
-            phase: Phase::First,
+            phase,
+            prepare: phase == Phase::PrepareFirst,
             status: None,
             error: None,
         }
     }
 
+    pub fn new() -> Self {
+        Self::starting(Phase::First)
+    }
+
     pub fn field_list() -> Self {
-        Self {
-            phase: Phase::FieldList,
-            status: None,
-            error: None,
-        }
+        Self::starting(Phase::FieldList)
+    }
+
+    pub fn prepare() -> Self {
+        Self::starting(Phase::PrepareFirst)
+    }
+
+    /// After the columns of a prepare response there are no rows.
+    fn columns_then(&mut self, columns: u64) {
+        self.phase = if columns > 0 {
+            Phase::Columns(columns)
+        } else {
+            Phase::Done
+        };
     }
 
     pub fn done(&self) -> bool {
@@ -201,6 +224,43 @@ impl ResponseTracker {
                     Ok(Position::Other)
                 }
             },
+            Phase::PrepareFirst => match p.first() {
+                Some(0x00) if p.len() >= 12 => {
+                    let columns = u64::from(u16::from_le_bytes([p[5], p[6]]));
+                    let params = u64::from(u16::from_le_bytes([p[7], p[8]]));
+                    if params > 0 {
+                        self.phase = Phase::Params(params, columns);
+                    } else {
+                        self.columns_then(columns);
+                    }
+                    Ok(Position::PrepareOk)
+                }
+                Some(0xFF) => {
+                    self.error = wire::err_info(p);
+                    self.phase = Phase::Done;
+                    Ok(Position::Other)
+                }
+                _ => Err(UpstreamError::Protocol(
+                    "malformed COM_STMT_PREPARE response".into(),
+                )),
+            },
+            Phase::Params(n, columns) => {
+                self.phase = if n > 1 {
+                    Phase::Params(n - 1, columns)
+                } else {
+                    Phase::ParamsEof(columns)
+                };
+                Ok(Position::Other)
+            }
+            Phase::ParamsEof(columns) => {
+                if k != Kind::Eof {
+                    return Err(UpstreamError::Protocol(
+                        "missing EOF after parameter definitions".into(),
+                    ));
+                }
+                self.columns_then(columns);
+                Ok(Position::Status)
+            }
             Phase::Columns(n) => {
                 self.phase = if n > 1 {
                     Phase::Columns(n - 1)
@@ -219,6 +279,10 @@ impl ResponseTracker {
                     return Err(UpstreamError::Protocol(
                         "missing EOF after column definitions".into(),
                     ));
+                }
+                if self.prepare {
+                    self.phase = Phase::Done;
+                    return Ok(Position::Status);
                 }
                 self.phase = Phase::Rows;
                 Ok(Position::Other)
@@ -435,15 +499,14 @@ pub async fn relay_response<W: AsyncWrite + Unpin>(
     mut tracker: ResponseTracker,
     app: &mut PacketWriter<W>,
     mut seq: u8,
-    mut patch: impl FnMut(&mut [u8]),
+    mut on_packet: impl FnMut(Position, &mut [u8]),
 ) -> Result<(ResponseTracker, bool), UpstreamError> {
     let mut queued = 0usize;
     let mut app_ok = true;
     while !tracker.done() {
         let mut p = upstream.read().await?;
-        if tracker.feed(&p.payload)? == Position::Status {
-            patch(&mut p.payload);
-        }
+        let position = tracker.feed(&p.payload)?;
+        on_packet(position, &mut p.payload);
         if !app_ok {
             continue;
         }

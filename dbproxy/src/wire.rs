@@ -89,6 +89,15 @@ pub fn err(code: u16, sqlstate: &[u8; 5], message: &str) -> Vec<u8> {
     out
 }
 
+/// An ERR sent in place of the handshake (sequence 0): no capabilities are agreed yet, so no
+/// `#SQLSTATE` marker, as servers do.
+pub fn err_before_handshake(code: u16, message: &str) -> Vec<u8> {
+    let mut b = vec![0xFF];
+    b.put_u16_le(code);
+    b.extend_from_slice(message.as_bytes());
+    b
+}
+
 /// A refusal: 1227, SQLSTATE 42000, a message naming what was refused and why.
 pub fn refused(message: &str) -> Vec<u8> {
     err(ER_REFUSED, b"42000", message)

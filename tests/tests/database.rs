@@ -316,3 +316,51 @@ async fn the_mariadb_command_line_client_works_through_the_tunnel() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "dev\n1\n");
     assert_eq!(db.admin("SELECT val FROM t").trim(), "prod");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepared_statements_work_through_the_tunnel_with_the_same_policy() {
+    init_tracing();
+    let db = TestDatabase::new();
+    db.admin("CREATE TABLE t (id INT PRIMARY KEY AUTO_INCREMENT, val VARCHAR(50), n DOUBLE) ENGINE=InnoDB; INSERT INTO t(val, n) VALUES ('prod', 1.5)");
+    let before = checksum(&db, "t");
+    let pki = Pki::new();
+    let (relay, _proxy) = relay_with_dbproxy(&pki, |_| {}).await;
+    let dev = developer_with_mysql(&relay, &pki, "alice").await;
+    let mut a = mysql_conn(dev.mysql.unwrap(), &db.name).await;
+    let mut b = mysql_conn(dev.mysql.unwrap(), &db.name).await;
+
+    // Binary protocol both ways: parameters in, typed rows out.
+    a.exec_drop("BEGIN", ()).await.unwrap_err(); // transaction control is text-only
+    a.query_drop("BEGIN").await.unwrap();
+    a.exec_drop("INSERT INTO t(val, n) VALUES (?, ?)", ("dev", 2.25))
+        .await
+        .unwrap();
+    let rows: Vec<(i64, String, f64)> = a
+        .exec("SELECT id, val, n FROM t WHERE n > ? ORDER BY id", (0.0,))
+        .await
+        .unwrap();
+    assert_eq!(
+        rows,
+        vec![(1, "prod".to_owned(), 1.5), (2, "dev".to_owned(), 2.25)]
+    );
+    a.query_drop("ROLLBACK").await.unwrap();
+    let rows: Vec<String> = b.exec("SELECT val FROM t ORDER BY id", ()).await.unwrap();
+    assert_eq!(rows, ["prod"], "ROLLBACK undid the prepared INSERT");
+
+    // Each connection's statement ids are its own; both can prepare and run in turn.
+    for i in 0..5 {
+        let stmt_a = a.prep("SELECT ? + 1").await.unwrap();
+        let stmt_b = b.prep("SELECT ? * 2").await.unwrap();
+        let x: Option<i64> = a.exec_first(&stmt_a, (i,)).await.unwrap();
+        let y: Option<i64> = b.exec_first(&stmt_b, (i,)).await.unwrap();
+        assert_eq!((x, y), (Some(i + 1), Some(i * 2)));
+        a.close(stmt_a).await.unwrap();
+    }
+
+    // The policy applies at prepare time.
+    let (code, _, message) = server_error(a.prep("DROP TABLE t").await.unwrap_err());
+    assert_eq!(code, 1227, "{message}");
+    let (code, _, message) = server_error(a.prep("SELECT GET_LOCK(?, 1)").await.unwrap_err());
+    assert_eq!(code, 1227, "{message}");
+    assert_eq!(checksum(&db, "t"), before);
+}
