@@ -38,11 +38,14 @@ pub struct AppConn {
     next_stmt: u32,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct PreparedStatement {
     upstream_id: u32,
     writes: bool,
     generation: u64,
+    /// Transaction control prepared by the app (`BEGIN`, `COMMIT`…): emulated at execute,
+    /// never prepared upstream.
+    emulated: Option<Verdict>,
 }
 
 impl AppConn {
@@ -470,6 +473,26 @@ impl Session {
         let f = match classified.verdict {
             Verdict::Forward(f) => f,
             Verdict::Refuse(why) => return reply(app, wire::refused(&why)).await,
+            v @ (Verdict::Tx(_) | Verdict::SetAutocommit(_) | Verdict::Swallow) => {
+                // Prepared transaction control (sysbench, some ORMs): answered here, no params,
+                // no columns; emulated when executed.
+                let app_id = conn.next_stmt;
+                conn.next_stmt += 1;
+                let generation = self.inner.lock().await.generation;
+                conn.stmts.insert(
+                    app_id,
+                    PreparedStatement {
+                        upstream_id: 0,
+                        writes: false,
+                        generation,
+                        emulated: Some(v),
+                    },
+                );
+                let mut ok = vec![0x00];
+                ok.extend_from_slice(&app_id.to_le_bytes());
+                ok.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0]);
+                return reply(app, ok).await;
+            }
             _ => {
                 let why = format!(
                     "DevInProd refused to prepare {}: only queries and data changes can be prepared; send it as a text query",
@@ -531,6 +554,7 @@ impl Session {
                     upstream_id,
                     writes: f.writes,
                     generation: inner.generation,
+                    emulated: None,
                 },
             );
         }
@@ -552,7 +576,7 @@ impl Session {
         let id = payload
             .get(1..5)
             .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-        let Some(stmt) = id.and_then(|id| conn.stmts.get(&id)).copied() else {
+        let Some(stmt) = id.and_then(|id| conn.stmts.get(&id)).cloned() else {
             return reply(
                 app,
                 wire::err(
@@ -570,6 +594,17 @@ impl Session {
                 wire::refused("DevInProd refused a cursor: server-side cursors are not supported"),
             )
             .await;
+        }
+        if let Some(verdict) = &stmt.emulated {
+            let mut inner = self.inner.lock().await;
+            if !is_execute {
+                return reply(app, wire::ok(0, 0, conn.status(), 0)).await;
+            }
+            let r = self.serve(&mut inner, conn, verdict, &[], app).await;
+            return match r {
+                Ok(o) => o,
+                Err(e) => self.failed(&mut inner, conn, e, app).await,
+            };
         }
         let writes = is_execute && stmt.writes;
         let mut inner = match self.lock_for(conn.id, writes).await {
@@ -657,9 +692,11 @@ impl Session {
         let stmt = if payload[0] == 0x19 {
             conn.stmts.remove(&id)
         } else {
-            conn.stmts.get(&id).copied()
+            conn.stmts.get(&id).cloned()
         };
-        let Some(stmt) = stmt else { return };
+        let Some(stmt) = stmt.filter(|s| s.emulated.is_none()) else {
+            return;
+        };
         let mut inner = self.inner.lock().await;
         if stmt.generation != inner.generation {
             return;
@@ -1042,6 +1079,9 @@ impl Session {
         let mut inner = self.inner.lock().await;
         let generation = inner.generation;
         for (_, stmt) in conn.stmts.drain() {
+            if stmt.emulated.is_some() {
+                continue;
+            }
             if let (true, Some(up)) = (stmt.generation == generation, inner.upstream.as_mut()) {
                 let mut close = vec![0x19];
                 close.extend_from_slice(&stmt.upstream_id.to_le_bytes());

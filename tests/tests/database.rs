@@ -364,3 +364,76 @@ async fn prepared_statements_work_through_the_tunnel_with_the_same_policy() {
     assert_eq!(code, 1227, "{message}");
     assert_eq!(checksum(&db, "t"), before);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sysbench_oltp_read_write_runs_through_the_tunnel_without_errors_or_traces() {
+    init_tracing();
+    let db = TestDatabase::new();
+    let server = tests::mariadb::server();
+    let sysbench = |args: Vec<String>| {
+        std::process::Command::new("sysbench")
+            .args(args)
+            .output()
+            .expect("sysbench is required (apt-get install -y sysbench; .ci/run installs it)")
+    };
+    let common = |host: &str, port: u16, user: &str, password: &str| {
+        vec![
+            "oltp_read_write".to_owned(),
+            format!("--mysql-host={host}"),
+            format!("--mysql-port={port}"),
+            format!("--mysql-user={user}"),
+            format!("--mysql-password={password}"),
+            format!("--mysql-db={}", db.name),
+            "--tables=2".into(),
+            "--table-size=500".into(),
+        ]
+    };
+    // The table set is prepared directly (that is DDL, which sessions may not run).
+    let mut prepare = common(&server.host, server.port, &server.user, &server.password);
+    prepare.push("prepare".into());
+    let out = tokio::task::spawn_blocking(move || sysbench(prepare))
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let before = db.admin("CHECKSUM TABLE sbtest1, sbtest2");
+
+    let pki = Pki::new();
+    let (relay, _proxy) = relay_with_dbproxy(&pki, |_| {}).await;
+    let dev = developer_with_mysql(&relay, &pki, "bench").await;
+    let mut run = common("127.0.0.1", dev.mysql.unwrap().port(), "dev", "any");
+    run.extend([
+        "--threads=2".into(),
+        "--time=3".into(),
+        "--report-interval=0".into(),
+        "run".into(),
+    ]);
+    let out = tokio::task::spawn_blocking(move || sysbench(run))
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let transactions: u64 = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("transactions:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(transactions > 0, "{stdout}");
+    assert!(
+        stdout.contains("ignored errors:                      0"),
+        "{stdout}"
+    );
+    assert_eq!(
+        db.admin("CHECKSUM TABLE sbtest1, sbtest2"),
+        before,
+        "production unchanged"
+    );
+}
