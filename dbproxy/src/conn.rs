@@ -153,7 +153,7 @@ where
             COM_FIELD_LIST => session.field_list(&mut conn, &payload, &mut writer).await,
             COM_RESET_CONNECTION => {
                 // Emulated: the app connection's transaction and settings go, the session's stay.
-                session.end_conn(&mut conn).await;
+                session.reset_conn(&mut conn, None).await;
                 send(&mut writer, wire::ok(0, 0, wire::STATUS_AUTOCOMMIT, 0)).await
             }
             COM_SET_OPTION => {
@@ -174,11 +174,14 @@ where
                 send(&mut writer, wire::refused(msg)).await
             }
             COM_CHANGE_USER => {
-                send(
-                    &mut writer,
-                    wire::refused("DevInProd does not support COM_CHANGE_USER"),
-                )
-                .await
+                // Emulated, never forwarded: a reset of this app connection plus its new
+                // default database (any user is accepted, as at login).
+                let change = parse_change_user(&payload[1..]);
+                session.reset_conn(&mut conn, change.collation).await;
+                match change.db {
+                    Some(db) => session.use_db(&mut conn, &db, &mut writer, 1).await,
+                    None => send(&mut writer, wire::ok(0, 0, wire::STATUS_AUTOCOMMIT, 0)).await,
+                }
             }
             other => {
                 send(
@@ -198,6 +201,32 @@ where
     }
     session.end_conn(&mut conn).await;
     info!(key = %session.key, conn = conn.id, "app connection closed");
+}
+
+/// What COM_CHANGE_USER asks for: user NUL, auth (length-prefixed), database NUL, charset.
+struct ChangeUser {
+    db: Option<String>,
+    collation: Option<u8>,
+}
+
+fn take_cstr(rest: &mut &[u8]) -> Option<Vec<u8>> {
+    let end = rest.iter().position(|&b| b == 0)?;
+    let s = rest[..end].to_vec();
+    *rest = &rest[end + 1..];
+    Some(s)
+}
+
+fn parse_change_user(body: &[u8]) -> ChangeUser {
+    let mut rest = body;
+    let _user = take_cstr(&mut rest);
+    if let Some((&len, tail)) = rest.split_first() {
+        rest = tail.get(usize::from(len)..).unwrap_or(&[]);
+    }
+    let db = take_cstr(&mut rest)
+        .map(|d| String::from_utf8_lossy(&d).into_owned())
+        .filter(|d| !d.is_empty());
+    let collation = rest.first().copied();
+    ChangeUser { db, collation }
 }
 
 fn status(conn: &crate::session::AppConn) -> u16 {

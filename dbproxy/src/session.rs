@@ -36,6 +36,8 @@ pub struct AppConn {
     /// Its prepared statements: the id the app knows → the upstream's.
     stmts: HashMap<u32, PreparedStatement>,
     next_stmt: u32,
+    /// The character set it logged in with (what COM_RESET_CONNECTION returns to).
+    login_names: String,
 }
 
 #[derive(Debug, Clone)]
@@ -50,13 +52,12 @@ struct PreparedStatement {
 
 impl AppConn {
     fn new(id: u32, db: Option<String>, collation: u8, generation: u64) -> Self {
+        let login_names = format!("SET NAMES {}", charset_of(collation));
         Self {
             id,
             db,
-            vars: vec![(
-                "names".into(),
-                format!("SET NAMES {}", charset_of(collation)),
-            )],
+            vars: vec![("names".into(), login_names.clone())],
+            login_names,
             tx: AppTransaction::new(id),
             generation,
             stmts: HashMap::new(),
@@ -1072,6 +1073,17 @@ impl Session {
                 .await
             }
         }
+    }
+
+    /// COM_RESET_CONNECTION / COM_CHANGE_USER, emulated for this app connection only: its
+    /// transaction is rolled back, its prepared statements and session variables go (the
+    /// character set returns to `collation`'s, or the login one), as a server would do.
+    pub async fn reset_conn(&self, conn: &mut AppConn, collation: Option<u8>) {
+        self.end_conn(conn).await;
+        if let Some(c) = collation {
+            conn.login_names = format!("SET NAMES {}", charset_of(c));
+        }
+        conn.vars = vec![("names".into(), conn.login_names.clone())];
     }
 
     /// The app connection ends or resets: its open transaction is rolled back.

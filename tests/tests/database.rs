@@ -437,3 +437,64 @@ async fn sysbench_oltp_read_write_runs_through_the_tunnel_without_errors_or_trac
         "production unchanged"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_connection_keeps_its_own_settings_and_reset_or_change_user_are_emulated() {
+    init_tracing();
+    let db = TestDatabase::new();
+    let other = TestDatabase::new();
+    db.admin("CREATE TABLE t (id INT PRIMARY KEY AUTO_INCREMENT, val VARCHAR(50)) ENGINE=InnoDB");
+    let pki = Pki::new();
+    let (relay, _proxy) = relay_with_dbproxy(&pki, |_| {}).await;
+    let dev = developer_with_mysql(&relay, &pki, "alice").await;
+    let mut a = mysql_conn(dev.mysql.unwrap(), &db.name).await;
+    let mut b = mysql_conn(dev.mysql.unwrap(), &db.name).await;
+    let default_tz: Option<String> = b.query_first("SELECT @@time_zone").await.unwrap();
+
+    // Session variables belong to the connection that set them, though the upstream is shared.
+    a.query_drop("SET time_zone = '+05:00', sql_mode = 'ANSI_QUOTES'")
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        let tz_a: Option<String> = a.query_first("SELECT @@time_zone").await.unwrap();
+        let tz_b: Option<String> = b.query_first("SELECT @@time_zone").await.unwrap();
+        assert_eq!(tz_a.as_deref(), Some("+05:00"));
+        assert_eq!(tz_b, default_tz);
+        let mode_b: Option<String> = b.query_first("SELECT @@sql_mode").await.unwrap();
+        assert!(!mode_b.unwrap_or_default().contains("ANSI_QUOTES"));
+    }
+
+    // COM_RESET_CONNECTION: A's open transaction and settings go; the session stays.
+    b.query_drop("INSERT INTO t(val) VALUES ('b kept')")
+        .await
+        .unwrap();
+    a.query_drop("BEGIN").await.unwrap();
+    a.query_drop("INSERT INTO t(val) VALUES ('a undone')")
+        .await
+        .unwrap();
+    a.reset().await.unwrap();
+    let tz_a: Option<String> = a.query_first("SELECT @@time_zone").await.unwrap();
+    assert_eq!(tz_a, default_tz);
+    assert_eq!(vals(&mut b, "t").await, ["b kept"]);
+    let in_tx: Option<i64> = a.query_first("SELECT @@in_transaction").await.unwrap();
+    assert_eq!(
+        in_tx,
+        Some(1),
+        "the session's transaction survives an app connection's reset"
+    );
+
+    // COM_CHANGE_USER: also never forwarded; the new database applies to this connection only.
+    a.query_drop("BEGIN").await.unwrap();
+    a.query_drop("INSERT INTO t(val) VALUES ('a undone too')")
+        .await
+        .unwrap();
+    let opts = mysql_async::ChangeUserOpts::default()
+        .with_user(Some("someone-else".into()))
+        .with_db_name(Some(other.name.clone()));
+    a.change_user(opts).await.unwrap();
+    let current: Option<String> = a.query_first("SELECT DATABASE()").await.unwrap();
+    assert_eq!(current.as_deref(), Some(other.name.as_str()));
+    let current_b: Option<String> = b.query_first("SELECT DATABASE()").await.unwrap();
+    assert_eq!(current_b.as_deref(), Some(db.name.as_str()));
+    assert_eq!(vals(&mut b, "t").await, ["b kept"]);
+}
