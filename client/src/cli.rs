@@ -40,6 +40,27 @@ pub enum Command {
     },
     /// Connect this machine to a relay and serve your local app under www-<key>.
     Connect(ConnectArgs),
+    /// Your database session, through a running `connect --mysql-listen`.
+    Db {
+        #[command(subcommand)]
+        command: DbCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DbCommand {
+    /// Show the session's age, statements run and whether it holds writes.
+    Status {
+        /// The MySQL listener of your `devinprod connect`.
+        #[arg(long, default_value = "127.0.0.1:13306")]
+        mysql: String,
+    },
+    /// End the session now: everything it wrote is rolled back; a new one begins.
+    Reset {
+        /// The MySQL listener of your `devinprod connect`.
+        #[arg(long, default_value = "127.0.0.1:13306")]
+        mysql: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]

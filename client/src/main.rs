@@ -1,7 +1,7 @@
 //! `devinprod`: parse the command line, set up logging, hand over to the command.
 
 use clap::Parser;
-use client::cli::{CertsCommand, Cli, Command, TokenCommand};
+use client::cli::{CertsCommand, Cli, Command, DbCommand, TokenCommand};
 use client::commands;
 use tracing_subscriber::EnvFilter;
 
@@ -34,6 +34,10 @@ async fn main() -> std::process::ExitCode {
             TokenCommand::Revoke { admin, key } => commands::token::revoke(&admin, &key).await,
         },
         Command::Connect(args) => commands::connect::run(args).await,
+        Command::Db { command } => match command {
+            DbCommand::Status { mysql } => commands::db::status(&mysql).await,
+            DbCommand::Reset { mysql } => commands::db::reset(&mysql).await,
+        },
     };
     match result {
         Ok(code) => std::process::ExitCode::from(u8::try_from(code).unwrap_or(1)),

@@ -22,6 +22,7 @@ pub mod conn;
 pub mod packet;
 pub mod peer;
 pub mod policy;
+pub mod privileges;
 pub mod session;
 pub mod txn;
 pub mod upstream;
@@ -78,9 +79,12 @@ impl DbProxy {
             .clone()
     }
 
-    /// Ends the session of `key` now (its writes are rolled back). `false` if there was none.
+    /// Ends the session of `key` now (its writes are rolled back; its app connections are told
+    /// on their next statement, then a new transaction begins). `false` if there was none.
     pub async fn reset(&self, key: &RoutingKey, reason: &str) -> bool {
-        let session = self.lock().remove(key);
+        // Ended in place: app connections hold this session, and must not end up beside a
+        // second one for the same key.
+        let session = self.lock().get(key).cloned();
         match session {
             Some(s) => {
                 s.end(reason).await;

@@ -64,7 +64,16 @@ pub enum Verdict {
     CreateTemporary(TableName),
     /// `DROP TEMPORARY TABLE`: forwarded.
     DropTemporary(Vec<TableName>),
+    /// `DEVINPROD STATUS` / `DEVINPROD RESET`: the developer asks about their own session
+    /// (what `devinprod db status|reset` sends).
+    Admin(AdminCommand),
     Refuse(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminCommand {
+    Status,
+    Reset,
 }
 
 /// A classified statement: a short kind for messages and logs ("SELECT", "DROP TABLE") and
@@ -229,6 +238,21 @@ fn functions(st: &Statement) -> Vec<String> {
 /// Classifies one COM_QUERY text.
 pub fn classify(sql: &str) -> Classified {
     let trimmed = sql.trim().trim_end_matches(';').trim();
+    // Not SQL (it would not parse), so no app statement can be mistaken for it.
+    match trimmed
+        .to_ascii_uppercase()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        ["DEVINPROD", "STATUS"] => {
+            return ok("DEVINPROD STATUS", Verdict::Admin(AdminCommand::Status))
+        }
+        ["DEVINPROD", "RESET"] => {
+            return ok("DEVINPROD RESET", Verdict::Admin(AdminCommand::Reset))
+        }
+        _ => {}
+    }
     if has_executable_comment(sql) {
         return refuse(
             "an executable comment",

@@ -10,7 +10,7 @@
 
 use crate::config::DbProxyConfig;
 use crate::packet::PacketWriter;
-use crate::policy::{classify, Forward, TableName, Verdict};
+use crate::policy::{classify, AdminCommand, Forward, TableName, Verdict};
 use crate::txn::{AppTransaction, Plan};
 use crate::upstream::{relay_response, Position, ResponseTracker, Upstream, UpstreamError};
 use crate::wire;
@@ -209,7 +209,7 @@ impl Session {
         if let Some(up) = inner.upstream.take() {
             info!(key = %self.key, "database session ended: {reason}");
             up.close().await;
-            inner.lost = Some(reason.to_owned());
+            self.lose(&mut inner, reason.to_owned());
         }
     }
 
@@ -771,6 +771,39 @@ impl Session {
                     }
                 }
                 Ok(Outcome::Done)
+            }
+            Verdict::Admin(AdminCommand::Status) => {
+                let columns = [
+                    "routing_key",
+                    "age_secs",
+                    "statements",
+                    "holds_writes",
+                    "app_connections",
+                ];
+                let row = vec![
+                    self.key.to_string(),
+                    self.created.elapsed().as_secs().to_string(),
+                    inner.statements.to_string(),
+                    if inner.wrote { "yes" } else { "no" }.to_owned(),
+                    self.app_conns.load(Ordering::Relaxed).to_string(),
+                ];
+                let mut seq = 1;
+                for p in wire::text_result(&columns, &[row], conn.status()) {
+                    seq = app.queue(seq, &p);
+                }
+                Ok(match app.flush().await {
+                    Ok(()) => Outcome::Done,
+                    Err(_) => Outcome::AppGone,
+                })
+            }
+            Verdict::Admin(AdminCommand::Reset) => {
+                if let Some(up) = inner.upstream.take() {
+                    up.close().await;
+                }
+                self.lose(inner, "reset by the developer (devinprod db reset)".into());
+                inner.statements = 0;
+                inner.wrote = false;
+                Ok(reply(app, wire::ok(0, 0, wire::STATUS_AUTOCOMMIT, 0)).await)
             }
             Verdict::Refuse(why) => Ok(reply(app, wire::refused(why)).await),
         }

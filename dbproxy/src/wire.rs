@@ -70,6 +70,39 @@ pub fn ok(affected: u64, last_insert_id: u64, status: u16, warnings: u16) -> Vec
     b
 }
 
+/// A text result set of string columns: every packet, from column count to the final EOF.
+pub fn text_result(columns: &[&str], rows: &[Vec<String>], status: u16) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut count = Vec::new();
+    count.put_lenenc_int(columns.len() as u64);
+    out.push(count);
+    for name in columns {
+        let mut c = Vec::new();
+        c.put_lenenc_str(b"def");
+        for part in [&b""[..], b"", b"", name.as_bytes(), name.as_bytes()] {
+            c.put_lenenc_str(part);
+        }
+        c.put_u8(0x0c);
+        c.put_u16_le(45); // utf8mb4_general_ci
+        c.put_u32_le(1024);
+        c.put_u8(0xFD); // VAR_STRING
+        c.put_u16_le(0);
+        c.put_u8(0);
+        c.put_u16_le(0);
+        out.push(c);
+    }
+    out.push(eof(status, 0));
+    for row in rows {
+        let mut r = Vec::new();
+        for v in row {
+            r.put_lenenc_str(v.as_bytes());
+        }
+        out.push(r);
+    }
+    out.push(eof(status, 0));
+    out
+}
+
 /// The classic 5-byte EOF packet.
 pub fn eof(status: u16, warnings: u16) -> Vec<u8> {
     let mut b = vec![0xFE];

@@ -498,3 +498,38 @@ async fn each_connection_keeps_its_own_settings_and_reset_or_change_user_are_emu
     assert_eq!(current_b.as_deref(), Some(db.name.as_str()));
     assert_eq!(vals(&mut b, "t").await, ["b kept"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn db_status_reports_the_session_and_db_reset_rolls_it_back_loudly() {
+    init_tracing();
+    let db = TestDatabase::new();
+    db.admin("CREATE TABLE t (id INT PRIMARY KEY AUTO_INCREMENT, val VARCHAR(50)) ENGINE=InnoDB");
+    let pki = Pki::new();
+    let (relay, _proxy) = relay_with_dbproxy(&pki, |_| {}).await;
+    let dev = developer_with_mysql(&relay, &pki, "alice").await;
+    let listener = dev.mysql.unwrap().to_string();
+    let mut app = mysql_conn(dev.mysql.unwrap(), &db.name).await;
+    app.query_drop("INSERT INTO t(val) VALUES ('to be reset')")
+        .await
+        .unwrap();
+
+    let row: Option<(String, u64, u64, String, u64)> =
+        app.query_first("DEVINPROD STATUS").await.unwrap();
+    let (key, _age, statements, holds_writes, connections) = row.unwrap();
+    assert_eq!(key, dev.routing_key);
+    assert!(statements >= 1);
+    assert_eq!(holds_writes, "yes");
+    assert_eq!(connections, 1);
+    // What `devinprod db status` runs.
+    assert_eq!(client::commands::db::status(&listener).await.unwrap(), 0);
+
+    // `devinprod db reset`: everything is rolled back; the app is told, then goes on.
+    assert_eq!(client::commands::db::reset(&listener).await.unwrap(), 0);
+    let (code, _, message) = server_error(app.query_drop("SELECT 1").await.unwrap_err());
+    assert_eq!(code, 1317);
+    assert!(message.contains("devinprod db reset"), "{message}");
+    assert!(vals(&mut app, "t").await.is_empty());
+    let row: Option<(String, u64, u64, String, u64)> =
+        app.query_first("DEVINPROD STATUS").await.unwrap();
+    assert_eq!(row.unwrap().3, "no");
+}

@@ -2,6 +2,7 @@
 
 pub mod certs_init;
 pub mod connect;
+pub mod db;
 pub mod demo;
 pub mod servers;
 pub mod token;

@@ -230,6 +230,7 @@ pub async fn start_stack(args: &UpArgs, tokens: Option<TokenStore>) -> anyhow::R
     let db_upstream = dc.upstream.as_deref().map(dbproxy::upstream::redact);
     if dc.upstream.is_some() {
         let checked = dc.check().map_err(|e| anyhow::anyhow!("dbproxy: {e}"))?;
+        warn_about_privileges(&checked).await;
         relay.set_db_handler(dbproxy::DbProxy::new(checked));
     }
     // In one process the edge reaches developers through the relay's registry directly.
@@ -311,9 +312,22 @@ pub async fn dbproxy(args: DbproxyArgs) -> anyhow::Result<i32> {
         "dbproxy → {} via relay {relay_addr}",
         dbproxy::upstream::redact(file.upstream.as_deref().unwrap_or_default())
     );
+    warn_about_privileges(&checked).await;
     let proxy = dbproxy::DbProxy::new(checked);
     dbproxy::peer::run(proxy, &file, &relay_addr, super::shutdown_signal())
         .await
         .context("dbproxy")?;
     Ok(0)
+}
+
+/// Tells the operator when the dbproxy's database user holds more than sessions need.
+async fn warn_about_privileges(config: &dbproxy::DbProxyConfig) {
+    match dbproxy::privileges::check(config).await {
+        Ok(warnings) => {
+            for w in &warnings {
+                eprintln!("warning: {w}; sessions need only SELECT, INSERT, UPDATE, DELETE and CREATE TEMPORARY TABLES on the app's schemas (and PROCESS)");
+            }
+        }
+        Err(e) => eprintln!("warning: cannot check the dbproxy's database privileges yet: {e}"),
+    }
 }
