@@ -35,6 +35,11 @@ pub struct DbProxyFileConfig {
     /// How long a write waits while another app connection of the same session has an open
     /// transaction with writes, in ms; then it fails with a clear error.
     pub write_turn_timeout_ms: u64,
+    /// If set, apps must log in with this user and `app_password` (mysql_native_password);
+    /// otherwise any user and password are accepted (the tunnel already authenticated the
+    /// developer).
+    pub app_user: Option<String>,
+    pub app_password: Option<String>,
 }
 
 impl Default for DbProxyFileConfig {
@@ -53,6 +58,8 @@ impl Default for DbProxyFileConfig {
             consistent_snapshot: false,
             max_packet_bytes: 64 << 20,
             write_turn_timeout_ms: 10_000,
+            app_user: None,
+            app_password: None,
         }
     }
 }
@@ -67,6 +74,8 @@ pub struct DbProxyConfig {
     pub consistent_snapshot: bool,
     pub max_packet_bytes: usize,
     pub write_turn_timeout: Duration,
+    /// User and password apps must present, when the operator sets them.
+    pub app_credentials: Option<(String, String)>,
 }
 
 impl DbProxyFileConfig {
@@ -83,6 +92,11 @@ impl DbProxyFileConfig {
             consistent_snapshot: self.consistent_snapshot,
             max_packet_bytes: self.max_packet_bytes,
             write_turn_timeout: Duration::from_millis(self.write_turn_timeout_ms),
+            app_credentials: match (&self.app_user, &self.app_password) {
+                (Some(u), p) => Some((u.clone(), p.clone().unwrap_or_default())),
+                (None, Some(_)) => return Err("app_password is set without app_user".into()),
+                (None, None) => None,
+            },
         })
     }
 

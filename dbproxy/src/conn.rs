@@ -4,6 +4,7 @@
 use crate::packet::{PacketError, PacketReader, PacketWriter};
 use crate::session::{Outcome, Session};
 use crate::wire;
+use mysql_common::auth::plugins::mysql_native_password::scramble_native;
 use mysql_common::constants::CapabilityFlags;
 use mysql_common::io::ParseBuf;
 use mysql_common::packets::HandshakeResponse;
@@ -39,8 +40,13 @@ fn scramble() -> [u8; 20] {
 }
 
 /// Serves one app connection on `reader`/`writer` for `session`.
-pub async fn serve_app<R, W>(session: Arc<Session>, reader: R, writer: W, max_packet: usize)
-where
+pub async fn serve_app<R, W>(
+    session: Arc<Session>,
+    reader: R,
+    writer: W,
+    max_packet: usize,
+    credentials: Option<&(String, String)>,
+) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
@@ -99,6 +105,21 @@ where
             return;
         }
     };
+    if let Some((user, password)) = credentials {
+        let expected = scramble_native(&scramble, password.as_bytes())
+            .map(|s| s.to_vec())
+            .unwrap_or_default();
+        if resp.user() != user.as_bytes() || resp.scramble_buf() != expected.as_slice() {
+            let msg = format!(
+                "Access denied for user '{}' (DevInProd checks the developer credentials the operator set)",
+                String::from_utf8_lossy(resp.user())
+            );
+            let _ = writer
+                .send(reply_seq, &wire::err(1045, b"28000", &msg))
+                .await;
+            return;
+        }
+    }
     let db = resp
         .db_name()
         .map(|d| String::from_utf8_lossy(d).into_owned())

@@ -118,11 +118,13 @@ impl DbProxy {
     /// Serves one app connection of the developer `key`.
     pub async fn serve(self: Arc<Self>, key: RoutingKey, stream: TunnelStream) {
         let session = self.session(&key);
+        let credentials = self.config.app_credentials.as_ref();
         conn::serve_app(
             session,
             stream.recv,
             stream.send,
             self.config.max_packet_bytes,
+            credentials,
         )
         .await;
     }

@@ -38,6 +38,8 @@ pub struct AppConn {
     next_stmt: u32,
     /// The character set it logged in with (what COM_RESET_CONNECTION returns to).
     login_names: String,
+    /// What `LAST_INSERT_ID()` returns on this connection.
+    last_insert_id: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -58,6 +60,7 @@ impl AppConn {
             db,
             vars: vec![("names".into(), login_names.clone())],
             login_names,
+            last_insert_id: 0,
             tx: AppTransaction::new(id),
             generation,
             stmts: HashMap::new(),
@@ -108,6 +111,8 @@ struct Inner {
     on: Option<u32>,
     applied_db: Option<String>,
     applied_vars: Vec<(String, String)>,
+    /// What `LAST_INSERT_ID()` returns upstream now.
+    applied_last_insert_id: u64,
     temp_tables: HashSet<String>,
     stored_functions: Option<(Instant, HashSet<String>)>,
     tables: HashMap<(String, String), TableFacts>,
@@ -162,6 +167,7 @@ impl Session {
                 on: None,
                 applied_db: None,
                 applied_vars: Vec::new(),
+                applied_last_insert_id: 0,
                 temp_tables: HashSet::new(),
                 stored_functions: None,
                 tables: HashMap::new(),
@@ -345,6 +351,17 @@ impl Session {
         let Some(up) = inner.upstream.as_mut() else {
             return Ok(());
         };
+        if conn.last_insert_id != inner.applied_last_insert_id {
+            // LAST_INSERT_ID(n) makes the next LAST_INSERT_ID() return n: each connection sees
+            // the id of its own last insert, as on a real server.
+            if up
+                .run(&format!("DO LAST_INSERT_ID({})", conn.last_insert_id))
+                .await?
+                .is_ok()
+            {
+                inner.applied_last_insert_id = conn.last_insert_id;
+            }
+        }
         if conn.db.is_some() && conn.db != inner.applied_db {
             let db = conn.db.clone().unwrap_or_default();
             if up
@@ -814,7 +831,7 @@ impl Session {
     async fn relay<W: AsyncWrite + Unpin>(
         &self,
         inner: &mut Inner,
-        conn: &AppConn,
+        conn: &mut AppConn,
         payload: &[u8],
         app: &mut PacketWriter<W>,
     ) -> Result<bool, ServeError> {
@@ -826,12 +843,20 @@ impl Session {
         let (in_trans, autocommit) = (conn.tx.in_transaction(), conn.tx.autocommit());
         let up = upstream(inner)?;
         up.send(payload).await?;
+        let mut inserted = None;
         let (tracker, app_ok) = relay_response(up, tracker, app, 1, |position, p| {
             if position == Position::Status {
+                if let Some(id) = wire::ok_last_insert_id(p).filter(|id| *id != 0) {
+                    inserted = Some(id);
+                }
                 wire::patch_status(p, in_trans, autocommit);
             }
         })
         .await?;
+        if let Some(id) = inserted {
+            conn.last_insert_id = id;
+            inner.applied_last_insert_id = id;
+        }
         self.check_still_in_transaction(inner, tracker.status, tracker.error.is_some())
             .await?;
         if !app_ok {

@@ -173,6 +173,16 @@ pub fn kind(p: &[u8]) -> Kind {
     }
 }
 
+/// The last-insert-id of an OK packet (0 when the statement generated none).
+pub fn ok_last_insert_id(p: &[u8]) -> Option<u64> {
+    if kind(p) != Kind::Ok {
+        return None;
+    }
+    let mut buf = mysql_common::io::ParseBuf(&p[1..]);
+    let _affected = buf.checked_eat_lenenc_int()?;
+    buf.checked_eat_lenenc_int()
+}
+
 /// Status flags of an OK or EOF packet.
 pub fn status(p: &[u8]) -> Option<u16> {
     let at = match kind(p) {

@@ -79,7 +79,7 @@ fn start_private() -> Server {
     let script = format!(
         "{mariadbd} --no-defaults --datadir={data} --port={port} --bind-address=127.0.0.1 \
          --socket={sock} --pid-file={pid} --user=root --innodb-buffer-pool-size=64M \
-         --skip-log-bin --log-error={log} & srv=$!; \
+         --skip-log-bin --max-allowed-packet=64M --log-error={log} & srv=$!; \
          while kill -0 {parent} 2>/dev/null && kill -0 $srv 2>/dev/null; do sleep 0.5; done; \
          kill $srv 2>/dev/null; wait $srv",
         mariadbd = mariadbd.display(),

@@ -533,3 +533,99 @@ async fn db_status_reports_the_session_and_db_reset_rolls_it_back_loudly() {
         app.query_first("DEVINPROD STATUS").await.unwrap();
     assert_eq!(row.unwrap().3, "no");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn big_packets_last_insert_ids_and_reconnects_behave_as_on_a_real_server() {
+    init_tracing();
+    let db = TestDatabase::new();
+    db.admin("CREATE TABLE t (id INT PRIMARY KEY AUTO_INCREMENT, val LONGTEXT) ENGINE=InnoDB");
+    let max: u64 = db
+        .admin("SELECT @@max_allowed_packet")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        max >= 40 << 20,
+        "this test needs max_allowed_packet >= 40M on the server (the private one has 64M)"
+    );
+    let pki = Pki::new();
+    let (relay, _proxy) = relay_with_dbproxy(&pki, |_| {}).await;
+    let token = relay.issue_token("alice");
+    let mut config = tests::TestClient::agent_config(
+        relay.addr,
+        &pki.ca(),
+        token.clone(),
+        "127.0.0.1:9".parse().unwrap(),
+    );
+    config.mysql_listen = Some("127.0.0.1:0".parse().unwrap());
+    let mut first = tests::TestClient::spawn(config.clone());
+    first.wait_connected().await;
+    let mut a = mysql_conn(first.mysql.unwrap(), &db.name).await;
+    let mut b = mysql_conn(first.mysql.unwrap(), &db.name).await;
+
+    // Packets over 16 MB, both ways (split into several MySQL chunks).
+    let big = "x".repeat(17 << 20);
+    a.exec_drop("INSERT INTO t(val) VALUES (?)", (big.clone(),))
+        .await
+        .unwrap();
+    let id_a: Option<u64> = a.query_first("SELECT LAST_INSERT_ID()").await.unwrap();
+    let back: Option<String> = a
+        .query_first("SELECT val FROM t WHERE id = 1")
+        .await
+        .unwrap();
+    assert_eq!(back.map(|v| v.len()), Some(big.len()));
+
+    // LAST_INSERT_ID() is per connection, though the upstream is shared.
+    b.query_drop("INSERT INTO t(val) VALUES ('small')")
+        .await
+        .unwrap();
+    let id_b: Option<u64> = b.query_first("SELECT LAST_INSERT_ID()").await.unwrap();
+    let id_a_again: Option<u64> = a.query_first("SELECT LAST_INSERT_ID()").await.unwrap();
+    assert_eq!((id_a, id_b, id_a_again), (Some(1), Some(2), Some(1)));
+
+    // The session survives the developer's client going away and coming back (grace period).
+    drop((a, b));
+    first.shutdown().await;
+    let mut second = tests::TestClient::spawn(config);
+    second.wait_connected().await;
+    let mut c = mysql_conn(second.mysql.unwrap(), &db.name).await;
+    let n: Option<i64> = c.query_first("SELECT COUNT(*) FROM t").await.unwrap();
+    assert_eq!(n, Some(2), "the session's uncommitted rows are still there");
+    assert_eq!(
+        db.admin("SELECT COUNT(*) FROM t").trim(),
+        "0",
+        "and production still has none"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn developer_credentials_are_checked_when_the_operator_sets_them() {
+    init_tracing();
+    let db = TestDatabase::new();
+    let pki = Pki::new();
+    let (relay, _proxy) = relay_with_dbproxy(&pki, |c| {
+        c.app_user = Some("app".into());
+        c.app_password = Some("s3cret".into());
+    })
+    .await;
+    let dev = developer_with_mysql(&relay, &pki, "alice").await;
+    let addr = dev.mysql.unwrap();
+    let opts = |user: &str, pass: &str| {
+        mysql_async::OptsBuilder::default()
+            .ip_or_hostname(addr.ip().to_string())
+            .tcp_port(addr.port())
+            .user(Some(user))
+            .pass(Some(pass))
+            .db_name(Some(db.name.clone()))
+            .prefer_socket(false)
+    };
+    let (code, state, message) = server_error(
+        mysql_async::Conn::new(opts("app", "wrong"))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((code, state.as_str()), (1045, "28000"), "{message}");
+    let mut ok = mysql_async::Conn::new(opts("app", "s3cret")).await.unwrap();
+    let one: Option<i64> = ok.query_first("SELECT 1").await.unwrap();
+    assert_eq!(one, Some(1));
+}
