@@ -156,6 +156,27 @@ async fn every_escape_hatch_is_refused_and_the_session_stays_in_its_transaction(
             "classified",
         ),
         ("COMMIT AND CHAIN", "chained"),
+        ("CREATE USER 'mallory'@'%'", "CREATE USER"),
+        ("GRANT ALL ON *.* TO 'mallory'@'%'", "account"),
+        (
+            "BEGIN NOT ATOMIC INSERT INTO t VALUES (2, 'x'); COMMIT; END",
+            "classified",
+        ),
+        (
+            "SET STATEMENT max_statement_time = 0 FOR DELETE FROM t",
+            "classified",
+        ),
+        ("EXECUTE IMMEDIATE 'COMMIT'", "not visible"),
+        ("SELECT LOAD_FILE('/etc/passwd')", "files"),
+        ("FLUSH TABLES", "only reads"),
+        ("SHUTDOWN", "classified"),
+        ("KILL 1", "other connections"),
+        ("BACKUP STAGE START", "classified"),
+        ("ANALYZE TABLE t", "only reads"),
+        ("SET sql_log_bin = 0", "only session variables"),
+        ("SET completion_type = 1", "only session variables"),
+        ("SELECT SETVAL(s, 10)", "not rolled back"),
+        ("SET autocommit = 1, sql_mode = ''", "own"),
     ];
     for (sql, why) in hatches {
         let (code, state, message) = server_error(app.query_drop(sql).await.unwrap_err());
@@ -632,4 +653,33 @@ async fn developer_credentials_are_checked_when_the_operator_sets_them() {
     let mut ok = mysql_async::Conn::new(opts("app", "s3cret")).await.unwrap();
     let one: Option<i64> = ok.query_first("SELECT 1").await.unwrap();
     assert_eq!(one, Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runaway_statement_is_stopped_by_the_session_time_limit_and_the_session_survives() {
+    init_tracing();
+    let db = TestDatabase::new();
+    db.admin("CREATE TABLE t (id INT PRIMARY KEY) ENGINE=InnoDB");
+    let pki = Pki::new();
+    let (relay, _proxy) = relay_with_dbproxy(&pki, |c| c.statement_timeout_ms = 500).await;
+    let dev = developer_with_mysql(&relay, &pki, "alice").await;
+    let mut app = mysql_conn(dev.mysql.unwrap(), &db.name).await;
+    app.query_drop("INSERT INTO t VALUES (1)").await.unwrap();
+    let started = std::time::Instant::now();
+    let r: Result<Option<i64>, _> = app.query_first("SELECT SLEEP(30)").await;
+    // MariaDB either fails the statement (1969) or interrupts SLEEP and returns 1.
+    match r {
+        Ok(v) => assert_eq!(v, Some(1)),
+        Err(e) => assert_eq!(server_error(e).0, 1969),
+    }
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "the time limit did not apply"
+    );
+    let n: Option<i64> = app.query_first("SELECT COUNT(*) FROM t").await.unwrap();
+    assert_eq!(
+        n,
+        Some(1),
+        "the session and its work survive a stopped statement"
+    );
 }
