@@ -459,11 +459,7 @@ fn classify_set(set: &Set) -> Classified {
             if let Some(c) = check_scope(scope.as_ref(), &name) {
                 return c;
             }
-            if name
-                .trim_start_matches("@@session.")
-                .trim_start_matches("@@")
-                == "autocommit"
-            {
+            if bare_variable(&name) == "autocommit" {
                 return match values.as_slice() {
                     [v] => match autocommit_value(v) {
                         Some(on) => ok("SET autocommit", Verdict::SetAutocommit(on)),
@@ -486,11 +482,7 @@ fn classify_set(set: &Set) -> Classified {
                 if let Some(c) = check_scope(scope.as_ref(), &name) {
                     return c;
                 }
-                if name
-                    .trim_start_matches("@@session.")
-                    .trim_start_matches("@@")
-                    == "autocommit"
-                {
+                if bare_variable(&name) == "autocommit" {
                     return refuse("SET autocommit", "set autocommit in a statement of its own");
                 }
                 names.push(name);
@@ -529,6 +521,13 @@ fn autocommit_value(v: &Expr) -> Option<bool> {
     }
 }
 
+/// A system variable's name without its `@@`, `@@session.` or `@@local.` prefix.
+fn bare_variable(name: &str) -> &str {
+    name.trim_start_matches("@@session.")
+        .trim_start_matches("@@local.")
+        .trim_start_matches("@@")
+}
+
 /// `@name` (a user variable), as opposed to `@@name` (a system variable).
 fn is_user_variable(name: &str) -> bool {
     name.starts_with('@') && !name.starts_with("@@")
@@ -540,10 +539,7 @@ fn session_vars(names: Vec<String>) -> Classified {
         if is_user_variable(n) {
             continue;
         }
-        let bare = n
-            .trim_start_matches("@@session.")
-            .trim_start_matches("@@local.")
-            .trim_start_matches("@@");
+        let bare = bare_variable(n);
         if !SETTABLE_VARIABLES.contains(&bare) {
             return refuse(
                 format!("SET {bare}"),
@@ -554,12 +550,7 @@ fn session_vars(names: Vec<String>) -> Classified {
     let vars = names
         .into_iter()
         .filter(|n| !is_user_variable(n))
-        .map(|n| {
-            n.trim_start_matches("@@session.")
-                .trim_start_matches("@@local.")
-                .trim_start_matches("@@")
-                .to_owned()
-        })
+        .map(|n| bare_variable(&n).to_owned())
         .collect();
     ok("SET", Verdict::SessionSet { vars })
 }

@@ -162,18 +162,7 @@ impl Edge {
                 "invalid".to_owned(),
             ),
             RouteDecision::Developer(key, _) => {
-                let authority = parts
-                    .uri
-                    .authority()
-                    .map(|a| a.as_str().to_owned())
-                    .or_else(|| {
-                        parts
-                            .headers
-                            .get(http::header::HOST)
-                            .and_then(|h| h.to_str().ok())
-                            .map(str::to_owned)
-                    })
-                    .unwrap_or_default();
+                let authority = routing::request_authority(&parts).unwrap_or_default();
                 let head = RequestHead::from_parts(&parts, "http", &authority);
                 let req_headers = parts.headers.clone();
                 let req = Request::from_parts(parts, body);

@@ -90,10 +90,10 @@ impl RouteFinder {
     }
 }
 
-/// The host the visitor asked for, without port: `:authority` (HTTP/2, absolute-form) first,
-/// then the `Host` header.
-pub fn request_host(parts: &Parts) -> Option<String> {
-    let authority = parts
+/// The authority the visitor asked for (`host[:port]`): `:authority` (HTTP/2, absolute-form)
+/// first, then the `Host` header.
+pub fn request_authority(parts: &Parts) -> Option<String> {
+    parts
         .uri
         .authority()
         .map(|a| a.as_str().to_owned())
@@ -103,7 +103,12 @@ pub fn request_host(parts: &Parts) -> Option<String> {
                 .get(http::header::HOST)
                 .and_then(|h| h.to_str().ok())
                 .map(str::to_owned)
-        })?;
+        })
+}
+
+/// The host the visitor asked for, without port.
+pub fn request_host(parts: &Parts) -> Option<String> {
+    let authority = request_authority(parts)?;
     let host = match authority.parse::<http::uri::Authority>() {
         Ok(a) => a.host().to_owned(),
         Err(_) => authority,

@@ -29,7 +29,12 @@ async fn main() -> Result<(), mysql_async::Error> {
     samples.sort_by(|a, b| a.total_cmp(b));
     let pct = |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)];
     let mean = samples.iter().sum::<f64>() / samples.len() as f64;
-    println!("{addr}: n={n} p50={:.0}us p99={:.0}us mean={:.0}us", pct(0.50), pct(0.99), mean);
+    println!(
+        "{addr}: n={n} p50={:.0}us p99={:.0}us mean={:.0}us",
+        pct(0.50),
+        pct(0.99),
+        mean
+    );
     conn.disconnect().await?;
     Ok(())
 }
