@@ -43,6 +43,9 @@ pub struct EdgeConfig {
     pub keep_alive_interval_ms: u64,
     /// The relay connection is dead after this much silence, in milliseconds.
     pub idle_timeout_ms: u64,
+    /// What a request for a developer who is not connected gets: `"error"` (a 502 page that
+    /// says so and refreshes itself until they are back) or `"production"`.
+    pub on_missing: OnMissing,
     /// Largest frame read from a tunnel stream.
     pub max_frame_len: u32,
     /// How long a shutting-down edge lets in-flight requests finish, in milliseconds.
@@ -66,10 +69,18 @@ impl Default for EdgeConfig {
             header_read_timeout_ms: 30_000,
             keep_alive_interval_ms: 10_000,
             idle_timeout_ms: 30_000,
+            on_missing: OnMissing::Error,
             max_frame_len: proto::MAX_FRAME_LEN as u32,
             shutdown_grace_ms: 5_000,
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OnMissing {
+    Error,
+    Production,
 }
 
 impl EdgeConfig {

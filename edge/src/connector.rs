@@ -3,8 +3,8 @@
 
 use crate::config::EdgeConfig;
 use proto::{
-    handshake, write_frame, Frame, Hello, OpenError, OpenFuture, Role, RouteRequest, RoutingKey,
-    StreamOpener, TunnelStream,
+    handshake, read_frame, write_frame, Frame, Hello, OpenError, OpenFuture, Role, RouteReply,
+    RouteRequest, RoutingKey, StreamOpener, TunnelStream,
 };
 use std::net::{SocketAddr, ToSocketAddrs};
 use tokio::sync::Mutex;
@@ -92,9 +92,29 @@ impl RelayConnector {
             warn!("relay connection lost: {e}");
             OpenError::RelayUnavailable(format!("relay connection lost: {e}"))
         })?;
-        write_frame(&mut send, &Frame::Route(RouteRequest { key }))
+        write_frame(&mut send, &Frame::Route(RouteRequest { key: key.clone() }))
             .await
             .map_err(|e| OpenError::RelayUnavailable(e.to_string()))?;
+        // Wait for the relay's answer (one round trip to a relay that usually sits next to the
+        // edge), so that "offline" is known before any of the request is sent: the edge can
+        // then answer from production instead (`on_missing = "production"`).
+        let mut recv = recv;
+        match read_frame(&mut recv, proto::MAX_FRAME_LEN).await {
+            Ok(Some(Frame::RouteReply(RouteReply::Connected))) => {}
+            Ok(Some(Frame::RouteReply(RouteReply::Offline))) => {
+                return Err(OpenError::DeveloperOffline(key))
+            }
+            Ok(Some(Frame::RouteReply(RouteReply::Refused(why)))) => {
+                return Err(OpenError::DeveloperConnectionFailed(format!(
+                    "the relay refused the stream: {why}"
+                )))
+            }
+            other => {
+                return Err(OpenError::RelayUnavailable(format!(
+                    "no routing answer from the relay: {other:?}"
+                )))
+            }
+        }
         Ok(TunnelStream {
             send: Box::new(send),
             recv: Box::new(recv),

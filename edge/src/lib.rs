@@ -2,10 +2,12 @@
 //!
 //! Every request goes through four named phases in [`Edge::handle`]:
 //! 1. **find key** — [`routing::RouteFinder`]: `www-<key>.…` in the Host (`:authority` in
-//!    HTTP/2), else the `X-DevInProd-Key` header;
+//!    HTTP/2), else the `X-DevInProd-Key` header, else a `?devinprod=<key>` link (which sets
+//!    the `devinprod_key` cookie), else that cookie;
 //! 2. **prepare** — hop-by-hop headers stripped, the routing header removed, `X-Forwarded-*`
 //!    set from the socket (a client-supplied one is believed only from `trusted_proxies`);
-//! 3. **forward** — with a key: one stream through the [`proto::StreamOpener`]
+//! 3. **forward** — with a key: one stream through the [`proto::StreamOpener`] (a developer
+//!    who is offline gets a self-refreshing 502, or production with `on_missing = "production"`)
 //!    ([`tunnel::forward`]), which is the relay's registry in `devinprod up` or a
 //!    [`connector::RelayConnector`] for a separate edge; without: [`production::Production`];
 //! 4. **log** — one line per request with method, path, key, status and duration.
@@ -22,7 +24,7 @@ pub mod production;
 pub mod routing;
 pub mod tunnel;
 
-pub use config::EdgeConfig;
+pub use config::{EdgeConfig, OnMissing};
 pub use connector::{ConnectorError, RelayConnector};
 
 use bytes::Bytes;
@@ -140,78 +142,89 @@ impl Edge {
         let path = req.uri().path().to_owned();
         let (mut parts, body) = req.into_parts();
 
-        // Phase 1: find key.
-        let decision = self.router.decide(&parts);
+        // Phase 1: find key (and what to do with the routing cookie).
+        let (decision, cookie) = self.router.route(&parts);
 
         // Phase 2: prepare.
         let host = routing::request_host(&parts).unwrap_or_default();
         let upgrade = proto::http::is_upgrade_request(&parts.headers);
         proto::http::strip_hop_by_hop(&mut parts.headers, upgrade);
         parts.headers.remove(self.router.key_header());
+        parts.uri = routing::without_query_param(&parts.uri, routing::LINK_PARAM);
         self.set_forwarded(&mut parts.headers, peer, &host);
+        let req_headers = parts.headers.clone();
 
         // Phase 3: forward.
-        let (resp, target) = match decision {
+        let (mut resp, target) = match decision {
             RouteDecision::Invalid(reason) => (
                 pages::page(
                     StatusCode::BAD_REQUEST,
-                    &parts.headers,
+                    &req_headers,
                     "Bad routing key",
                     &reason,
                 ),
                 "invalid".to_owned(),
             ),
-            RouteDecision::Developer(key, _) => {
-                let authority = routing::request_authority(&parts).unwrap_or_default();
-                let head = RequestHead::from_parts(&parts, "http", &authority);
-                let req_headers = parts.headers.clone();
-                let req = Request::from_parts(parts, body);
-                let resp = match tunnel::forward(
-                    self.opener.as_ref(),
-                    key.clone(),
-                    req,
-                    head,
-                    self.config.max_frame_len as usize,
-                )
-                .await
+            RouteDecision::Developer(key, _) => match self.opener.open(key.clone()).await {
+                Ok(stream) => {
+                    let authority = routing::request_authority(&parts).unwrap_or_default();
+                    let head = RequestHead::from_parts(&parts, "http", &authority);
+                    let req = Request::from_parts(parts, body);
+                    let max = self.config.max_frame_len as usize;
+                    let resp = match tunnel::forward(stream, req, head, max).await {
+                        Ok(r) => r,
+                        Err(e) => pages::page(
+                            StatusCode::BAD_GATEWAY,
+                            &req_headers,
+                            "Developer's app failed",
+                            &format!("Routing key {key}: {e}"),
+                        ),
+                    };
+                    (resp, format!("developer:{key}"))
+                }
+                Err(OpenError::DeveloperOffline(_))
+                    if self.config.on_missing == OnMissing::Production =>
                 {
-                    Ok(r) => r,
-                    Err(tunnel::TunnelError::Open(OpenError::DeveloperOffline(_))) => {
-                        pages::developer_offline(&req_headers, &key)
-                    }
-                    Err(tunnel::TunnelError::Open(OpenError::RelayUnavailable(e))) => pages::page(
+                    let resp = self
+                        .to_production(Request::from_parts(parts, body), &req_headers)
+                        .await;
+                    (resp, format!("production (developer {key} offline)"))
+                }
+                Err(OpenError::DeveloperOffline(_)) => (
+                    pages::developer_offline(&req_headers, &key),
+                    format!("offline:{key}"),
+                ),
+                Err(OpenError::RelayUnavailable(e)) => (
+                    pages::page(
                         StatusCode::BAD_GATEWAY,
                         &req_headers,
                         "Relay unavailable",
                         &format!("The edge cannot reach the DevInProd relay: {e}"),
                     ),
-                    Err(e) => pages::page(
+                    format!("developer:{key}"),
+                ),
+                Err(e) => (
+                    pages::page(
                         StatusCode::BAD_GATEWAY,
                         &req_headers,
                         "Developer's app failed",
                         &format!("Routing key {key}: {e}"),
                     ),
-                };
-                (resp, format!("developer:{key}"))
-            }
+                    format!("developer:{key}"),
+                ),
+            },
             RouteDecision::Production => {
-                let req_headers = parts.headers.clone();
-                let req = Request::from_parts(parts, body);
-                let resp = match &self.production {
-                    None => pages::page(
-                        StatusCode::BAD_GATEWAY,
-                        &req_headers,
-                        "No production upstream",
-                        "This edge has no production upstream configured and the request names no developer.",
-                    ),
-                    Some(p) => match p.forward(req).await {
-                        Ok(r) => r,
-                        Err(e) => pages::page(StatusCode::BAD_GATEWAY, &req_headers, "Production failed", &e.to_string()),
-                    },
-                };
+                let resp = self
+                    .to_production(Request::from_parts(parts, body), &req_headers)
+                    .await;
                 (resp, "production".to_owned())
             }
         };
+        if let Some(action) = cookie {
+            if let Ok(v) = HeaderValue::from_str(&routing::set_cookie(&action)) {
+                resp.headers_mut().append(http::header::SET_COOKIE, v);
+            }
+        }
 
         // Phase 4: log.
         info!(
@@ -219,6 +232,25 @@ impl Edge {
             ms = started.elapsed().as_secs_f64() * 1e3, "request"
         );
         resp
+    }
+
+    async fn to_production(
+        &self,
+        req: Request<Incoming>,
+        req_headers: &http::HeaderMap,
+    ) -> Response<BoxBody> {
+        match &self.production {
+            None => pages::page(
+                StatusCode::BAD_GATEWAY,
+                req_headers,
+                "No production upstream",
+                "This edge has no production upstream configured and the request names no developer.",
+            ),
+            Some(p) => match p.forward(req).await {
+                Ok(r) => r,
+                Err(e) => pages::page(StatusCode::BAD_GATEWAY, req_headers, "Production failed", &e.to_string()),
+            },
+        }
     }
 
     /// `X-Forwarded-For/-Proto/-Host`: appended to when the peer is a trusted proxy, replaced

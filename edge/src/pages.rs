@@ -5,6 +5,9 @@ use http::{HeaderMap, Response, StatusCode};
 
 use crate::BoxBody;
 
+/// Seconds between reloads of the "developer offline" page.
+pub const OFFLINE_REFRESH_SECS: u32 = 5;
+
 fn wants_html(headers: &HeaderMap) -> bool {
     headers
         .get(http::header::ACCEPT)
@@ -26,10 +29,23 @@ pub fn page(
     title: &str,
     detail: &str,
 ) -> Response<BoxBody> {
+    page_with_refresh(status, request_headers, title, detail, None)
+}
+
+fn page_with_refresh(
+    status: StatusCode,
+    request_headers: &HeaderMap,
+    title: &str,
+    detail: &str,
+    refresh_secs: Option<u32>,
+) -> Response<BoxBody> {
+    let refresh = refresh_secs
+        .map(|s| format!("<meta http-equiv=\"refresh\" content=\"{s}\">"))
+        .unwrap_or_default();
     let (body, content_type) = if wants_html(request_headers) {
         (
             format!(
-                "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{t}</title></head>\
+                "<!doctype html>\n<html><head><meta charset=\"utf-8\">{refresh}<title>{t}</title></head>\
                  <body><h1>{t}</h1><p>{d}</p><hr><p>DevInProd edge</p></body></html>\n",
                 t = escape(title),
                 d = escape(detail)
@@ -41,28 +57,36 @@ pub fn page(
     };
     let mut resp = Response::new(crate::full(Bytes::from(body)));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(
+    let headers = resp.headers_mut();
+    headers.insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static(content_type),
     );
-    resp.headers_mut().insert(
+    headers.insert(
         http::header::CACHE_CONTROL,
         http::HeaderValue::from_static("no-store"),
     );
+    if let Some(s) = refresh_secs {
+        headers.insert(http::header::RETRY_AFTER, http::HeaderValue::from(s));
+    }
     resp
 }
 
+/// 502 for a routing key whose developer is not connected; in a browser it reloads itself
+/// every few seconds, so it turns into the developer's app as soon as they reconnect.
 pub fn developer_offline(
     request_headers: &HeaderMap,
     key: &proto::RoutingKey,
 ) -> Response<BoxBody> {
-    page(
+    page_with_refresh(
         StatusCode::BAD_GATEWAY,
         request_headers,
         "Developer offline",
         &format!(
             "No developer is connected for routing key {key}. The developer must run \
-             `devinprod connect` with the token of this key."
+             `devinprod connect` with the token of this key; this page reloads every \
+             {OFFLINE_REFRESH_SECS} s until they do."
         ),
+        Some(OFFLINE_REFRESH_SECS),
     )
 }

@@ -1,5 +1,6 @@
 //! Phase 1 of the edge: find the routing key of a request. Host first (`:authority` in
-//! HTTP/2), then the key header. Pure: no I/O, unit-tested byte for byte.
+//! HTTP/2), then the key header, then a `?devinprod=<key>` link (which also sets the cookie),
+//! then the `devinprod_key` cookie. Pure: no I/O, unit-tested byte for byte.
 
 use http::request::Parts;
 use proto::RoutingKey;
@@ -10,6 +11,21 @@ use regex::{Regex, RegexBuilder};
 pub enum KeySource {
     Host,
     Header,
+    /// `?devinprod=<key>` in the URL.
+    Link,
+    Cookie,
+}
+
+/// The query parameter that sets (`=<key>`) or clears (`=off`) the routing cookie.
+pub const LINK_PARAM: &str = "devinprod";
+/// The cookie that keeps a browsing session on one developer.
+pub const COOKIE: &str = "devinprod_key";
+
+/// What the response should do with the routing cookie.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CookieAction {
+    Set(RoutingKey),
+    Clear,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +79,40 @@ impl RouteFinder {
         &self.key_header
     }
 
+    /// The decision, and what to do with the routing cookie.
+    pub fn route(&self, parts: &Parts) -> (RouteDecision, Option<CookieAction>) {
+        let decision = self.decide(parts);
+        if matches!(
+            decision,
+            RouteDecision::Developer(_, KeySource::Host | KeySource::Header)
+                | RouteDecision::Invalid(_)
+        ) {
+            return (decision, None);
+        }
+        match query_param(parts.uri.query(), LINK_PARAM).as_deref() {
+            Some("off") => (RouteDecision::Production, Some(CookieAction::Clear)),
+            Some(value) => match RoutingKey::parse(value) {
+                Ok(k) => (
+                    RouteDecision::Developer(k.clone(), KeySource::Link),
+                    Some(CookieAction::Set(k)),
+                ),
+                Err(_) => (
+                    RouteDecision::Invalid(format!(
+                        "?{LINK_PARAM}= must be a 6-character routing key [a-z0-9] or `off`"
+                    )),
+                    None,
+                ),
+            },
+            None => match cookie(parts, COOKIE).map(|v| RoutingKey::parse(&v)) {
+                Some(Ok(k)) => (RouteDecision::Developer(k, KeySource::Cookie), None),
+                // A stale or forged cookie: production, and the cookie goes.
+                Some(Err(_)) => (RouteDecision::Production, Some(CookieAction::Clear)),
+                None => (decision, None),
+            },
+        }
+    }
+
+    /// Host and header only.
     pub fn decide(&self, parts: &Parts) -> RouteDecision {
         let host = request_host(parts);
         if let Some(caps) = host.as_deref().and_then(|h| self.host_pattern.captures(h)) {
@@ -87,6 +137,54 @@ impl RouteFinder {
             };
         }
         RouteDecision::Production
+    }
+}
+
+/// The first value of query parameter `name` (no percent-decoding: keys are `[a-z0-9]`).
+pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    query?
+        .split('&')
+        .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_owned())
+}
+
+/// `uri` without query parameter `name` (so the routing link never reaches an app).
+pub fn without_query_param(uri: &http::Uri, name: &str) -> http::Uri {
+    let Some(query) = uri.query() else {
+        return uri.clone();
+    };
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|kv| kv.split('=').next() != Some(name))
+        .collect();
+    let path_and_query = if kept.is_empty() {
+        uri.path().to_owned()
+    } else {
+        format!("{}?{}", uri.path(), kept.join("&"))
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = path_and_query.parse().ok();
+    http::Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
+}
+
+fn cookie(parts: &Parts, name: &str) -> Option<String> {
+    parts
+        .headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_owned())
+}
+
+/// The `Set-Cookie` value for `action`.
+pub fn set_cookie(action: &CookieAction) -> String {
+    match action {
+        CookieAction::Set(k) => format!("{COOKIE}={k}; Path=/; HttpOnly; SameSite=Lax"),
+        CookieAction::Clear => format!("{COOKIE}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax"),
     }
 }
 
@@ -187,6 +285,81 @@ mod tests {
             finder().decide(&parts("/", &[("x-devinprod-key", "nope")])),
             RouteDecision::Invalid(_)
         ));
+    }
+
+    #[test]
+    fn links_set_and_clear_the_cookie_and_host_or_header_win_over_it() {
+        let f = finder();
+        let (d, c) = f.route(&parts(
+            "/shop?devinprod=AbC123&x=1",
+            &[("host", "www.example.com")],
+        ));
+        assert_eq!(
+            d,
+            RouteDecision::Developer(RoutingKey::parse("abc123").unwrap(), KeySource::Link)
+        );
+        assert_eq!(
+            c,
+            Some(CookieAction::Set(RoutingKey::parse("abc123").unwrap()))
+        );
+        let (d, c) = f.route(&parts(
+            "/",
+            &[
+                ("host", "www.example.com"),
+                ("cookie", "a=1; devinprod_key=abc123"),
+            ],
+        ));
+        assert_eq!(
+            d,
+            RouteDecision::Developer(RoutingKey::parse("abc123").unwrap(), KeySource::Cookie)
+        );
+        assert_eq!(c, None);
+        let (d, c) = f.route(&parts(
+            "/?devinprod=off",
+            &[
+                ("host", "www.example.com"),
+                ("cookie", "devinprod_key=abc123"),
+            ],
+        ));
+        assert_eq!(
+            (d, c),
+            (RouteDecision::Production, Some(CookieAction::Clear))
+        );
+        let (d, _) = f.route(&parts(
+            "/",
+            &[
+                ("host", "www-zzzzzz.example.com"),
+                ("cookie", "devinprod_key=abc123"),
+            ],
+        ));
+        assert_eq!(
+            d,
+            RouteDecision::Developer(RoutingKey::parse("zzzzzz").unwrap(), KeySource::Host)
+        );
+        let (d, _) = f.route(&parts(
+            "/",
+            &[
+                ("x-devinprod-key", "yyyyyy"),
+                ("cookie", "devinprod_key=abc123"),
+            ],
+        ));
+        assert_eq!(
+            d,
+            RouteDecision::Developer(RoutingKey::parse("yyyyyy").unwrap(), KeySource::Header)
+        );
+        let (d, c) = f.route(&parts("/", &[("cookie", "devinprod_key=../etc")]));
+        assert_eq!(
+            (d, c),
+            (RouteDecision::Production, Some(CookieAction::Clear))
+        );
+    }
+
+    #[test]
+    fn the_routing_link_is_removed_from_the_url() {
+        let uri: http::Uri = "/shop?a=1&devinprod=abc123&b=2".parse().unwrap();
+        assert_eq!(without_query_param(&uri, LINK_PARAM), "/shop?a=1&b=2");
+        let uri: http::Uri = "/shop?devinprod=abc123".parse().unwrap();
+        assert_eq!(without_query_param(&uri, LINK_PARAM), "/shop");
     }
 
     #[test]

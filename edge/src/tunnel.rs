@@ -7,20 +7,13 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use proto::http::{is_upgrade_request, list_to_headers, send_body, strip_hop_by_hop, FrameBody};
-use proto::{
-    read_frame, write_frame, Frame, FrameError, OpenError, RequestHead, RouteReply, RoutingKey,
-    StreamHeader, StreamOpener, TunnelStream,
-};
+use proto::{read_frame, write_frame, Frame, FrameError, RequestHead, StreamHeader, TunnelStream};
 use tokio::io::AsyncWriteExt;
 use tracing::debug;
 
 /// Why a tunnelled request got no response from the developer's app; each maps to a page.
 #[derive(Debug, thiserror::Error)]
 pub enum TunnelError {
-    #[error(transparent)]
-    Open(#[from] OpenError),
-    #[error("the relay refused the stream: {0}")]
-    RelayRefused(String),
     #[error("the developer's client failed: {0}")]
     Developer(String),
     #[error("the developer's client sent an invalid response: {0}")]
@@ -37,15 +30,14 @@ fn developer_failed(e: FrameError) -> TunnelError {
     }
 }
 
-/// Sends `req` (with `head` already prepared by the edge) to the developer holding `key`.
+/// Sends `req` (with `head` already prepared by the edge) on `stream`, opened to the developer.
 pub async fn forward(
-    opener: &dyn StreamOpener,
-    key: RoutingKey,
+    stream: TunnelStream,
     mut req: Request<Incoming>,
     head: RequestHead,
     max_frame_len: usize,
 ) -> Result<Response<BoxBody>, TunnelError> {
-    let TunnelStream { mut send, mut recv } = opener.open(key.clone()).await?;
+    let TunnelStream { mut send, mut recv } = stream;
     let upgrade = is_upgrade_request(req.headers()).then(|| hyper::upgrade::on(&mut req));
     write_frame(&mut send, &Frame::StreamHeader(StreamHeader::Http(head)))
         .await
@@ -78,14 +70,6 @@ pub async fn forward(
             .await
             .map_err(developer_failed)?
         {
-            // A remote relay's routing answer precedes the developer's frames.
-            Some(Frame::RouteReply(RouteReply::Connected)) => continue,
-            Some(Frame::RouteReply(RouteReply::Offline)) => {
-                return Err(TunnelError::Open(OpenError::DeveloperOffline(key)))
-            }
-            Some(Frame::RouteReply(RouteReply::Refused(r))) => {
-                return Err(TunnelError::RelayRefused(r))
-            }
             Some(Frame::ResponseHead(h)) => break h,
             Some(Frame::Abort(a)) => return Err(TunnelError::Developer(a.reason)),
             Some(other) => {

@@ -5,9 +5,8 @@
 //! relay. The edge does not know which one it has.
 //!
 //! A [`TunnelStream`] speaks the HTTP framing of [`crate::frame`] end to end with the
-//! developer's client. Through a remote relay, the first frame read may be the relay's
-//! [`crate::RouteReply`] (the opener does not wait for it, to save a round trip): readers
-//! skip `Connected` and treat `Offline`/`Refused` as the answer.
+//! developer's client: an opener through a remote relay has already consumed the relay's
+//! [`crate::RouteReply`], so "offline" is an [`OpenError`] before any request byte is sent.
 
 use crate::ids::RoutingKey;
 use std::future::Future;

@@ -244,3 +244,120 @@ async fn local_app_down_gives_the_visitor_a_502_naming_the_local_address() {
         reply.text()
     );
 }
+
+#[tokio::test]
+async fn a_routing_link_sets_a_cookie_that_sticks_and_can_be_cleared() {
+    init_tracing();
+    let pki = Pki::new();
+    let relay = TestRelay::start(&pki).await;
+    let prod = echo_app("production").await;
+    let dev = echo_app("developer").await;
+    let edge = TestEdge::in_process(&relay, Some(prod)).await;
+    let token = relay.issue_token("alice");
+    let key = token.routing_key().to_string();
+    let _client = TestClient::connect(&relay, &pki, token, dev).await;
+
+    let first = get(
+        edge.addr,
+        "www.example.com",
+        &format!("/shop?devinprod={key}&page=2"),
+    )
+    .await;
+    assert_eq!(first.json()["app"], "developer");
+    assert_eq!(
+        first.json()["uri"],
+        "/shop?page=2",
+        "the routing link never reaches the app"
+    );
+    let set = first.headers["set-cookie"].to_str().unwrap().to_owned();
+    assert!(
+        set.starts_with(&format!("devinprod_key={key};")) && set.contains("HttpOnly"),
+        "{set}"
+    );
+
+    let cookie = format!("devinprod_key={key}");
+    let again = send(
+        &client(),
+        edge.addr,
+        "GET",
+        "www.example.com",
+        "/cart",
+        &[("cookie", &cookie)],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(
+        again.json()["app"],
+        "developer",
+        "the cookie keeps the browsing session on the developer"
+    );
+
+    let off = send(
+        &client(),
+        edge.addr,
+        "GET",
+        "www.example.com",
+        "/?devinprod=off",
+        &[("cookie", &cookie)],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(off.json()["app"], "production");
+    assert!(off.headers["set-cookie"]
+        .to_str()
+        .unwrap()
+        .contains("Max-Age=0"));
+}
+
+#[tokio::test]
+async fn on_missing_error_shows_a_self_refreshing_page_and_production_falls_back() {
+    init_tracing();
+    let pki = Pki::new();
+    let relay = TestRelay::start(&pki).await;
+    let prod = echo_app("production").await;
+    let key = relay.issue_token("offline").routing_key().to_string();
+    let host = format!("www-{key}.example.com");
+
+    let default_edge = TestEdge::over_quic(&relay, &pki, Some(prod)).await;
+    let page = send(
+        &client(),
+        default_edge.addr,
+        "GET",
+        &host,
+        "/",
+        &[("accept", "text/html")],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(page.status, 502);
+    assert!(
+        page.text().contains("<meta http-equiv=\"refresh\""),
+        "{}",
+        page.text()
+    );
+    assert_eq!(page.headers["retry-after"], "5");
+
+    let mut config = tests::TestEdge::config(Some(prod));
+    config.on_missing = edge::OnMissing::Production;
+    config.state_dir = pki.path().to_owned();
+    let connector = edge::RelayConnector::new(&config, &relay.addr.to_string()).unwrap();
+    let fallback = TestEdge::start(config, std::sync::Arc::new(connector)).await;
+    let body = Bytes::from_static(b"keep me");
+    let reply = send(
+        &client(),
+        fallback.addr,
+        "POST",
+        &host,
+        "/checkout",
+        &[],
+        body.clone(),
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.json()["app"], "production");
+    assert_eq!(
+        reply.json()["body_sha256"],
+        sha256_hex(&body),
+        "the body reached production intact"
+    );
+}
