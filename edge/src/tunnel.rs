@@ -65,24 +65,22 @@ pub async fn forward(
         });
     }
 
-    let head = loop {
-        match read_frame(&mut recv, max_frame_len)
-            .await
-            .map_err(developer_failed)?
-        {
-            Some(Frame::ResponseHead(h)) => break h,
-            Some(Frame::Abort(a)) => return Err(TunnelError::Developer(a.reason)),
-            Some(other) => {
-                return Err(TunnelError::BadResponse(format!(
-                    "expected a response head, got {}",
-                    other.name()
-                )))
-            }
-            None => {
-                return Err(TunnelError::Developer(
-                    "the stream ended before a response head".into(),
-                ))
-            }
+    let head = match read_frame(&mut recv, max_frame_len)
+        .await
+        .map_err(developer_failed)?
+    {
+        Some(Frame::ResponseHead(h)) => h,
+        Some(Frame::Abort(a)) => return Err(TunnelError::Developer(a.reason)),
+        Some(other) => {
+            return Err(TunnelError::BadResponse(format!(
+                "expected a response head, got {}",
+                other.name()
+            )))
+        }
+        None => {
+            return Err(TunnelError::Developer(
+                "the stream ended before a response head".into(),
+            ))
         }
     };
 
