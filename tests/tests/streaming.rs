@@ -1,0 +1,84 @@
+//! Bodies stream through the tunnel: nothing waits for the end of a message.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, StreamBody};
+use hyper_util::rt::TokioIo;
+use std::time::Duration;
+use tests::{init_tracing, Pki, TestClient, TestEdge, TestRelay, WAIT};
+use tokio::sync::mpsc;
+
+/// An app that answers one server-sent-events stream, one event per message on `events`.
+async fn sse_app(events: mpsc::UnboundedReceiver<String>) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let events = std::sync::Arc::new(tokio::sync::Mutex::new(Some(events)));
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let events = events.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |_req| {
+                    let events = events.clone();
+                    async move {
+                        let rx = events.lock().await.take().expect("one SSE stream per test");
+                        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+                            rx.recv().await.map(|e| {
+                                (Ok::<_, std::convert::Infallible>(http_body::Frame::data(Bytes::from(format!("data: {e}\n\n")))), rx)
+                            })
+                        });
+                        let resp = http::Response::builder()
+                            .header("content-type", "text/event-stream")
+                            .body(StreamBody::new(stream))
+                            .unwrap();
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_sent_events_arrive_one_by_one_through_both_edge_kinds() {
+    init_tracing();
+    let pki = Pki::new();
+    let relay = TestRelay::start(&pki).await;
+    for over_quic in [false, true] {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let app = sse_app(rx).await;
+        let token = relay.issue_token("sse");
+        let host = format!("www-{}.example.com", token.routing_key());
+        let _client = TestClient::connect(&relay, &pki, token, app).await;
+        let edge = if over_quic { TestEdge::over_quic(&relay, &pki, None).await } else { TestEdge::in_process(&relay, None).await };
+
+        let req = http::Request::get(format!("http://{}/events", edge.addr))
+            .header("host", host)
+            .header("accept", "text/event-stream")
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        let http: hyper_util::client::legacy::Client<_, http_body_util::Empty<Bytes>> =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+        tx.send("first".into()).unwrap();
+        let resp = tokio::time::timeout(WAIT, http.request(req)).await.unwrap().unwrap();
+        assert_eq!(resp.status(), 200);
+        let mut body = resp.into_body();
+        for i in 0..5 {
+            if i > 0 {
+                tx.send(format!("event {i}")).unwrap();
+            }
+            // The next event is only sent once this one has arrived: buffering anywhere on
+            // the way would stall here.
+            let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
+                .await
+                .unwrap_or_else(|_| panic!("event {i} did not arrive before the next was sent (over_quic={over_quic})"))
+                .unwrap()
+                .unwrap();
+            let data = frame.into_data().unwrap();
+            let expected = if i == 0 { "first".to_owned() } else { format!("event {i}") };
+            assert_eq!(data, Bytes::from(format!("data: {expected}\n\n")));
+        }
+        drop(tx);
+        assert!(tokio::time::timeout(WAIT, body.frame()).await.unwrap().is_none(), "the stream ends when the app ends it");
+    }
+}
