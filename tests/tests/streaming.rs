@@ -22,7 +22,12 @@ async fn sse_app(events: mpsc::UnboundedReceiver<String>) -> std::net::SocketAdd
                         let rx = events.lock().await.take().expect("one SSE stream per test");
                         let stream = futures_util::stream::unfold(rx, |mut rx| async move {
                             rx.recv().await.map(|e| {
-                                (Ok::<_, std::convert::Infallible>(http_body::Frame::data(Bytes::from(format!("data: {e}\n\n")))), rx)
+                                (
+                                    Ok::<_, std::convert::Infallible>(http_body::Frame::data(
+                                        Bytes::from(format!("data: {e}\n\n")),
+                                    )),
+                                    rx,
+                                )
                             })
                         });
                         let resp = http::Response::builder()
@@ -32,7 +37,9 @@ async fn sse_app(events: mpsc::UnboundedReceiver<String>) -> std::net::SocketAdd
                         Ok::<_, std::convert::Infallible>(resp)
                     }
                 });
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
             });
         }
     });
@@ -50,7 +57,11 @@ async fn server_sent_events_arrive_one_by_one_through_both_edge_kinds() {
         let token = relay.issue_token("sse");
         let host = format!("www-{}.example.com", token.routing_key());
         let _client = TestClient::connect(&relay, &pki, token, app).await;
-        let edge = if over_quic { TestEdge::over_quic(&relay, &pki, None).await } else { TestEdge::in_process(&relay, None).await };
+        let edge = if over_quic {
+            TestEdge::over_quic(&relay, &pki, None).await
+        } else {
+            TestEdge::in_process(&relay, None).await
+        };
 
         let req = http::Request::get(format!("http://{}/events", edge.addr))
             .header("host", host)
@@ -58,9 +69,13 @@ async fn server_sent_events_arrive_one_by_one_through_both_edge_kinds() {
             .body(http_body_util::Empty::<Bytes>::new())
             .unwrap();
         let http: hyper_util::client::legacy::Client<_, http_body_util::Empty<Bytes>> =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http();
         tx.send("first".into()).unwrap();
-        let resp = tokio::time::timeout(WAIT, http.request(req)).await.unwrap().unwrap();
+        let resp = tokio::time::timeout(WAIT, http.request(req))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(resp.status(), 200);
         let mut body = resp.into_body();
         for i in 0..5 {
@@ -71,14 +86,121 @@ async fn server_sent_events_arrive_one_by_one_through_both_edge_kinds() {
             // the way would stall here.
             let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
                 .await
-                .unwrap_or_else(|_| panic!("event {i} did not arrive before the next was sent (over_quic={over_quic})"))
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "event {i} did not arrive before the next was sent (over_quic={over_quic})"
+                    )
+                })
                 .unwrap()
                 .unwrap();
             let data = frame.into_data().unwrap();
-            let expected = if i == 0 { "first".to_owned() } else { format!("event {i}") };
+            let expected = if i == 0 {
+                "first".to_owned()
+            } else {
+                format!("event {i}")
+            };
             assert_eq!(data, Bytes::from(format!("data: {expected}\n\n")));
         }
         drop(tx);
-        assert!(tokio::time::timeout(WAIT, body.frame()).await.unwrap().is_none(), "the stream ends when the app ends it");
+        assert!(
+            tokio::time::timeout(WAIT, body.frame())
+                .await
+                .unwrap()
+                .is_none(),
+            "the stream ends when the app ends it"
+        );
+    }
+}
+
+/// A WebSocket echo app (a real WebSocket server).
+async fn websocket_echo_app() -> std::net::SocketAddr {
+    use futures_util::{SinkExt, StreamExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                // Polling on after a Close lets tungstenite send the Close reply and finish the
+                // handshake; the stream then ends.
+                while let Some(Ok(msg)) = ws.next().await {
+                    if msg.is_close() {
+                        continue;
+                    }
+                    if ws.send(msg).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_text_and_a_1_mib_binary_message_echo_through_the_tunnel_then_close_cleanly() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+    init_tracing();
+    let pki = Pki::new();
+    let relay = TestRelay::start(&pki).await;
+    let app = websocket_echo_app().await;
+    let token = relay.issue_token("ws");
+    let host = format!("www-{}.example.com", token.routing_key());
+    let _client = TestClient::connect(&relay, &pki, token, app).await;
+    for over_quic in [false, true] {
+        let edge = if over_quic {
+            TestEdge::over_quic(&relay, &pki, None).await
+        } else {
+            TestEdge::in_process(&relay, None).await
+        };
+        let mut request = format!("ws://{}/socket", edge.addr)
+            .into_client_request()
+            .unwrap();
+        request.headers_mut().insert("host", host.parse().unwrap());
+        let tcp = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
+        let (mut ws, resp) =
+            tokio::time::timeout(WAIT, tokio_tungstenite::client_async(request, tcp))
+                .await
+                .unwrap()
+                .unwrap();
+        assert_eq!(resp.status(), 101);
+
+        ws.send(Message::text("hello through the tunnel"))
+            .await
+            .unwrap();
+        let echo = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(echo, Message::text("hello through the tunnel"));
+
+        let big: Vec<u8> = (0..(1 << 20)).map(|i| (i * 31 % 251) as u8).collect();
+        ws.send(Message::binary(big.clone())).await.unwrap();
+        let echo = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            echo.into_data().as_ref(),
+            big.as_slice(),
+            "1 MiB binary message (over_quic={over_quic})"
+        );
+
+        ws.close(None).await.unwrap();
+        // The close handshake completes: the server's Close comes back, then the stream ends.
+        let mut closed = false;
+        while let Ok(Some(msg)) = tokio::time::timeout(WAIT, ws.next()).await {
+            match msg {
+                Ok(Message::Close(_)) => closed = true,
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        assert!(closed, "no Close frame came back (over_quic={over_quic})");
     }
 }
