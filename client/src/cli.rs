@@ -125,6 +125,27 @@ pub struct EdgeArgs {
     /// The edge's private key [default: <state-dir>/edge.key].
     #[arg(long)]
     pub key: Option<PathBuf>,
+    /// Who may reach developer routes: anyone, networks (allowed_networks in edge.toml) or
+    /// staff (staff_secret in edge.toml). Required, here or in the file.
+    #[arg(long, value_enum)]
+    pub access: Option<AccessArg>,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy)]
+pub enum AccessArg {
+    Anyone,
+    Networks,
+    Staff,
+}
+
+impl From<AccessArg> for edge::access::AccessMode {
+    fn from(a: AccessArg) -> Self {
+        match a {
+            AccessArg::Anyone => edge::access::AccessMode::Anyone,
+            AccessArg::Networks => edge::access::AccessMode::Networks,
+            AccessArg::Staff => edge::access::AccessMode::Staff,
+        }
+    }
 }
 
 #[derive(Args, Debug, Default)]

@@ -431,6 +431,8 @@ fn connect_comes_back_after_the_relay_is_killed_and_restarted() {
                 "edge",
                 "--listen",
                 "127.0.0.1:0",
+                "--access",
+                "anyone",
                 "--relay",
                 &relay_addr,
                 "--state-dir",
@@ -512,4 +514,31 @@ fn tiny_app(body: &'static str) -> SocketAddr {
         }
     });
     addr
+}
+
+#[test]
+fn a_standalone_edge_refuses_to_start_without_an_access_choice() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(bin()
+        .args(["certs", "init", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap()
+        .status
+        .success());
+    let out = bin()
+        .args([
+            "edge",
+            "--listen",
+            "127.0.0.1:0",
+            "--relay",
+            "127.0.0.1:9",
+            "--state-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("`access` is not set"), "{err}");
 }

@@ -1,6 +1,7 @@
 //! The edge's configuration (`edge.toml`, or the `[edge]` table of `up --config`). Every key is
 //! optional; defaults live in [`EdgeConfig::default`] and nowhere else.
 
+use crate::access::AccessMode;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -43,6 +44,18 @@ pub struct EdgeConfig {
     pub keep_alive_interval_ms: u64,
     /// The relay connection is dead after this much silence, in milliseconds.
     pub idle_timeout_ms: u64,
+    /// Who may reach developer routes: "anyone" (loopback demos), "networks" (with
+    /// `allowed_networks`) or "staff" (with `staff_secret`). No default for a standalone edge:
+    /// it must be chosen; `devinprod up`/`demo` on loopback use "anyone".
+    pub access: Option<AccessMode>,
+    /// Client networks allowed with `access = "networks"`.
+    pub allowed_networks: Vec<IpNet>,
+    /// Secret (32+ characters) that signs staff credentials, for `access = "staff"`.
+    pub staff_secret: Option<String>,
+    /// How long a staff sign-in lasts, in seconds.
+    pub staff_ttl_secs: u64,
+    /// Domain of the staff cookie (e.g. `example.com`, so it covers every `www-<key>` host).
+    pub staff_cookie_domain: Option<String>,
     /// What a request for a developer who is not connected gets: `"error"` (a 502 page that
     /// says so and refreshes itself until they are back) or `"production"`.
     pub on_missing: OnMissing,
@@ -69,6 +82,11 @@ impl Default for EdgeConfig {
             header_read_timeout_ms: 30_000,
             keep_alive_interval_ms: 10_000,
             idle_timeout_ms: 30_000,
+            access: None,
+            allowed_networks: Vec::new(),
+            staff_secret: None,
+            staff_ttl_secs: 12 * 3600,
+            staff_cookie_domain: None,
             on_missing: OnMissing::Error,
             max_frame_len: proto::MAX_FRAME_LEN as u32,
             shutdown_grace_ms: 5_000,

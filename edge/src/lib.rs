@@ -17,6 +17,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod access;
 mod config;
 pub mod connector;
 pub mod pages;
@@ -51,6 +52,13 @@ pub(crate) fn full(b: Bytes) -> BoxBody {
     Full::new(b).map_err(|never| match never {}).boxed_unsync()
 }
 
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 pub(crate) fn empty() -> BoxBody {
     Empty::new().map_err(|never| match never {}).boxed_unsync()
 }
@@ -63,6 +71,8 @@ pub enum EdgeError {
     Production(#[from] production::ProductionError),
     #[error(transparent)]
     Connector(#[from] ConnectorError),
+    #[error(transparent)]
+    Access(#[from] access::AccessConfigError),
 }
 
 /// The edge: configuration, route finder, the way to developers and the way to production.
@@ -70,6 +80,7 @@ pub enum EdgeError {
 pub struct Edge {
     config: EdgeConfig,
     router: RouteFinder,
+    access: access::AccessPolicy,
     opener: Arc<dyn StreamOpener>,
     production: Option<Production>,
 }
@@ -82,9 +93,16 @@ impl Edge {
             .as_deref()
             .map(Production::new)
             .transpose()?;
+        let access = access::AccessPolicy::new(
+            config.access,
+            &config.allowed_networks,
+            config.staff_secret.as_deref(),
+            config.staff_ttl_secs,
+        )?;
         Ok(Arc::new(Self {
             config,
             router,
+            access,
             opener,
             production,
         }))
@@ -142,8 +160,22 @@ impl Edge {
         let path = req.uri().path().to_owned();
         let (mut parts, body) = req.into_parts();
 
-        // Phase 1: find key (and what to do with the routing cookie).
-        let (decision, cookie) = self.router.route(&parts);
+        if let Some(resp) = self.staff_sign_in(&parts) {
+            return resp;
+        }
+
+        // Phase 1: find key (and what to do with the routing cookie), and whether this visitor
+        // may reach a developer route at all.
+        let (mut decision, mut cookie) = self.router.route(&parts);
+        let client = access::client_ip(peer.ip(), &parts.headers, &self.config.trusted_proxies);
+        let mut refused = None;
+        if let RouteDecision::Developer(key, _) = &decision {
+            if let Err(why) = self.access.check(client, &parts.headers, unix_now()) {
+                refused = Some((key.clone(), why));
+                decision = RouteDecision::Production;
+                cookie = None;
+            }
+        }
 
         // Phase 2: prepare.
         let host = routing::request_host(&parts).unwrap_or_default();
@@ -151,11 +183,29 @@ impl Edge {
         proto::http::strip_hop_by_hop(&mut parts.headers, upgrade);
         parts.headers.remove(self.router.key_header());
         parts.uri = routing::without_query_param(&parts.uri, routing::LINK_PARAM);
+        access::strip_edge_credentials(
+            &mut parts.headers,
+            &[access::STAFF_COOKIE, routing::COOKIE],
+        );
         self.set_forwarded(&mut parts.headers, peer, &host);
         let req_headers = parts.headers.clone();
 
         // Phase 3: forward.
         let (mut resp, target) = match decision {
+            _ if refused.is_some() => {
+                let (key, why) = refused
+                    .take()
+                    .unwrap_or_else(|| unreachable!("checked by the guard"));
+                (
+                    pages::page(
+                        StatusCode::FORBIDDEN,
+                        &req_headers,
+                        "Developer route refused",
+                        &format!("This address leads to a developer's copy of the site (routing key {key}): {why}."),
+                    ),
+                    format!("refused:{key}"),
+                )
+            }
             RouteDecision::Invalid(reason) => (
                 pages::page(
                     StatusCode::BAD_REQUEST,
@@ -232,6 +282,50 @@ impl Edge {
             ms = started.elapsed().as_secs_f64() * 1e3, "request"
         );
         resp
+    }
+
+    /// `/_devinprod/login` and `/_devinprod/logout`, on any host: the staff sign-in. The
+    /// operator puts these paths behind the company's SSO proxy; whoever reaches them is staff.
+    fn staff_sign_in(&self, parts: &http::request::Parts) -> Option<Response<BoxBody>> {
+        let path = parts.uri.path();
+        if path != "/_devinprod/login" && path != "/_devinprod/logout" {
+            return None;
+        }
+        let domain = self
+            .config
+            .staff_cookie_domain
+            .as_deref()
+            .map(|d| format!("; Domain={d}"))
+            .unwrap_or_default();
+        let (title, detail, cookie) = if path == "/_devinprod/logout" {
+            (
+                "Signed out",
+                "You are no longer signed in as DevInProd staff.".to_owned(),
+                format!(
+                    "{}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax{domain}",
+                    access::STAFF_COOKIE
+                ),
+            )
+        } else if let Some(token) = self.access.issue_staff(unix_now()) {
+            let ttl = self.access.ttl_secs();
+            (
+                "Signed in",
+                format!("You are signed in as DevInProd staff for {} hours: developer routes (www-<key>) now open for you.", ttl / 3600),
+                format!("{}={token}; Path=/; Max-Age={ttl}; HttpOnly; SameSite=Lax{domain}", access::STAFF_COOKIE),
+            )
+        } else {
+            return Some(pages::page(
+                StatusCode::NOT_FOUND,
+                &parts.headers,
+                "No staff sign-in",
+                "This edge does not use staff sign-in (access is not \"staff\").",
+            ));
+        };
+        let mut resp = pages::page(StatusCode::OK, &parts.headers, title, &detail);
+        if let Ok(v) = HeaderValue::from_str(&cookie) {
+            resp.headers_mut().insert(http::header::SET_COOKIE, v);
+        }
+        Some(resp)
     }
 
     async fn to_production(

@@ -103,12 +103,14 @@ impl RouteFinder {
                     None,
                 ),
             },
-            None => match cookie(parts, COOKIE).map(|v| RoutingKey::parse(&v)) {
-                Some(Ok(k)) => (RouteDecision::Developer(k, KeySource::Cookie), None),
-                // A stale or forged cookie: production, and the cookie goes.
-                Some(Err(_)) => (RouteDecision::Production, Some(CookieAction::Clear)),
-                None => (decision, None),
-            },
+            None => {
+                match crate::access::cookie(&parts.headers, COOKIE).map(|v| RoutingKey::parse(&v)) {
+                    Some(Ok(k)) => (RouteDecision::Developer(k, KeySource::Cookie), None),
+                    // A stale or forged cookie: production, and the cookie goes.
+                    Some(Err(_)) => (RouteDecision::Production, Some(CookieAction::Clear)),
+                    None => (decision, None),
+                }
+            }
         }
     }
 
@@ -166,18 +168,6 @@ pub fn without_query_param(uri: &http::Uri, name: &str) -> http::Uri {
     let mut parts = uri.clone().into_parts();
     parts.path_and_query = path_and_query.parse().ok();
     http::Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
-}
-
-fn cookie(parts: &Parts, name: &str) -> Option<String> {
-    parts
-        .headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|c| c.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.to_owned())
 }
 
 /// The `Set-Cookie` value for `action`.

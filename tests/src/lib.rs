@@ -149,6 +149,7 @@ impl TestEdge {
         EdgeConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             production: production.map(|p| format!("http://{p}")),
+            access: Some(edge::access::AccessMode::Anyone),
             ..EdgeConfig::default()
         }
     }

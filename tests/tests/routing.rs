@@ -361,3 +361,71 @@ async fn on_missing_error_shows_a_self_refreshing_page_and_production_falls_back
         "the body reached production intact"
     );
 }
+
+#[tokio::test]
+async fn staff_only_developer_routes_refuse_visitors_and_serve_signed_in_staff() {
+    init_tracing();
+    let pki = Pki::new();
+    let relay = TestRelay::start(&pki).await;
+    let prod = echo_app("production").await;
+    let dev = echo_app("developer").await;
+    let mut config = tests::TestEdge::config(Some(prod));
+    config.access = Some(edge::access::AccessMode::Staff);
+    config.staff_secret = Some("a staff secret of at least thirty-two chars".into());
+    let edge = TestEdge::start(config, relay.relay.registry()).await;
+    let token = relay.issue_token("alice");
+    let key = token.routing_key().to_string();
+    let host = format!("www-{key}.example.com");
+    let _client = TestClient::connect(&relay, &pki, token, dev).await;
+
+    // A visitor (a real user sent a link) is refused, and no routing cookie is set.
+    let refused = get(edge.addr, &host, "/").await;
+    assert_eq!(refused.status, 403, "{}", refused.text());
+    assert!(
+        refused.text().contains("only to DevInProd staff"),
+        "{}",
+        refused.text()
+    );
+    let link = get(edge.addr, "www.example.com", &format!("/?devinprod={key}")).await;
+    assert_eq!(link.status, 403);
+    assert!(link.headers.get("set-cookie").is_none());
+    // Production is unaffected.
+    assert_eq!(
+        get(edge.addr, "www.example.com", "/").await.json()["app"],
+        "production"
+    );
+
+    // Staff sign in (the operator puts this path behind SSO) and get through.
+    let login = get(edge.addr, "www.example.com", "/_devinprod/login").await;
+    assert_eq!(login.status, 200);
+    let set = login.headers["set-cookie"].to_str().unwrap();
+    let staff_cookie = set.split(';').next().unwrap().to_owned();
+    assert!(staff_cookie.starts_with("devinprod_staff=v1."), "{set}");
+    let cookies = format!("{staff_cookie}; session=user-session");
+    let served = send(
+        &client(),
+        edge.addr,
+        "GET",
+        &host,
+        "/",
+        &[("cookie", &cookies)],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(served.status, 200);
+    assert_eq!(served.json()["app"], "developer");
+    // The staff credential never reaches the developer's app; the app's own cookies do.
+    assert_eq!(served.json()["headers"]["cookie"], "session=user-session");
+
+    let forged = send(
+        &client(),
+        edge.addr,
+        "GET",
+        &host,
+        "/",
+        &[("cookie", "devinprod_staff=v1.99999999999.00")],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(forged.status, 403);
+}

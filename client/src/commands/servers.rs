@@ -63,6 +63,9 @@ fn edge_config(args: &EdgeArgs) -> anyhow::Result<EdgeConfig> {
     if let Some(v) = &args.state_dir {
         c.state_dir = v.clone();
     }
+    if let Some(v) = args.access {
+        c.access = Some(v.into());
+    }
     for (flag, slot) in [
         (&args.ca, &mut c.ca),
         (&args.cert, &mut c.cert),
@@ -201,6 +204,18 @@ pub async fn start_stack(args: &UpArgs, tokens: Option<TokenStore>) -> anyhow::R
     }
     if let Some(v) = &args.production {
         ec.production = Some(v.clone());
+    }
+    if ec.access.is_none() {
+        if ec.listen.ip().is_loopback() {
+            // Only this machine can reach a loopback edge: fine for local use and demos.
+            ec.access = Some(edge::access::AccessMode::Anyone);
+        } else {
+            bail!(
+                "the edge listens on {}, beyond this machine: choose who may reach developer routes with \
+                 `access` in the [edge] table (\"staff\" with staff_secret, \"networks\" with allowed_networks, or \"anyone\")",
+                ec.listen
+            );
+        }
     }
     if !args.public_urls.is_empty() {
         rc.public_urls = args.public_urls.clone();
