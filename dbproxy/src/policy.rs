@@ -96,7 +96,6 @@ const SETTABLE_VARIABLES: &[&str] = &[
     "lc_time_names",
     "lc_messages",
     "group_concat_max_len",
-    "sql_select_limit",
     "div_precision_increment",
     "max_sort_length",
     "sql_safe_updates",
@@ -109,7 +108,6 @@ const SETTABLE_VARIABLES: &[&str] = &[
     "foreign_key_checks",
     "sql_buffer_result",
     "default_week_format",
-    "max_join_size",
     "innodb_lock_wait_timeout",
     "timestamp",
     "insert_id",
@@ -117,6 +115,29 @@ const SETTABLE_VARIABLES: &[&str] = &[
     "optimizer_search_depth",
     "big_tables",
     "names",
+];
+
+/// `SHOW <first word>` forms allowed beyond the ones sqlparser names.
+const SAFE_SHOW: &[&str] = &[
+    "WARNINGS", "ERRORS", "COUNT", "INDEX", "INDEXES", "KEYS", "TABLE", "GRANTS", "PROFILES",
+    "PROFILE",
+];
+
+/// Character sets in which the byte 0x5C is always a backslash and 0x27 always a quote, so the
+/// server splits a statement where the policy does. (In gbk, big5, sjis, cp932 or gb18030 a
+/// multi-byte character can end in 0x5C, and a string the policy reads as closed stays open.)
+const SAFE_CHARSETS: &[&str] = &["utf8mb4", "utf8mb3", "utf8", "latin1", "ascii", "binary"];
+
+/// sql_mode flags that change how the server lexes strings and quotes (or imply one that does).
+const UNSAFE_SQL_MODES: &[&str] = &[
+    "NO_BACKSLASH_ESCAPES",
+    "ANSI_QUOTES",
+    "ANSI",
+    "ORACLE",
+    "MSSQL",
+    "DB2",
+    "POSTGRESQL",
+    "MAXDB",
 ];
 
 /// Functions refused wherever they appear: they take locks that outlive the transaction, read
@@ -295,19 +316,63 @@ fn forward(st: &Statement, writes: bool) -> Verdict {
     })
 }
 
-fn classify_statement(st: &Statement) -> Classified {
-    match st {
-        Statement::Query(q) => {
-            if let SetExpr::Select(s) = q.body.as_ref() {
+enum QueryShape {
+    Read,
+    /// SELECT … INTO somewhere in it.
+    Into,
+    /// A data change dressed as a query (MySQL 8 `WITH … UPDATE`).
+    Changes,
+}
+
+/// Whether every branch of a query (CTEs, unions, parenthesised parts) is a plain read.
+fn read_only_query(q: &sqlparser::ast::Query) -> QueryShape {
+    let mut shape = QueryShape::Read;
+    if let Some(with) = &q.with {
+        for cte in &with.cte_tables {
+            match read_only_query(&cte.query) {
+                QueryShape::Read => {}
+                other => return other,
+            }
+        }
+    }
+    fn walk(body: &SetExpr, shape: &mut QueryShape) {
+        match body {
+            SetExpr::Select(s) => {
                 if s.into.is_some() {
-                    return refuse(
-                        "SELECT … INTO",
-                        "it writes outside the transaction (a file, or variables)",
-                    );
+                    *shape = QueryShape::Into;
                 }
             }
-            ok("SELECT", forward(st, false))
+            SetExpr::Query(inner) => {
+                let inner_shape = read_only_query(inner);
+                if !matches!(inner_shape, QueryShape::Read) {
+                    *shape = inner_shape;
+                }
+            }
+            SetExpr::SetOperation { left, right, .. } => {
+                walk(left, shape);
+                walk(right, shape);
+            }
+            SetExpr::Values(_) | SetExpr::Table(_) => {}
+            _ => *shape = QueryShape::Changes,
         }
+    }
+    walk(&q.body, &mut shape);
+    shape
+}
+
+fn classify_statement(st: &Statement) -> Classified {
+    match st {
+        Statement::Query(q) => match read_only_query(q) {
+            QueryShape::Read => ok("SELECT", forward(st, false)),
+            QueryShape::Into => refuse(
+                "SELECT … INTO",
+                "it writes outside the transaction (a file, or variables)",
+            ),
+            QueryShape::Changes => refuse(
+                "WITH … UPDATE/DELETE",
+                "data-changing statements behind a WITH clause are not supported; write the change plainly",
+            ),
+        },
         Statement::Insert(i) => ok(
             if i.replace_into { "REPLACE" } else { "INSERT" },
             forward(st, true),
@@ -386,13 +451,24 @@ fn classify_statement(st: &Statement) -> Classified {
         | Statement::ShowCreate { .. }
         | Statement::ShowVariables { .. }
         | Statement::ShowStatus { .. }
-        | Statement::ShowVariable { .. }
         | Statement::ShowCollation { .. }
         | Statement::ShowCharset(_)
         | Statement::ShowFunctions { .. }
         | Statement::ShowSchemas { .. }
         | Statement::ShowObjects(_)
         | Statement::ShowViews { .. } => ok("SHOW", forward(st, false)),
+        // sqlparser files every other SHOW here; only these are about the developer's own data.
+        Statement::ShowVariable { variable } => {
+            let first = variable.first().map(|i| i.value.to_ascii_uppercase()).unwrap_or_default();
+            if SAFE_SHOW.contains(&first.as_str()) {
+                ok("SHOW", forward(st, false))
+            } else {
+                refuse(
+                    format!("SHOW {first}"),
+                    "it shows the server's internals or other connections (only SHOW of tables, columns, indexes, variables, warnings and the like is allowed)",
+                )
+            }
+        }
         Statement::ExplainTable { .. } => ok("DESCRIBE", forward(st, false)),
         Statement::Explain {
             statement, analyze, ..
@@ -443,6 +519,13 @@ fn classify_statement(st: &Statement) -> Classified {
 fn classify_set(set: &Set) -> Classified {
     match set {
         Set::SetTransaction { .. } => ok("SET TRANSACTION", Verdict::Swallow),
+        Set::SetNames { charset_name, .. } if !safe_charset(&charset_name.value) => refuse(
+            format!("SET NAMES {}", charset_name.value),
+            format!(
+                "only these character sets are allowed: {}",
+                SAFE_CHARSETS.join(", ")
+            ),
+        ),
         Set::SetNames { .. } | Set::SetNamesDefault { .. } => ok(
             "SET NAMES",
             Verdict::SessionSet {
@@ -468,6 +551,9 @@ fn classify_set(set: &Set) -> Classified {
                     _ => refuse("SET autocommit", "one value expected"),
                 };
             }
+            if let Some(c) = check_value(&name, values) {
+                return c;
+            }
             session_vars(vec![name])
         }
         Set::MultipleAssignments { assignments } => {
@@ -482,6 +568,9 @@ fn classify_set(set: &Set) -> Classified {
                 if let Some(c) = check_scope(scope.as_ref(), &name) {
                     return c;
                 }
+                if let Some(c) = check_value(&name, std::slice::from_ref(&a.value)) {
+                    return c;
+                }
                 if bare_variable(&name) == "autocommit" {
                     return refuse("SET autocommit", "set autocommit in a statement of its own");
                 }
@@ -491,6 +580,66 @@ fn classify_set(set: &Set) -> Classified {
         }
         _ => refuse("SET", "this form of SET is not allowed"),
     }
+}
+
+fn safe_charset(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    SAFE_CHARSETS.contains(&lower.as_str())
+}
+
+/// A value written as a plain literal or word (`'STRICT_ALL_TABLES'`, `utf8mb4`, `DEFAULT`).
+fn plain_value(values: &[Expr]) -> Option<String> {
+    let [v] = values else { return None };
+    let text = v.to_string();
+    let inner = text
+        .strip_prefix('\'')
+        .and_then(|t| t.strip_suffix('\''))
+        .or_else(|| text.strip_prefix('"').and_then(|t| t.strip_suffix('"')))
+        .unwrap_or(&text);
+    inner
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ',')
+        .then(|| inner.to_owned())
+}
+
+/// Values of the variables that change how the server reads statements: they must keep the
+/// server lexing strings exactly as the policy does.
+fn check_value(name: &str, values: &[Expr]) -> Option<Classified> {
+    let bare = bare_variable(name);
+    match bare {
+        "sql_mode" => match plain_value(values) {
+            None => Some(refuse("SET sql_mode", "sql_mode must be set to a plain list of modes, e.g. 'STRICT_ALL_TABLES,NO_ZERO_DATE'")),
+            Some(v) => v
+                .split(',')
+                .map(|m| m.trim().to_ascii_uppercase())
+                .find(|m| UNSAFE_SQL_MODES.contains(&m.as_str()))
+                .map(|m| {
+                    refuse(
+                        format!("SET sql_mode = '{v}'"),
+                        format!("{m} changes how the server reads quotes and backslashes, so the policy could no longer tell what a statement does"),
+                    )
+                }),
+        },
+        "character_set_client" | "character_set_connection" | "character_set_results" | "collation_connection" => {
+            let v = plain_value(values)?;
+            let charset = if bare == "collation_connection" { v.split('_').next().unwrap_or("").to_owned() } else { v.clone() };
+            // NULL for results means "no conversion" (Connector/J sends it): it changes no lexing.
+            let null_results = bare == "character_set_results" && v.eq_ignore_ascii_case("null");
+            (!v.eq_ignore_ascii_case("default") && !null_results && !safe_charset(&charset)).then(|| {
+                refuse(
+                    format!("SET {bare} = {v}"),
+                    format!("only these character sets are allowed: {}", SAFE_CHARSETS.join(", ")),
+                )
+            })
+        }
+        _ => None,
+    }
+    .or_else(|| {
+        // A character-set variable set to an expression: refuse rather than evaluate.
+        (matches!(bare, "character_set_client" | "character_set_connection" | "character_set_results" | "collation_connection")
+            && plain_value(values).is_none())
+        .then(|| refuse(format!("SET {bare}"), "set it to a plain character set name"))
+    })
 }
 
 fn variable_name(name: &ObjectName) -> String {

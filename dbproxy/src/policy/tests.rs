@@ -208,3 +208,58 @@ fn temporary_tables_use_show_and_explain_are_allowed() {
         Verdict::Forward(Forward { writes: true, .. })
     ));
 }
+
+#[test]
+fn settings_that_would_make_the_server_lex_differently_are_refused() {
+    for (sql, why) in [
+        (
+            "SET sql_mode='NO_BACKSLASH_ESCAPES'",
+            "NO_BACKSLASH_ESCAPES",
+        ),
+        (
+            "SET sql_mode = 'STRICT_ALL_TABLES,ansi_quotes'",
+            "ANSI_QUOTES",
+        ),
+        ("SET SESSION sql_mode = 'ANSI'", "ANSI"),
+        (
+            "SET sql_mode = CONCAT(@@sql_mode, ',NO_BACKSLASH_ESCAPES')",
+            "plain list",
+        ),
+        ("SET NAMES gbk", "character sets"),
+        ("SET NAMES 'big5'", "character sets"),
+        ("SET character_set_client = sjis", "character sets"),
+        (
+            "SET collation_connection = 'cp932_japanese_ci'",
+            "character sets",
+        ),
+        ("SET character_set_results = utf16", "character sets"),
+        ("SET sql_select_limit = 0", "only session variables"),
+        ("SET max_join_size = 1", "only session variables"),
+        ("SHOW ENGINE INNODB STATUS", "internals"),
+        ("SHOW BINLOG EVENTS", "internals"),
+        ("SELECT 1 UNION SELECT 1 INTO @y", "writes outside"),
+        (
+            "WITH x AS (SELECT 1) SELECT * FROM x UNION (SELECT 2 INTO @z)",
+            "writes outside",
+        ),
+    ] {
+        let reason = refused(sql);
+        assert!(reason.contains(why), "{sql}: {reason}");
+    }
+    for sql in [
+        "SET sql_mode = 'STRICT_TRANS_TABLES,NO_ZERO_DATE'",
+        "SET sql_mode = DEFAULT",
+        "SET NAMES utf8mb4",
+        "SET NAMES latin1 COLLATE latin1_swedish_ci",
+        "SET character_set_results = NULL",
+        "SHOW WARNINGS",
+        "SHOW INDEX FROM t",
+        "WITH x AS (SELECT 1) SELECT * FROM x",
+    ] {
+        assert!(
+            !matches!(verdict(sql), Verdict::Refuse(_)),
+            "{sql}: {:?}",
+            verdict(sql)
+        );
+    }
+}
