@@ -25,13 +25,19 @@ pub struct TableName {
 /// A statement that goes upstream as written (after catalog checks).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Forward {
-    /// Tables the statement writes to or reads from while writing; every one must be a
-    /// transactional base table or a temporary table of the session. Empty for reads.
-    pub write_tables: Vec<TableName>,
-    /// Names of all functions called (last name part, upper case), to check against the
-    /// catalog's stored functions.
-    pub functions: Vec<String>,
     pub writes: bool,
+}
+
+/// What a statement can reach, for the session's catalog checks: every table it names (views
+/// among them are checked for stored functions), the ones it may write (each must be a
+/// transactional base table without triggers, or a temporary table), and every function it
+/// calls (checked against stored functions and UDFs).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Reach {
+    pub tables: Vec<TableName>,
+    pub write_tables: Vec<TableName>,
+    /// Last name part, upper case.
+    pub functions: Vec<String>,
 }
 
 /// Transaction control, emulated per app connection.
@@ -82,6 +88,7 @@ pub enum AdminCommand {
 pub struct Classified {
     pub kind: String,
     pub verdict: Verdict,
+    pub reach: Reach,
 }
 
 /// Session variables an app may set: they change how this session's statements behave, not
@@ -171,6 +178,7 @@ fn refuse(kind: impl Into<String>, why: impl Into<String>) -> Classified {
     Classified {
         verdict: Verdict::Refuse(format!("DevInProd refused {kind}: {why}")),
         kind,
+        reach: Reach::default(),
     }
 }
 
@@ -178,6 +186,7 @@ fn ok(kind: &str, verdict: Verdict) -> Classified {
     Classified {
         kind: kind.to_owned(),
         verdict,
+        reach: Reach::default(),
     }
 }
 
@@ -294,26 +303,33 @@ pub fn classify(sql: &str) -> Classified {
         [] => return refuse("an empty statement", "there is nothing to run"),
         _ => return refuse("multiple statements", "send one statement per query"),
     };
-    let classified = classify_statement(statement);
+    let mut classified = classify_statement(statement);
     if matches!(classified.verdict, Verdict::Refuse(_)) {
         return classified;
     }
+    let functions = functions(statement);
     // Refused functions, wherever they hide (subqueries, arguments, SET values).
-    if let Some((name, why)) = functions(statement)
+    if let Some((name, why)) = functions
         .iter()
         .find_map(|name| REFUSED_FUNCTIONS.iter().find(|(n, _)| n == name))
     {
         return refuse(format!("{} calling {name}()", classified.kind), *why);
     }
+    let tables = relations(statement);
+    let writes = matches!(
+        classified.verdict,
+        Verdict::Forward(Forward { writes: true })
+    );
+    classified.reach = Reach {
+        write_tables: if writes { tables.clone() } else { Vec::new() },
+        tables,
+        functions,
+    };
     classified
 }
 
-fn forward(st: &Statement, writes: bool) -> Verdict {
-    Verdict::Forward(Forward {
-        write_tables: if writes { relations(st) } else { Vec::new() },
-        functions: functions(st),
-        writes,
-    })
+fn forward(_st: &Statement, writes: bool) -> Verdict {
+    Verdict::Forward(Forward { writes })
 }
 
 enum QueryShape {
@@ -484,6 +500,7 @@ fn classify_statement(st: &Statement) -> Classified {
                 Verdict::Refuse(why) => Classified {
                     kind: format!("EXPLAIN {}", inner.kind),
                     verdict: Verdict::Refuse(why),
+                    reach: Reach::default(),
                 },
                 _ => refuse(
                     format!("EXPLAIN {}", inner.kind),

@@ -10,7 +10,7 @@
 
 use crate::config::DbProxyConfig;
 use crate::packet::PacketWriter;
-use crate::policy::{classify, AdminCommand, Forward, TableName, Verdict};
+use crate::policy::{classify, AdminCommand, Forward, Reach, TableName, TxControl, Verdict};
 use crate::txn::{AppTransaction, Plan};
 use crate::upstream::{relay_response, Position, ResponseTracker, Upstream, UpstreamError};
 use crate::wire;
@@ -50,6 +50,9 @@ struct PreparedStatement {
     /// Transaction control prepared by the app (`BEGIN`, `COMMIT`…): emulated at execute,
     /// never prepared upstream.
     emulated: Option<Verdict>,
+    /// What it can reach: a write is checked again at every execute (the catalog may have
+    /// changed since the prepare, e.g. a temporary table dropped).
+    reach: Reach,
 }
 
 impl AppConn {
@@ -98,12 +101,38 @@ fn charset_of(collation: u8) -> &'static str {
 #[derive(Clone)]
 struct TableFacts {
     at: Instant,
-    /// None: no such base table or view in the catalog.
-    kind: Option<(String, String, u64)>, // (table_type, engine, triggers)
+    /// Every catalog row with exactly this schema and name (a temporary table and a base table
+    /// may share a name).
+    rows: Vec<TableRow>,
+}
+
+#[derive(Clone)]
+struct TableRow {
+    table_type: String,
+    engine: String,
+    triggers: u64,
+    view_definition: String,
+}
+
+/// Whether an upper-cased SQL text calls function `name` (`NAME(`, `` `NAME`( ``).
+fn calls(sql: &str, name: &str) -> bool {
+    sql.match_indices(name).any(|(i, _)| {
+        let before = sql[..i].chars().last();
+        let after = sql[i + name.len()..].trim_start_matches('`').trim_start();
+        let starts_word = !before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+        starts_word && after.starts_with('(')
+    })
 }
 
 struct Inner {
     upstream: Option<Upstream>,
+    /// A second connection for catalog lookups: no transaction (reading the catalog touches
+    /// Aria system tables, which would break SAVEPOINT in the session's transaction) and none
+    /// of the developer's settings (which could blind the lookups).
+    catalog: Option<Upstream>,
+    /// The session's temporary tables, by exact (schema, name) as resolved at creation: a
+    /// temporary table shadows a base table of the same name, and exempts only itself.
+    temp_tables: HashSet<(String, String)>,
     generation: u64,
     /// Why the previous upstream transaction ended, told to each app connection once.
     lost: Option<String>,
@@ -113,7 +142,6 @@ struct Inner {
     applied_vars: Vec<(String, String)>,
     /// What `LAST_INSERT_ID()` returns upstream now.
     applied_last_insert_id: u64,
-    temp_tables: HashSet<String>,
     stored_functions: Option<(Instant, HashSet<String>)>,
     tables: HashMap<(String, String), TableFacts>,
     statements: u64,
@@ -162,13 +190,14 @@ impl Session {
             config,
             inner: tokio::sync::Mutex::new(Inner {
                 upstream: None,
+                catalog: None,
+                temp_tables: HashSet::new(),
                 generation: 0,
                 lost: None,
                 on: None,
                 applied_db: None,
                 applied_vars: Vec::new(),
                 applied_last_insert_id: 0,
-                temp_tables: HashSet::new(),
                 stored_functions: None,
                 tables: HashMap::new(),
                 statements: 0,
@@ -216,6 +245,9 @@ impl Session {
             info!(key = %self.key, "database session ended: {reason}");
             up.close().await;
             self.lose(&mut inner, reason.to_owned());
+        }
+        if let Some(catalog) = inner.catalog.take() {
+            catalog.close().await;
         }
     }
 
@@ -274,9 +306,9 @@ impl Session {
         inner.upstream = Some(up);
         inner.generation += 1;
         inner.on = None;
+        inner.temp_tables.clear();
         inner.applied_db = None;
         inner.applied_vars = vec![("names".into(), "SET NAMES utf8mb4".into())];
-        inner.temp_tables.clear();
         inner.tables.clear();
         inner.stored_functions = None;
         Ok(())
@@ -407,7 +439,16 @@ impl Session {
             info!(key = %self.key, conn = conn.id, kind = %classified.kind, "refused: {why}");
             return reply(app, wire::refused(why)).await;
         }
-        let writes = matches!(&classified.verdict, Verdict::Forward(f) if f.writes);
+        // Writes, and user savepoints (they move what a ROLLBACK would undo), wait their turn.
+        // (Outside a transaction they place nothing, and need no turn.)
+        let tx_open = conn.tx.in_transaction() || !conn.tx.autocommit();
+        let writes = match &classified.verdict {
+            Verdict::Forward(Forward { writes }) => *writes,
+            Verdict::Tx(
+                TxControl::Savepoint(_) | TxControl::Release(_) | TxControl::RollbackTo(_),
+            ) => tx_open,
+            _ => false,
+        };
         let mut inner = match self.lock_for(conn.id, writes).await {
             Ok(inner) => inner,
             Err(msg) => {
@@ -415,7 +456,14 @@ impl Session {
             }
         };
         let r = self
-            .serve(&mut inner, conn, &classified.verdict, payload, app)
+            .serve(
+                &mut inner,
+                conn,
+                &classified.verdict,
+                &classified.reach,
+                payload,
+                app,
+            )
             .await;
         match r {
             Ok(outcome) => outcome,
@@ -488,6 +536,7 @@ impl Session {
         self.touch();
         let sql = String::from_utf8_lossy(&payload[1..]).into_owned();
         let classified = classify(&sql);
+        let reach = classified.reach.clone();
         let f = match classified.verdict {
             Verdict::Forward(f) => f,
             Verdict::Refuse(why) => return reply(app, wire::refused(&why)).await,
@@ -504,6 +553,7 @@ impl Session {
                         writes: false,
                         generation,
                         emulated: Some(v),
+                        reach: Reach::default(),
                     },
                 );
                 let mut ok = vec![0x00];
@@ -520,7 +570,9 @@ impl Session {
             }
         };
         let mut inner = self.inner.lock().await;
-        let r = self.prepare_in(&mut inner, conn, &f, payload, app).await;
+        let r = self
+            .prepare_in(&mut inner, conn, &f, &reach, payload, app)
+            .await;
         match r {
             Ok(o) => o,
             Err(e) => self.failed(&mut inner, conn, e, app).await,
@@ -532,6 +584,7 @@ impl Session {
         inner: &mut Inner,
         conn: &mut AppConn,
         f: &Forward,
+        reach: &Reach,
         payload: &[u8],
         app: &mut PacketWriter<W>,
     ) -> Result<Outcome, ServeError> {
@@ -541,7 +594,7 @@ impl Session {
             return Ok(reply(app, wire::err(wire::ER_SESSION_RESET, b"70100", &notice)).await);
         }
         self.switch_to(inner, conn).await?;
-        if let Some(why) = self.check_catalog(inner, conn, f).await? {
+        if let Some(why) = self.check_catalog(inner, conn, reach).await? {
             return Ok(reply(app, wire::refused(&why)).await);
         }
         let app_id = conn.next_stmt;
@@ -573,6 +626,7 @@ impl Session {
                     writes: f.writes,
                     generation: inner.generation,
                     emulated: None,
+                    reach: reach.clone(),
                 },
             );
         }
@@ -618,7 +672,9 @@ impl Session {
             if !is_execute {
                 return reply(app, wire::ok(0, 0, conn.status(), 0)).await;
             }
-            let r = self.serve(&mut inner, conn, verdict, &[], app).await;
+            let r = self
+                .serve(&mut inner, conn, verdict, &Reach::default(), &[], app)
+                .await;
             return match r {
                 Ok(o) => o,
                 Err(e) => self.failed(&mut inner, conn, e, app).await,
@@ -659,6 +715,11 @@ impl Session {
             return Ok(reply(app, wire::err(1243, b"HY000", msg)).await);
         }
         self.switch_to(inner, conn).await?;
+        if writes {
+            if let Some(why) = self.check_catalog(inner, conn, &stmt.reach).await? {
+                return Ok(reply(app, wire::refused(&why)).await);
+            }
+        }
         let mut upstream_payload = payload.to_vec();
         upstream_payload[1..5].copy_from_slice(&stmt.upstream_id.to_le_bytes());
         self.forward(inner, conn, writes, &upstream_payload, app)
@@ -733,6 +794,7 @@ impl Session {
         inner: &mut Inner,
         conn: &mut AppConn,
         verdict: &Verdict,
+        reach: &Reach,
         payload: &[u8],
         app: &mut PacketWriter<W>,
     ) -> Result<Outcome, ServeError> {
@@ -741,14 +803,20 @@ impl Session {
             return Ok(reply(app, wire::err(wire::ER_SESSION_RESET, b"70100", &notice)).await);
         }
         self.switch_to(inner, conn).await?;
-        match verdict {
-            Verdict::Forward(f) => {
-                if let Some(why) = self.check_catalog(inner, conn, f).await? {
-                    info!(key = %self.key, conn = conn.id, "refused: {why}");
-                    return Ok(reply(app, wire::refused(&why)).await);
-                }
-                self.forward(inner, conn, f.writes, payload, app).await
+        // Everything that reaches tables or functions on the server is checked against the
+        // catalog first, whatever its kind (a SET can call a function; CREATE TEMPORARY TABLE
+        // … AS SELECT can read a view).
+        if matches!(
+            verdict,
+            Verdict::Forward(_) | Verdict::SessionSet { .. } | Verdict::CreateTemporary(_)
+        ) {
+            if let Some(why) = self.check_catalog(inner, conn, reach).await? {
+                info!(key = %self.key, conn = conn.id, "refused: {why}");
+                return Ok(reply(app, wire::refused(&why)).await);
             }
+        }
+        match verdict {
+            Verdict::Forward(f) => self.forward(inner, conn, f.writes, payload, app).await,
             Verdict::Tx(control) => {
                 let plan = conn.tx.control(control, inner.epoch);
                 self.run_plan_then_ok(inner, conn, plan, app).await
@@ -777,14 +845,18 @@ impl Session {
             }
             Verdict::CreateTemporary(t) => {
                 if self.relay(inner, conn, payload, app).await? {
-                    inner.temp_tables.insert(t.name.to_ascii_lowercase());
+                    if let Some(schema) = t.schema.clone().or_else(|| conn.db.clone()) {
+                        inner.temp_tables.insert((schema, t.name.clone()));
+                    }
                 }
                 Ok(Outcome::Done)
             }
             Verdict::DropTemporary(ts) => {
                 if self.relay(inner, conn, payload, app).await? {
                     for t in ts {
-                        inner.temp_tables.remove(&t.name.to_ascii_lowercase());
+                        if let Some(schema) = t.schema.clone().or_else(|| conn.db.clone()) {
+                            inner.temp_tables.remove(&(schema, t.name.clone()));
+                        }
                     }
                 }
                 Ok(Outcome::Done)
@@ -925,6 +997,12 @@ impl Session {
         plan: Plan,
         app: &mut PacketWriter<W>,
     ) -> Result<Outcome, ServeError> {
+        if let Some((code, message)) = plan.error {
+            return Ok(reply(app, wire::err(code, b"42000", &message)).await);
+        }
+        if plan.takes_turn {
+            inner.turn = Some(conn.id);
+        }
         if plan.advances_epoch {
             inner.epoch += 1;
         }
@@ -942,72 +1020,156 @@ impl Session {
         })
     }
 
-    /// Catalog checks for a forwarded statement: writes only to transactional base tables (or
-    /// the session's temporary tables) without triggers, and no stored functions.
+    /// Catalog checks on what a statement can reach. Fail closed: a write must name base
+    /// tables that exist (exact name), are InnoDB and have no triggers — or the session's own
+    /// temporary tables; no stored function or UDF may be called, directly or through a view.
     async fn check_catalog(
         &self,
         inner: &mut Inner,
         conn: &AppConn,
-        f: &Forward,
+        reach: &Reach,
     ) -> Result<Option<String>, ServeError> {
-        if !f.functions.is_empty() {
-            let stored = self.stored_functions(inner).await?;
-            if let Some(name) = f.functions.iter().find(|n| stored.contains(*n)) {
-                return Ok(Some(format!(
-                    "DevInProd refused a call to stored function {name}(): stored functions may write to \
-                     non-transactional tables or commit, which a rollback would not undo"
-                )));
-            }
+        let stored = if reach.functions.is_empty() && reach.tables.is_empty() {
+            HashSet::new()
+        } else {
+            self.stored_functions(inner).await?
+        };
+        if let Some(name) = reach.functions.iter().find(|n| stored.contains(*n)) {
+            return Ok(Some(format!(
+                "DevInProd refused a call to stored function {name}(): stored functions may write to \
+                 non-transactional tables or commit, which a rollback would not undo"
+            )));
         }
-        for t in &f.write_tables {
-            if t.schema.is_none() && inner.temp_tables.contains(&t.name.to_ascii_lowercase()) {
-                continue;
-            }
+        for t in &reach.tables {
+            let writes = reach.write_tables.contains(t);
             let Some(schema) = t.schema.clone().or_else(|| conn.db.clone()) else {
+                if writes {
+                    return Ok(Some(format!(
+                        "DevInProd refused a write to {}: no database is selected on this connection; \
+                         USE one or qualify the table",
+                        t.name
+                    )));
+                }
                 continue;
             };
-            let facts = self.table_facts(inner, &schema, &t.name).await?;
-            if let Some((table_type, engine, triggers)) = facts.kind {
-                let name = display(t, &schema);
-                if table_type != "BASE TABLE" {
-                    return Ok(Some(format!(
-                        "DevInProd refused a write involving {name}: it is a {}, and writes through it cannot be \
-                         proven to stay inside the transaction",
-                        table_type.to_ascii_lowercase()
-                    )));
+            let name = display(t, &schema);
+            // A temporary table of the session shadows any other table of that name.
+            if inner
+                .temp_tables
+                .contains(&(schema.clone(), t.name.clone()))
+            {
+                continue;
+            }
+            let rows = self.table_facts(inner, &schema, &t.name).await?.rows;
+            for r in &rows {
+                if r.table_type == "VIEW" {
+                    if writes {
+                        return Ok(Some(format!(
+                            "DevInProd refused a write through view {name}: writes through views cannot be \
+                             proven to stay inside the transaction"
+                        )));
+                    }
+                    let definition = r.view_definition.to_ascii_uppercase();
+                    if definition.trim().is_empty() {
+                        return Ok(Some(format!(
+                            "DevInProd refused a read of view {name}: its definition is not visible to the \
+                             dbproxy (grant it SHOW VIEW), so its functions cannot be checked"
+                        )));
+                    }
+                    if let Some(f) = stored.iter().find(|f| calls(&definition, f)) {
+                        return Ok(Some(format!(
+                            "DevInProd refused a read of view {name}: it calls stored function {f}(), which may \
+                             write outside the transaction"
+                        )));
+                    }
                 }
-                if !engine.eq_ignore_ascii_case("InnoDB") {
-                    return Ok(Some(format!(
-                        "DevInProd refused a write involving {name}: its engine {engine} is not transactional, \
-                         so the write would survive the session's rollback"
-                    )));
-                }
-                if triggers > 0 {
-                    return Ok(Some(format!(
-                        "DevInProd refused a write to {name}: it has triggers, which may write outside the transaction"
-                    )));
-                }
+            }
+            if !writes {
+                continue;
+            }
+            let [r] = rows.as_slice() else {
+                return Ok(Some(if rows.is_empty() {
+                    format!("DevInProd refused a write to {name}: no such table (names are matched exactly)")
+                } else {
+                    format!(
+                        "DevInProd refused a write to {name}: the name is ambiguous in the catalog"
+                    )
+                }));
+            };
+            if r.table_type != "BASE TABLE" {
+                return Ok(Some(format!(
+                    "DevInProd refused a write involving {name}: it is a {}, and writes to it cannot be \
+                     proven to stay inside the transaction",
+                    r.table_type.to_ascii_lowercase()
+                )));
+            }
+            if !r.engine.eq_ignore_ascii_case("InnoDB") {
+                return Ok(Some(format!(
+                    "DevInProd refused a write involving {name}: its engine {} is not transactional, \
+                     so the write would survive the session's rollback",
+                    r.engine
+                )));
+            }
+            if r.triggers > 0 {
+                return Ok(Some(format!(
+                    "DevInProd refused a write to {name}: it has triggers, which may write outside the transaction"
+                )));
             }
         }
         Ok(None)
     }
 
+    /// The catalog connection, opened on first use.
+    async fn catalog<'a>(&self, inner: &'a mut Inner) -> Result<&'a mut Upstream, ServeError> {
+        if inner.catalog.is_none() {
+            let mut up =
+                Upstream::connect(&self.config.upstream, self.config.max_packet_bytes).await?;
+            if let Err((code, msg)) = up.run("SET NAMES utf8mb4").await? {
+                return Err(ServeError::Upstream(UpstreamError::Protocol(format!(
+                    "catalog connection setup failed: {code} {msg}"
+                ))));
+            }
+            inner.catalog = Some(up);
+        }
+        inner.catalog.as_mut().ok_or_else(|| {
+            ServeError::Upstream(UpstreamError::Protocol("no catalog connection".into()))
+        })
+    }
+
+    /// Stored functions (information_schema.ROUTINES) and UDFs (mysql.func, when readable).
     async fn stored_functions(&self, inner: &mut Inner) -> Result<HashSet<String>, ServeError> {
         if let Some((at, set)) = &inner.stored_functions {
             if at.elapsed() < CATALOG_TTL {
                 return Ok(set.clone());
             }
         }
-        let up = upstream(inner)?;
-        let rows = match up.run("SELECT ROUTINE_NAME FROM information_schema.ROUTINES WHERE ROUTINE_TYPE = 'FUNCTION'").await? {
+        let up = self.catalog(inner).await?;
+        let rows = match up
+            .run("SELECT ROUTINE_NAME FROM information_schema.ROUTINES WHERE ROUTINE_TYPE = 'FUNCTION'")
+            .await?
+        {
             Ok(c) => c.rows(),
-            Err((code, msg)) => return Err(ServeError::Upstream(UpstreamError::Protocol(format!("catalog query failed: {code} {msg}")))),
+            Err((code, msg)) => {
+                return Err(ServeError::Upstream(UpstreamError::Protocol(format!(
+                    "catalog query failed: {code} {msg}"
+                ))))
+            }
         };
-        let set: HashSet<String> = rows
+        let mut set: HashSet<String> = rows
             .into_iter()
             .filter_map(|r| r.into_iter().next().flatten())
             .map(|s| s.to_ascii_uppercase())
             .collect();
+        // UDFs live in mysql.func; a dbproxy user without SELECT on it cannot see them (the
+        // README asks for that grant).
+        if let Ok(c) = up.run("SELECT name FROM mysql.func").await? {
+            set.extend(
+                c.rows()
+                    .into_iter()
+                    .filter_map(|r| r.into_iter().next().flatten())
+                    .map(|s| s.to_ascii_uppercase()),
+            );
+        }
         inner.stored_functions = Some((Instant::now(), set.clone()));
         Ok(set)
     }
@@ -1018,7 +1180,7 @@ impl Session {
         schema: &str,
         name: &str,
     ) -> Result<TableFacts, ServeError> {
-        let key = (schema.to_ascii_lowercase(), name.to_ascii_lowercase());
+        let key = (schema.to_owned(), name.to_owned());
         if let Some(f) = inner
             .tables
             .get(&key)
@@ -1026,16 +1188,20 @@ impl Session {
         {
             return Ok(f.clone());
         }
-        // Hex literals: no quoting rule (sql_mode, NO_BACKSLASH_ESCAPES) can change their meaning.
+        // Hex literals compared as bytes: no quoting rule can change their meaning, and the
+        // match is exact (a case-insensitive match could pick `Audit` for `audit`).
         let sql = format!(
-            "SELECT t.TABLE_TYPE, COALESCE(t.ENGINE, ''), (SELECT COUNT(*) FROM information_schema.TRIGGERS g \
-             WHERE g.EVENT_OBJECT_SCHEMA = t.TABLE_SCHEMA AND g.EVENT_OBJECT_TABLE = t.TABLE_NAME) \
-             FROM information_schema.TABLES t WHERE t.TABLE_SCHEMA = CONVERT(X'{}' USING utf8mb4) \
-             AND t.TABLE_NAME = CONVERT(X'{}' USING utf8mb4)",
+            "SELECT t.TABLE_TYPE, COALESCE(t.ENGINE, ''), \
+             (SELECT COUNT(*) FROM information_schema.TRIGGERS g \
+              WHERE g.EVENT_OBJECT_SCHEMA = t.TABLE_SCHEMA AND g.EVENT_OBJECT_TABLE = t.TABLE_NAME), \
+             COALESCE((SELECT v.VIEW_DEFINITION FROM information_schema.VIEWS v \
+              WHERE v.TABLE_SCHEMA = t.TABLE_SCHEMA AND v.TABLE_NAME = t.TABLE_NAME), '') \
+             FROM information_schema.TABLES t \
+             WHERE BINARY t.TABLE_SCHEMA = X'{}' AND BINARY t.TABLE_NAME = X'{}'",
             hex(schema),
             hex(name)
         );
-        let up = upstream(inner)?;
+        let up = self.catalog(inner).await?;
         let rows = match up.run(&sql).await? {
             Ok(c) => c.rows(),
             Err((code, msg)) => {
@@ -1044,13 +1210,22 @@ impl Session {
                 ))))
             }
         };
-        let kind = rows.into_iter().next().map(|r| {
-            let get = |i: usize| r.get(i).cloned().flatten().unwrap_or_default();
-            (get(0), get(1), get(2).parse().unwrap_or(1))
-        });
+        let rows = rows
+            .into_iter()
+            .map(|r| {
+                let get = |i: usize| r.get(i).cloned().flatten().unwrap_or_default();
+                TableRow {
+                    table_type: get(0),
+                    engine: get(1),
+                    // Unreadable counts are treated as "has triggers": fail closed.
+                    triggers: get(2).parse().unwrap_or(1),
+                    view_definition: get(3),
+                }
+            })
+            .collect();
         let facts = TableFacts {
             at: Instant::now(),
-            kind,
+            rows,
         };
         inner.tables.insert(key, facts.clone());
         Ok(facts)
@@ -1079,6 +1254,9 @@ impl Session {
                 None => {
                     conn.db = Some(db.to_owned());
                     inner.applied_db = Some(db.to_owned());
+                    // The upstream now has this connection's database but maybe another's
+                    // settings: the next statement of any connection re-applies its own.
+                    inner.on = None;
                     wire::ok(0, 0, conn.status(), 0)
                 }
                 Some(_) => c

@@ -38,6 +38,11 @@ pub struct AppTransaction {
 pub struct Plan {
     pub statements: Vec<String>,
     pub advances_epoch: bool,
+    /// The statements move savepoints of an open transaction: the connection must hold the
+    /// write turn (and keeps it until its transaction ends).
+    pub takes_turn: bool,
+    /// Answer this MySQL error instead (as a server would), sending nothing.
+    pub error: Option<(u16, String)>,
 }
 
 impl AppTransaction {
@@ -98,6 +103,7 @@ impl AppTransaction {
             Plan {
                 statements: vec![sql],
                 advances_epoch: true,
+                ..Plan::default()
             }
         } else {
             Plan::default()
@@ -125,14 +131,30 @@ impl AppTransaction {
                 if !self.autocommit {
                     self.open = true;
                 }
+                if !self.open {
+                    // With autocommit on and no transaction, a server accepts and forgets it.
+                    return Plan::default();
+                }
+                // User savepoints are placed while holding the write turn, after this
+                // connection's own savepoint (placed again if another connection moved things).
+                let mut statements: Vec<String> = self.before_write(epoch).into_iter().collect();
+                statements.push(format!("SAVEPOINT {}", self.user_savepoint(name)));
+                self.wrote = true;
                 Plan {
-                    statements: vec![format!("SAVEPOINT {}", self.user_savepoint(name))],
-                    advances_epoch: false,
+                    statements,
+                    takes_turn: true,
+                    ..Plan::default()
                 }
             }
+            TxControl::Release(name) | TxControl::RollbackTo(name) if !self.open => Plan {
+                error: Some((1305, format!("SAVEPOINT {name} does not exist"))),
+                ..Plan::default()
+            },
             TxControl::Release(name) => Plan {
                 statements: vec![format!("RELEASE SAVEPOINT {}", self.user_savepoint(name))],
                 advances_epoch: true,
+                takes_turn: true,
+                error: None,
             },
             TxControl::RollbackTo(name) => Plan {
                 statements: vec![format!(
@@ -140,6 +162,8 @@ impl AppTransaction {
                     self.user_savepoint(name)
                 )],
                 advances_epoch: true,
+                takes_turn: true,
+                error: None,
             },
         }
     }

@@ -477,7 +477,7 @@ async fn each_connection_keeps_its_own_settings_and_reset_or_change_user_are_emu
     let default_tz: Option<String> = b.query_first("SELECT @@time_zone").await.unwrap();
 
     // Session variables belong to the connection that set them, though the upstream is shared.
-    a.query_drop("SET time_zone = '+05:00', sql_mode = 'ANSI_QUOTES'")
+    a.query_drop("SET time_zone = '+05:00', sql_mode = 'PAD_CHAR_TO_FULL_LENGTH'")
         .await
         .unwrap();
     for _ in 0..3 {
@@ -486,7 +486,9 @@ async fn each_connection_keeps_its_own_settings_and_reset_or_change_user_are_emu
         assert_eq!(tz_a.as_deref(), Some("+05:00"));
         assert_eq!(tz_b, default_tz);
         let mode_b: Option<String> = b.query_first("SELECT @@sql_mode").await.unwrap();
-        assert!(!mode_b.unwrap_or_default().contains("ANSI_QUOTES"));
+        assert!(!mode_b
+            .unwrap_or_default()
+            .contains("PAD_CHAR_TO_FULL_LENGTH"));
     }
 
     // COM_RESET_CONNECTION: A's open transaction and settings go; the session stays.
@@ -682,4 +684,140 @@ async fn a_runaway_statement_is_stopped_by_the_session_time_limit_and_the_sessio
         Some(1),
         "the session and its work survive a stopped statement"
     );
+}
+
+/// The attacks an adversarial review found (each one worked before its fix); all must now be
+/// refused or emulated, and production stays unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn known_bypasses_of_the_policy_stay_closed() {
+    init_tracing();
+    let db = TestDatabase::new();
+    let other = TestDatabase::new();
+    db.admin(
+        "CREATE TABLE t (id INT PRIMARY KEY AUTO_INCREMENT, v VARCHAR(50)) ENGINE=InnoDB;
+         CREATE TABLE m (id INT PRIMARY KEY AUTO_INCREMENT, v VARCHAR(50)) ENGINE=MyISAM;
+         CREATE TABLE m2 (id INT PRIMARY KEY AUTO_INCREMENT, v VARCHAR(50)) ENGINE=MyISAM;
+         CREATE TABLE AUDIT2 (id INT) ENGINE=MyISAM;
+         CREATE TABLE Audit (id INT) ENGINE=InnoDB;
+         CREATE TABLE audit (id INT) ENGINE=MyISAM;
+         DELIMITER //
+         CREATE FUNCTION wf(x VARCHAR(50)) RETURNS INT MODIFIES SQL DATA BEGIN INSERT INTO m(v) VALUES (x); RETURN 1; END //
+         DELIMITER ;
+         CREATE VIEW vw AS SELECT wf('via view') AS r",
+    );
+    other.admin("CREATE TABLE only_b (id INT) ENGINE=MyISAM");
+    let tables = ["t", "m", "m2", "AUDIT2", "Audit", "audit"];
+    let checksums = |db: &TestDatabase| tables.map(|t| checksum(db, t));
+    let before = checksums(&db);
+    let before_b = checksum(&other, "only_b");
+    let pki = Pki::new();
+    let (relay, _proxy) = relay_with_dbproxy(&pki, |_| {}).await;
+    let dev = developer_with_mysql(&relay, &pki, "mallory").await;
+    let mut a = mysql_conn(dev.mysql.unwrap(), &db.name).await;
+    let refused = |r: Result<(), mysql_async::Error>, what: &str| {
+        let (code, _, message) = server_error(r.unwrap_err());
+        assert!(code == 1227 || code == 1305, "{what}: {code} {message}");
+        message
+    };
+
+    // 1. Settings under which the server would read quotes differently than the policy.
+    refused(
+        a.query_drop("SET sql_mode='NO_BACKSLASH_ESCAPES'").await,
+        "NO_BACKSLASH_ESCAPES",
+    );
+    refused(a.query_drop("SET NAMES gbk").await, "gbk");
+    // 2. Settings that would blind the catalog checks.
+    refused(
+        a.query_drop("SET sql_select_limit = 0").await,
+        "sql_select_limit",
+    );
+    refused(
+        a.query_drop("INSERT INTO m(v) VALUES ('x')").await,
+        "MyISAM write",
+    );
+    // 3. Another connection's USE must not move this one's database.
+    a.query_drop("SELECT 1").await.unwrap();
+    let mut b = mysql_conn(dev.mysql.unwrap(), &other.name).await;
+    let msg = refused(
+        a.query_drop("INSERT INTO only_b VALUES (42)").await,
+        "only_b",
+    );
+    assert!(msg.contains("no such table"), "{msg}");
+    let current: Option<String> = a.query_first("SELECT DATABASE()").await.unwrap();
+    assert_eq!(current.as_deref(), Some(db.name.as_str()));
+    // 4. Temporary tables exempt only themselves.
+    a.query_drop(format!(
+        "CREATE TEMPORARY TABLE {}.m (id INT, v VARCHAR(50))",
+        other.name
+    ))
+    .await
+    .unwrap();
+    refused(
+        a.query_drop("INSERT INTO m(v) VALUES ('x')").await,
+        "temp elsewhere",
+    );
+    a.query_drop("CREATE TEMPORARY TABLE audit2 (id INT)")
+        .await
+        .unwrap();
+    refused(
+        a.query_drop("INSERT INTO AUDIT2 VALUES (1)").await,
+        "case of a temp name",
+    );
+    a.query_drop("CREATE TEMPORARY TABLE m2 (id INT PRIMARY KEY AUTO_INCREMENT, v VARCHAR(50))")
+        .await
+        .unwrap();
+    let stmt = a.prep("INSERT INTO m2(v) VALUES (?)").await.unwrap();
+    a.exec_drop(&stmt, ("fine: the temporary table",))
+        .await
+        .unwrap();
+    a.query_drop("DROP TEMPORARY TABLE m2").await.unwrap();
+    refused(
+        a.exec_drop(&stmt, ("now the real MyISAM m2",)).await,
+        "prepared after drop",
+    );
+    // 5. Exact names: `audit` is the MyISAM one, whatever `Audit` is.
+    refused(
+        a.query_drop("INSERT INTO audit VALUES (7)").await,
+        "case-insensitive lookup",
+    );
+    // 6. Stored functions however they are reached.
+    refused(
+        a.query_drop("SELECT * FROM vw").await,
+        "view calling a function",
+    );
+    refused(
+        a.query_drop("SET @x = wf('x')").await,
+        "SET calling a function",
+    );
+    refused(
+        a.query_drop("CREATE TEMPORARY TABLE tt AS SELECT wf('x') AS r")
+            .await,
+        "CREATE AS SELECT",
+    );
+    // 7. One connection's savepoints cannot undo another's work.
+    a.query_drop("BEGIN").await.unwrap();
+    a.query_drop("INSERT INTO t(v) VALUES ('A1')")
+        .await
+        .unwrap();
+    b.query_drop(format!("USE {}", db.name)).await.unwrap();
+    b.query_drop("SAVEPOINT s").await.unwrap();
+    a.query_drop("INSERT INTO t(v) VALUES ('A2')")
+        .await
+        .unwrap();
+    refused(
+        b.query_drop("ROLLBACK TO SAVEPOINT s").await,
+        "foreign savepoint",
+    );
+    a.query_drop("COMMIT").await.unwrap();
+    assert_eq!(
+        vals_col(&mut b, "SELECT v FROM t ORDER BY id").await,
+        ["A1", "A2"]
+    );
+
+    assert_eq!(checksums(&db), before, "production unchanged");
+    assert_eq!(checksum(&other, "only_b"), before_b);
+}
+
+async fn vals_col(conn: &mut mysql_async::Conn, sql: &str) -> Vec<String> {
+    conn.query(sql).await.unwrap()
 }

@@ -17,11 +17,12 @@ fn reads_and_data_changes_are_forwarded_with_their_tables() {
         verdict("SELECT * FROM shop.orders WHERE id = 1"),
         Verdict::Forward(Forward { writes: false, .. })
     ));
-    match verdict("UPDATE orders o JOIN shop.items i ON i.o = o.id SET o.total = 1") {
+    let c = classify("UPDATE orders o JOIN shop.items i ON i.o = o.id SET o.total = 1");
+    match c.verdict {
         Verdict::Forward(f) => {
             assert!(f.writes);
             assert_eq!(
-                f.write_tables,
+                c.reach.write_tables,
                 vec![
                     TableName {
                         schema: None,
