@@ -821,3 +821,65 @@ async fn known_bypasses_of_the_policy_stay_closed() {
 async fn vals_col(conn: &mut mysql_async::Conn, sql: &str) -> Vec<String> {
     conn.query(sql).await.unwrap()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_separate_dbproxy_serves_sessions_through_the_relay_and_its_absence_is_explained() {
+    init_tracing();
+    let db = TestDatabase::new();
+    db.admin("CREATE TABLE t (id INT PRIMARY KEY, val VARCHAR(20)) ENGINE=InnoDB; INSERT INTO t VALUES (1, 'prod')");
+    let pki = Pki::new();
+    let relay = tests::TestRelay::start(&pki).await;
+    let dev = developer_with_mysql(&relay, &pki, "alice").await;
+    let addr = dev.mysql.unwrap();
+
+    // No dbproxy yet: the app is told why, as a MySQL error.
+    let opts = mysql_async::OptsBuilder::default()
+        .ip_or_hostname(addr.ip().to_string())
+        .tcp_port(addr.port())
+        .user(Some("app"))
+        .prefer_socket(false);
+    let (code, _, message) = server_error(mysql_async::Conn::new(opts).await.unwrap_err());
+    assert_eq!(code, 1227);
+    assert!(
+        message.contains("no database proxy is connected"),
+        "{message}"
+    );
+
+    // A dbproxy process of its own (here its library, over real QUIC with its role cert).
+    let file = dbproxy::DbProxyFileConfig {
+        upstream: Some(tests::mariadb::server().url.clone()),
+        state_dir: pki.path().to_owned(),
+        ..Default::default()
+    };
+    let proxy = dbproxy::DbProxy::new(file.check().unwrap());
+    let relay_addr = relay.addr.to_string();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let peer = tokio::spawn(async move {
+        dbproxy::peer::run(proxy, &file, &relay_addr, async {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    let mut conn = None;
+    for _ in 0..100 {
+        let opts = mysql_async::OptsBuilder::default()
+            .ip_or_hostname(addr.ip().to_string())
+            .tcp_port(addr.port())
+            .user(Some("app"))
+            .db_name(Some(db.name.clone()))
+            .prefer_socket(false);
+        if let Ok(c) = mysql_async::Conn::new(opts).await {
+            conn = Some(c);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let mut app = conn.expect("the dbproxy never became reachable through the relay");
+    app.query_drop("UPDATE t SET val = 'dev' WHERE id = 1")
+        .await
+        .unwrap();
+    assert_eq!(vals(&mut app, "t").await, ["dev"]);
+    assert_eq!(db.admin("SELECT val FROM t").trim(), "prod");
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(tests::WAIT, peer).await;
+}
