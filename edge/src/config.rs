@@ -19,6 +19,10 @@ pub struct EdgeConfig {
     /// Regular expression over the host name (port removed) with a named group `key`; matched
     /// case-insensitively.
     pub host_pattern: String,
+    /// What replaces the part of the host that `host_pattern` matched (`www-<key>.`) before
+    /// the request reaches the developer's app, so it sees the production host
+    /// (`www-k3yx9q.example.com` → `www.example.com`). `None` keeps the visitor's host.
+    pub dev_host_prefix: Option<String>,
     /// Request header that names a routing key when the host does not. Removed before the
     /// request goes anywhere.
     pub key_header: String,
@@ -71,6 +75,7 @@ impl Default for EdgeConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             production: None,
             host_pattern: "^www-(?P<key>[a-z0-9]{6})[.-]".into(),
+            dev_host_prefix: Some("www.".into()),
             key_header: "x-devinprod-key".into(),
             trusted_proxies: Vec::new(),
             relay: None,

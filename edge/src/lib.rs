@@ -36,7 +36,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use production::Production;
 use proto::{OpenError, RequestHead, StreamOpener};
-use routing::{RouteDecision, RouteFinder};
+use routing::{KeySource, RouteDecision, RouteFinder};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -215,9 +215,20 @@ impl Edge {
                 ),
                 "invalid".to_owned(),
             ),
-            RouteDecision::Developer(key, _) => match self.opener.open(key.clone()).await {
+            RouteDecision::Developer(key, source) => match self.opener.open(key.clone()).await {
                 Ok(stream) => {
-                    let authority = routing::request_authority(&parts).unwrap_or_default();
+                    let mut authority = routing::request_authority(&parts).unwrap_or_default();
+                    // The developer's app sees the production host (X-Forwarded-Host keeps the
+                    // visitor's).
+                    if let (KeySource::Host, Some(prefix)) = (source, &self.config.dev_host_prefix)
+                    {
+                        if let Some(prod) = self.router.production_authority(&authority, prefix) {
+                            if let Ok(v) = HeaderValue::from_str(&prod) {
+                                parts.headers.insert(http::header::HOST, v);
+                            }
+                            authority = prod;
+                        }
+                    }
                     let head = RequestHead::from_parts(&parts, "http", &authority);
                     let req = Request::from_parts(parts, body);
                     let max = self.config.max_frame_len as usize;

@@ -75,6 +75,19 @@ impl RouteFinder {
         })
     }
 
+    /// The production host for a request routed by host: the matched `www-<key>.` part
+    /// replaced by `prefix` (the port, if any, kept). `None` if the host did not match.
+    pub fn production_authority(&self, authority: &str, prefix: &str) -> Option<String> {
+        let parsed: http::uri::Authority = authority.parse().ok()?;
+        let host = parsed.host();
+        let m = self.host_pattern.find(host)?;
+        let rewritten = format!("{}{prefix}{}", &host[..m.start()], &host[m.end()..]);
+        Some(match parsed.port_u16() {
+            Some(port) => format!("{rewritten}:{port}"),
+            None => rewritten,
+        })
+    }
+
     pub fn key_header(&self) -> &http::HeaderName {
         &self.key_header
     }
@@ -350,6 +363,27 @@ mod tests {
         assert_eq!(without_query_param(&uri, LINK_PARAM), "/shop?a=1&b=2");
         let uri: http::Uri = "/shop?devinprod=abc123".parse().unwrap();
         assert_eq!(without_query_param(&uri, LINK_PARAM), "/shop");
+    }
+
+    #[test]
+    fn the_developer_sees_the_production_host() {
+        let f = finder();
+        assert_eq!(
+            f.production_authority("www-abc123.example.com", "www.")
+                .as_deref(),
+            Some("www.example.com")
+        );
+        assert_eq!(
+            f.production_authority("WWW-ABC123.example.com:8443", "www.")
+                .as_deref(),
+            Some("www.example.com:8443")
+        );
+        assert_eq!(
+            f.production_authority("www-abc123-shop.example.com", "")
+                .as_deref(),
+            Some("shop.example.com")
+        );
+        assert_eq!(f.production_authority("www.example.com", "www."), None);
     }
 
     #[test]
