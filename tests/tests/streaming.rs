@@ -204,3 +204,116 @@ async fn websocket_text_and_a_1_mib_binary_message_echo_through_the_tunnel_then_
         assert!(closed, "no Close frame came back (over_quic={over_quic})");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_visitor_who_leaves_mid_upload_cancels_the_request_at_the_developers_app() {
+    use tokio::io::AsyncWriteExt;
+    init_tracing();
+    let pki = Pki::new();
+    let relay = TestRelay::start(&pki).await;
+    // The app reports how the request body ended: complete, or cut.
+    let (outcome_tx, mut outcome_rx) = mpsc::unbounded_channel::<&'static str>();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let tx = outcome_tx.clone();
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let tx = tx.clone();
+                        async move {
+                            let mut body = req.into_body();
+                            let outcome = loop {
+                                match body.frame().await {
+                                    None => break "complete",
+                                    Some(Err(_)) => break "cut",
+                                    Some(Ok(_)) => {}
+                                }
+                            };
+                            let _ = tx.send(outcome);
+                            Ok::<_, std::convert::Infallible>(http::Response::new(
+                                http_body_util::Empty::<Bytes>::new(),
+                            ))
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    let token = relay.issue_token("upload");
+    let host = format!("www-{}.example.com", token.routing_key());
+    let _client = TestClient::connect(&relay, &pki, token, app).await;
+    let edge = TestEdge::in_process(&relay, None).await;
+
+    let mut visitor = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
+    let head = format!("POST /upload HTTP/1.1\r\nhost: {host}\r\ncontent-length: 1000000\r\n\r\n");
+    visitor.write_all(head.as_bytes()).await.unwrap();
+    visitor.write_all(&[b'x'; 200_000]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(visitor);
+    let outcome = tokio::time::timeout(WAIT, outcome_rx.recv())
+        .await
+        .expect("the app never saw the request end")
+        .unwrap();
+    assert_eq!(
+        outcome, "cut",
+        "the developer's app must see the upload cut, not a complete body"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_developer_app_that_dies_mid_response_gives_the_visitor_an_error_not_a_hang() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    init_tracing();
+    let pki = Pki::new();
+    let relay = TestRelay::start(&pki).await;
+    // Promises 100 000 bytes, sends 10, dies.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100000\r\n\r\n0123456789")
+                .await;
+            drop(s);
+        }
+    });
+    let token = relay.issue_token("dies");
+    let host = format!("www-{}.example.com", token.routing_key());
+    let _client = TestClient::connect(&relay, &pki, token, app).await;
+    for over_quic in [false, true] {
+        let edge = if over_quic {
+            TestEdge::over_quic(&relay, &pki, None).await
+        } else {
+            TestEdge::in_process(&relay, None).await
+        };
+        let http: hyper_util::client::legacy::Client<_, http_body_util::Empty<Bytes>> =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http();
+        let req = http::Request::get(format!("http://{}/", edge.addr))
+            .header("host", &host)
+            .body(http_body_util::Empty::new())
+            .unwrap();
+        // The error may surface at the head (hyper aborts before flushing it) or in the body;
+        // what matters is that it comes, quickly, and is not a short success.
+        let outcome = tokio::time::timeout(WAIT, async {
+            let resp = http.request(req).await.map_err(|e| e.to_string())?;
+            resp.into_body()
+                .collect()
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .expect("the visitor hangs on a dead app");
+        assert!(
+            outcome.is_err(),
+            "a truncated response must be an error, not a short success (over_quic={over_quic})"
+        );
+    }
+}
