@@ -317,3 +317,119 @@ async fn a_developer_app_that_dies_mid_response_gives_the_visitor_an_error_not_a
         );
     }
 }
+
+/// An HTTP/2 (h2c, prior knowledge) app that answers like a gRPC server: a body, then trailers
+/// with `grpc-status: 3` and the request's body length.
+async fn h2c_grpc_like_app() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    |req: http::Request<hyper::body::Incoming>| async move {
+                        let version = format!("{:?}", req.version());
+                        let got = req
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes().len())
+                            .unwrap_or(0);
+                        let mut trailers = http::HeaderMap::new();
+                        trailers.insert("grpc-status", "3".parse().unwrap());
+                        trailers.insert("x-received", got.to_string().parse().unwrap());
+                        let frames = vec![
+                            Ok::<_, std::convert::Infallible>(http_body::Frame::data(Bytes::from(
+                                format!("app saw {version}"),
+                            ))),
+                            Ok(http_body::Frame::trailers(trailers)),
+                        ];
+                        let resp = http::Response::builder()
+                            .header("content-type", "application/grpc")
+                            .body(StreamBody::new(futures_util::stream::iter(frames)))
+                            .unwrap();
+                        Ok::<_, std::convert::Infallible>(resp)
+                    },
+                );
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+            });
+        }
+    });
+    addr
+}
+
+/// Sends `req` over a fresh HTTP/2 (prior knowledge) connection to `edge`, whatever host its
+/// URI names (as a browser resolving `www-<key>.example.com` to the edge would).
+async fn h2_request(
+    edge: std::net::SocketAddr,
+    req: http::Request<http_body_util::Full<Bytes>>,
+) -> http::Response<hyper::body::Incoming> {
+    let tcp = tokio::net::TcpStream::connect(edge).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    tokio::time::timeout(WAIT, sender.send_request(req))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_visitors_reach_http1_and_h2c_apps_and_grpc_trailers_come_back() {
+    init_tracing();
+    let pki = Pki::new();
+    let relay = TestRelay::start(&pki).await;
+    let edge = TestEdge::in_process(&relay, None).await;
+
+    // An HTTP/2 visitor, an HTTP/1.1 app.
+    let h1_app = tests::apps::echo_app("h1 app").await;
+    let token = relay.issue_token("h1");
+    let h1_host = format!("www-{}.example.com", token.routing_key());
+    let _h1 = TestClient::connect(&relay, &pki, token, h1_app).await;
+    let req = http::Request::post(format!("http://{h1_host}/over-h2"))
+        .body(http_body_util::Full::new(Bytes::from_static(b"hello")))
+        .unwrap();
+    let resp = h2_request(edge.addr, req).await;
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let seen: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(seen["app"], "h1 app");
+    assert_eq!(seen["body_len"], 5);
+
+    // An HTTP/2 visitor, an h2c app answering with gRPC-style trailers.
+    let h2_app = h2c_grpc_like_app().await;
+    let token = relay.issue_token("grpc");
+    let grpc_host = format!("www-{}.example.com", token.routing_key());
+    let mut config = TestClient::agent_config(relay.addr, &pki.ca(), token, h2_app);
+    config.h2c = true;
+    let mut grpc = TestClient::spawn(config);
+    grpc.wait_connected().await;
+    let req = http::Request::post(format!("http://{grpc_host}/pkg.Service/Method"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(http_body_util::Full::new(Bytes::from(vec![0u8; 70_000])))
+        .unwrap();
+    let resp = h2_request(edge.addr, req).await;
+    assert_eq!(resp.status(), 200);
+    let collected = tokio::time::timeout(WAIT, resp.into_body().collect())
+        .await
+        .unwrap()
+        .unwrap();
+    let trailers = collected
+        .trailers()
+        .cloned()
+        .expect("trailers must reach the caller");
+    assert_eq!(trailers["grpc-status"], "3");
+    assert_eq!(trailers["x-received"], "70000");
+    assert_eq!(
+        collected.to_bytes(),
+        Bytes::from_static(b"app saw HTTP/2.0")
+    );
+}
