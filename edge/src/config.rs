@@ -44,6 +44,15 @@ pub struct EdgeConfig {
     pub key: Option<PathBuf>,
     /// Time a visitor has to send a request head, in milliseconds.
     pub header_read_timeout_ms: u64,
+    /// Largest request head (request line and headers) a visitor may send; beyond it: 431.
+    pub max_header_bytes: usize,
+    /// Time the developer's app has to start answering (response head), in ms; beyond: 504.
+    pub response_timeout_ms: u64,
+    /// Largest declared request body (Content-Length) for a developer route; beyond: 413.
+    /// 0: no limit.
+    pub max_request_body_bytes: u64,
+    /// Requests in flight to one developer at once; beyond: 503 (their laptop is not a farm).
+    pub max_requests_per_developer: usize,
     /// Keep-alive toward the relay, in milliseconds.
     pub keep_alive_interval_ms: u64,
     /// The relay connection is dead after this much silence, in milliseconds.
@@ -85,6 +94,10 @@ impl Default for EdgeConfig {
             cert: None,
             key: None,
             header_read_timeout_ms: 30_000,
+            max_header_bytes: 64 * 1024,
+            response_timeout_ms: 60_000,
+            max_request_body_bytes: 0,
+            max_requests_per_developer: 256,
             keep_alive_interval_ms: 10_000,
             idle_timeout_ms: 30_000,
             access: None,

@@ -52,6 +52,28 @@ pub(crate) fn full(b: Bytes) -> BoxBody {
     Full::new(b).map_err(|never| match never {}).boxed_unsync()
 }
 
+/// One request in flight to a developer; dropping it ends the count.
+struct InFlight<'a> {
+    edge: &'a Edge,
+    key: proto::RoutingKey,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut in_flight = self
+            .edge
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = in_flight.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                in_flight.remove(&self.key);
+            }
+        }
+    }
+}
+
 fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -79,6 +101,8 @@ pub enum EdgeError {
 /// Build it with [`Edge::new`], then drive [`Edge::run`] with a listener and a shutdown future.
 pub struct Edge {
     config: EdgeConfig,
+    /// Requests in flight per developer (for `max_requests_per_developer`).
+    in_flight: std::sync::Mutex<std::collections::HashMap<proto::RoutingKey, usize>>,
     router: RouteFinder,
     access: access::AccessPolicy,
     opener: Arc<dyn StreamOpener>,
@@ -101,6 +125,7 @@ impl Edge {
         )?;
         Ok(Arc::new(Self {
             config,
+            in_flight: std::sync::Mutex::new(std::collections::HashMap::new()),
             router,
             access,
             opener,
@@ -116,7 +141,11 @@ impl Edge {
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_millis(self.config.header_read_timeout_ms));
+            .header_read_timeout(Duration::from_millis(self.config.header_read_timeout_ms))
+            .max_buf_size(self.config.max_header_bytes.max(8192));
+        builder
+            .http2()
+            .max_header_list_size(u32::try_from(self.config.max_header_bytes).unwrap_or(u32::MAX));
         builder.http2().timer(TokioTimer::new());
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         info!(addr = ?listener.local_addr().ok(), "edge listening");
@@ -190,8 +219,52 @@ impl Edge {
         self.set_forwarded(&mut parts.headers, peer, &host);
         let req_headers = parts.headers.clone();
 
+        // Limits of developer routes: the declared body size, and requests in flight (the
+        // guard counts this request until its response head is out).
+        let mut early = None;
+        let mut _in_flight = None;
+        if let (RouteDecision::Developer(key, _), None) = (&decision, &refused) {
+            if self.too_large(&req_headers) {
+                let detail = format!(
+                    "Requests to a developer's copy may carry at most {} bytes.",
+                    self.config.max_request_body_bytes
+                );
+                early = Some((
+                    pages::page(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        &req_headers,
+                        "Request too large",
+                        &detail,
+                    ),
+                    format!("too-large:{key}"),
+                ));
+            } else {
+                match self.enter(key) {
+                    Some(guard) => _in_flight = Some(guard),
+                    None => {
+                        let detail = format!(
+                            "The developer for routing key {key} already has {} requests in flight; try again shortly.",
+                            self.config.max_requests_per_developer
+                        );
+                        early = Some((
+                            pages::page(
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                &req_headers,
+                                "Developer busy",
+                                &detail,
+                            ),
+                            format!("busy:{key}"),
+                        ));
+                    }
+                }
+            }
+        }
+
         // Phase 3: forward.
         let (mut resp, target) = match decision {
+            _ if early.is_some() => early
+                .take()
+                .unwrap_or_else(|| unreachable!("checked by the guard")),
             _ if refused.is_some() => {
                 let (key, why) = refused
                     .take()
@@ -232,13 +305,23 @@ impl Edge {
                     let head = RequestHead::from_parts(&parts, "http", &authority);
                     let req = Request::from_parts(parts, body);
                     let max = self.config.max_frame_len as usize;
-                    let resp = match tunnel::forward(stream, req, head, max).await {
-                        Ok(r) => r,
-                        Err(e) => pages::page(
+                    let timeout = Duration::from_millis(self.config.response_timeout_ms);
+                    let resp = match tokio::time::timeout(timeout, tunnel::forward(stream, req, head, max)).await {
+                        Ok(Ok(r)) => r,
+                        Ok(Err(e)) => pages::page(
                             StatusCode::BAD_GATEWAY,
                             &req_headers,
                             "Developer's app failed",
                             &format!("Routing key {key}: {e}"),
+                        ),
+                        Err(_) => pages::page(
+                            StatusCode::GATEWAY_TIMEOUT,
+                            &req_headers,
+                            "Developer's app too slow",
+                            &format!(
+                                "The developer's app for routing key {key} did not start answering within {} ms.",
+                                self.config.response_timeout_ms
+                            ),
                         ),
                     };
                     (resp, format!("developer:{key}"))
@@ -293,6 +376,30 @@ impl Edge {
             ms = started.elapsed().as_secs_f64() * 1e3, "request"
         );
         resp
+    }
+
+    fn too_large(&self, headers: &http::HeaderMap) -> bool {
+        let limit = self.config.max_request_body_bytes;
+        limit > 0
+            && headers
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+                .is_some_and(|n| n > limit)
+    }
+
+    /// Counts a request in flight to `key` for as long as the guard lives; `None` at the limit.
+    fn enter(&self, key: &proto::RoutingKey) -> Option<InFlight<'_>> {
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        let n = in_flight.entry(key.clone()).or_insert(0);
+        if *n >= self.config.max_requests_per_developer {
+            return None;
+        }
+        *n += 1;
+        Some(InFlight {
+            edge: self,
+            key: key.clone(),
+        })
     }
 
     /// `/_devinprod/login` and `/_devinprod/logout`, on any host: the staff sign-in. The

@@ -430,3 +430,73 @@ async fn staff_only_developer_routes_refuse_visitors_and_serve_signed_in_staff()
     .await;
     assert_eq!(forged.status, 403);
 }
+
+#[tokio::test]
+async fn limits_and_timeouts_answer_with_their_status_never_a_hang() {
+    init_tracing();
+    let pki = Pki::new();
+    let relay = TestRelay::start(&pki).await;
+    // An app that accepts and never answers.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    let token = relay.issue_token("slow");
+    let host = format!("www-{}.example.com", token.routing_key());
+    let _client = TestClient::connect(&relay, &pki, token, silent).await;
+    let mut config = tests::TestEdge::config(None);
+    config.response_timeout_ms = 600;
+    config.max_requests_per_developer = 1;
+    config.max_request_body_bytes = 10;
+    config.max_header_bytes = 8192;
+    let edge = TestEdge::start(config, relay.relay.registry()).await;
+
+    // 504: the developer's app does not start answering in time. Meanwhile, 503 for a second
+    // request: one in flight is the limit here.
+    let first = {
+        let host = host.clone();
+        tokio::spawn(async move { get(edge.addr, &host, "/slow").await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    let busy = get(edge.addr, &host, "/also").await;
+    assert_eq!(busy.status, 503, "{}", busy.text());
+    let slow = first.await.unwrap();
+    assert_eq!(slow.status, 504, "{}", slow.text());
+    assert!(
+        slow.text()
+            .contains("did not start answering within 600 ms"),
+        "{}",
+        slow.text()
+    );
+
+    // 413: a declared body over the limit.
+    let big = send(
+        &client(),
+        edge.addr,
+        "POST",
+        &host,
+        "/upload",
+        &[],
+        Bytes::from(vec![0u8; 100]),
+    )
+    .await;
+    assert_eq!(big.status, 413, "{}", big.text());
+
+    // 431: a request head over the limit.
+    let huge = "x".repeat(20_000);
+    let too_long = send(
+        &client(),
+        edge.addr,
+        "GET",
+        &host,
+        "/",
+        &[("x-big", &huge)],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(too_long.status, 431);
+}
