@@ -79,6 +79,19 @@ pub fn relay_server_config(
     Ok(config)
 }
 
+/// A web server's TLS config (the edge's HTTPS): TLS 1.2 and 1.3, no client certificates,
+/// the given ALPN protocols in order of preference.
+pub fn web_server_config(identity: Identity, alpn: &[&[u8]]) -> Result<ServerConfig, CertsError> {
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| CertsError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(identity.chain, identity.key)
+        .map_err(|e| CertsError::Tls(e.to_string()))?;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
+
 /// TLS 1.3 client config for a peer of the relay, with an optional client certificate (edge,
 /// dbproxy, or a developer when the operator requires one).
 pub fn peer_client_config(

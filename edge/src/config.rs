@@ -13,6 +13,11 @@ use std::time::Duration;
 pub struct EdgeConfig {
     /// TCP address of the public HTTP listener.
     pub listen: SocketAddr,
+    /// Serve HTTPS with this certificate chain (PEM; a wildcard `*.example.com` is the normal
+    /// case) and `tls_key`; ALPN offers h2 and http/1.1. Unset: plain HTTP (behind a TLS
+    /// terminator such as nginx, Caddy or a cloud load balancer).
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
     /// Production upstream, e.g. `http://127.0.0.1:3000`: where requests without a routing key
     /// go. Without one, such requests get 502.
     pub production: Option<String>,
@@ -82,6 +87,8 @@ impl Default for EdgeConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            tls_cert: None,
+            tls_key: None,
             production: None,
             host_pattern: "^www-(?P<key>[a-z0-9]{6})[.-]".into(),
             dev_host_prefix: Some("www.".into()),

@@ -95,12 +95,20 @@ pub enum EdgeError {
     Connector(#[from] ConnectorError),
     #[error(transparent)]
     Access(#[from] access::AccessConfigError),
+    #[error("edge TLS: {0}")]
+    Tls(#[from] certs::CertsError),
+    #[error("edge TLS needs both tls_cert and tls_key")]
+    TlsHalfConfigured,
 }
 
 /// The edge: configuration, route finder, the way to developers and the way to production.
 /// Build it with [`Edge::new`], then drive [`Edge::run`] with a listener and a shutdown future.
 pub struct Edge {
     config: EdgeConfig,
+    /// HTTPS, when `tls_cert`/`tls_key` are set.
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    /// `https` or `http`, as visitors reach this edge.
+    scheme: &'static str,
     /// Requests in flight per developer (for `max_requests_per_developer`).
     in_flight: std::sync::Mutex<std::collections::HashMap<proto::RoutingKey, usize>>,
     router: RouteFinder,
@@ -123,8 +131,20 @@ impl Edge {
             config.staff_secret.as_deref(),
             config.staff_ttl_secs,
         )?;
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => {
+                let identity = certs::Identity::load(cert, key)?;
+                let tls = certs::web_server_config(identity, &[&b"h2"[..], &b"http/1.1"[..]])?;
+                Some(tokio_rustls::TlsAcceptor::from(Arc::new(tls)))
+            }
+            (None, None) => None,
+            _ => return Err(EdgeError::TlsHalfConfigured),
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
         Ok(Arc::new(Self {
             config,
+            tls,
+            scheme,
             in_flight: std::sync::Mutex::new(std::collections::HashMap::new()),
             router,
             access,
@@ -168,12 +188,41 @@ impl Edge {
                 let edge = edge.clone();
                 async move { Ok::<_, std::convert::Infallible>(edge.handle(req, peer).await) }
             });
-            let conn = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .into_owned();
-            let conn = graceful.watch(conn);
+            let builder = builder.clone();
+            let watcher = graceful.watcher();
+            let tls = self.tls.clone();
+            let handshake_timeout = Duration::from_millis(self.config.header_read_timeout_ms);
+            // The TLS handshake runs in the connection's own task: a slow visitor does not hold
+            // up the accept loop.
             tokio::spawn(async move {
-                if let Err(e) = conn.await {
+                let result = match tls {
+                    None => {
+                        let conn =
+                            builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                        watcher.watch(conn.into_owned()).await
+                    }
+                    Some(acceptor) => {
+                        match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await
+                        {
+                            Ok(Ok(tls_stream)) => {
+                                let conn = builder.serve_connection_with_upgrades(
+                                    TokioIo::new(tls_stream),
+                                    service,
+                                );
+                                watcher.watch(conn.into_owned()).await
+                            }
+                            Ok(Err(e)) => {
+                                debug!(%peer, "TLS handshake failed: {e}");
+                                return;
+                            }
+                            Err(_) => {
+                                debug!(%peer, "TLS handshake timed out");
+                                return;
+                            }
+                        }
+                    }
+                };
+                if let Err(e) = result {
                     debug!(%peer, "connection ended: {e}");
                 }
             });
@@ -302,7 +351,7 @@ impl Edge {
                             authority = prod;
                         }
                     }
-                    let head = RequestHead::from_parts(&parts, "http", &authority);
+                    let head = RequestHead::from_parts(&parts, self.scheme, &authority);
                     let req = Request::from_parts(parts, body);
                     let max = self.config.max_frame_len as usize;
                     let timeout = Duration::from_millis(self.config.response_timeout_ms);
@@ -488,7 +537,7 @@ impl Edge {
             headers.insert("x-forwarded-for", v);
         }
         if !headers.contains_key("x-forwarded-proto") {
-            headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+            headers.insert("x-forwarded-proto", HeaderValue::from_static(self.scheme));
         }
         if !headers.contains_key("x-forwarded-host") {
             if let Ok(v) = HeaderValue::from_str(host) {

@@ -500,3 +500,56 @@ async fn limits_and_timeouts_answer_with_their_status_never_a_hang() {
     .await;
     assert_eq!(too_long.status, 431);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_on_the_edge_with_a_wildcard_certificate_verified_by_curl_over_http1_and_http2() {
+    init_tracing();
+    let pki = Pki::new();
+    let relay = TestRelay::start(&pki).await;
+    let dev = echo_app("developer").await;
+    let token = relay.issue_token("tls");
+    let key = token.routing_key().to_string();
+    let _client = TestClient::connect(&relay, &pki, token, dev).await;
+    // A wildcard certificate for the public names, from its own CA.
+    let web = tempfile::tempdir().unwrap();
+    certs::ensure_pki(web.path(), &["*.example.com".into()]).unwrap();
+    let mut config = tests::TestEdge::config(None);
+    config.tls_cert = Some(web.path().join("relay.pem"));
+    config.tls_key = Some(web.path().join("relay.key"));
+    let edge = TestEdge::start(config, relay.relay.registry()).await;
+
+    let host = format!("www-{key}.example.com");
+    for http in ["--http1.1", "--http2"] {
+        let args = vec![
+            "-sS".to_owned(),
+            http.to_owned(),
+            "--cacert".to_owned(),
+            web.path().join("ca.pem").display().to_string(),
+            "--resolve".to_owned(),
+            format!("{host}:{}:127.0.0.1", edge.addr.port()),
+            "-w".to_owned(),
+            "\n%{http_version}".to_owned(),
+            format!("https://{host}:{}/secure?x=1", edge.addr.port()),
+        ];
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new("curl")
+                .args(args)
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "curl {http}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, version) = text.rsplit_once('\n').unwrap();
+        let seen: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(seen["app"], "developer");
+        assert_eq!(seen["uri"], "/secure?x=1");
+        assert_eq!(seen["headers"]["x-forwarded-proto"], "https");
+        assert_eq!(version, if http == "--http2" { "2" } else { "1.1" }, "ALPN");
+    }
+}
