@@ -553,3 +553,30 @@ async fn https_on_the_edge_with_a_wildcard_certificate_verified_by_curl_over_htt
         assert_eq!(version, if http == "--http2" { "2" } else { "1.1" }, "ALPN");
     }
 }
+
+#[tokio::test]
+async fn a_visitor_stalling_mid_head_is_cut_off_after_the_header_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    init_tracing();
+    let pki = Pki::new();
+    let relay = TestRelay::start(&pki).await;
+    let mut config = tests::TestEdge::config(None);
+    config.header_read_timeout_ms = 300;
+    let edge = TestEdge::start(config, relay.relay.registry()).await;
+    let mut s = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: www.example.com\r\nx-slow: ")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let started = std::time::Instant::now();
+    let _ = tokio::time::timeout(tests::WAIT, s.read_to_end(&mut out))
+        .await
+        .expect("the edge kept a stalled visitor");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "{text}"
+    );
+    eprintln!("stalled visitor got: {:?}", text.lines().next());
+}
