@@ -90,3 +90,84 @@ pub fn unspecified_for(remote: SocketAddr) -> SocketAddr {
         SocketAddr::V6(_) => SocketAddr::from(([0u16; 8], 0)),
     }
 }
+
+/// A relay as its peers are told where it is (`HOST:PORT`): the TLS name its certificate must
+/// carry, and the address to dial — resolved again at each (re)connection, since DNS may move it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayAddress {
+    /// As given, e.g. `relay.example.com:4433` or `[::1]:4433`.
+    pub spec: String,
+    pub server_name: String,
+}
+
+impl RelayAddress {
+    /// `server_name` overrides the TLS name (default: the host part of `spec`).
+    pub fn parse(spec: &str, server_name: Option<&str>) -> Result<Self, CertsError> {
+        let (host, port) = spec.rsplit_once(':').ok_or_else(|| {
+            CertsError::Inconsistent(format!("relay address {spec:?} must be HOST:PORT"))
+        })?;
+        if port.parse::<u16>().is_err() || host.is_empty() {
+            return Err(CertsError::Inconsistent(format!(
+                "relay address {spec:?} must be HOST:PORT"
+            )));
+        }
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        Ok(Self {
+            spec: spec.to_owned(),
+            server_name: server_name
+                .map(str::to_owned)
+                .unwrap_or_else(|| host.to_owned()),
+        })
+    }
+
+    pub fn resolve(&self) -> Result<SocketAddr, String> {
+        use std::net::ToSocketAddrs;
+        self.spec
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve {}: {e}", self.spec))?
+            .next()
+            .ok_or_else(|| format!("cannot resolve {}: no address", self.spec))
+    }
+
+    /// A client endpoint of the right address family for this relay.
+    pub fn client_endpoint(
+        &self,
+        tls: rustls::ClientConfig,
+        transport: quinn::TransportConfig,
+    ) -> Result<quinn::Endpoint, CertsError> {
+        let family = self
+            .resolve()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        client_endpoint(unspecified_for(family), tls, transport)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relay_addresses_give_their_tls_name() {
+        let a = RelayAddress::parse("relay.example.com:4433", None).unwrap();
+        assert_eq!(a.server_name, "relay.example.com");
+        assert_eq!(
+            RelayAddress::parse("[::1]:4433", None).unwrap().server_name,
+            "::1"
+        );
+        assert_eq!(
+            RelayAddress::parse("10.0.0.1:4433", Some("relay.internal"))
+                .unwrap()
+                .server_name,
+            "relay.internal"
+        );
+        assert!(RelayAddress::parse("relay.example.com", None).is_err());
+        assert!(RelayAddress::parse(":4433", None).is_err());
+        assert_eq!(
+            RelayAddress::parse("127.0.0.1:4433", None)
+                .unwrap()
+                .resolve()
+                .unwrap(),
+            "127.0.0.1:4433".parse().unwrap()
+        );
+    }
+}

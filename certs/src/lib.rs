@@ -16,7 +16,9 @@ mod endpoint;
 mod pki;
 mod tls;
 
-pub use endpoint::{client_endpoint, server_endpoint, unspecified_for, UDP_BUFFER_BYTES};
+pub use endpoint::{
+    client_endpoint, server_endpoint, unspecified_for, RelayAddress, UDP_BUFFER_BYTES,
+};
 
 pub use pki::{
     ensure_pki, load_or_create_secret, FileOutcome, Leaf, PkiPaths, CA_VALIDITY,

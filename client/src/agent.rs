@@ -14,7 +14,7 @@ use proto::{
 };
 use rand::RngExt;
 use std::future::Future;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -133,7 +133,7 @@ enum AttemptError {
 pub struct Agent {
     config: AgentConfig,
     endpoint: quinn::Endpoint,
-    server_name: String,
+    relay: certs::RelayAddress,
     local: Arc<LocalApp>,
     events: Arc<dyn Fn(AgentEvent) + Send + Sync>,
     current: crate::mysql::CurrentConnection,
@@ -145,15 +145,8 @@ impl Agent {
         config: AgentConfig,
         events: Arc<dyn Fn(AgentEvent) + Send + Sync>,
     ) -> Result<Self, AgentError> {
-        let (host, _) = config
-            .relay
-            .rsplit_once(':')
-            .ok_or_else(|| AgentError::BadRelay(config.relay.clone()))?;
-        let host = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
-        let server_name = config.server_name.clone().unwrap_or(host);
+        let relay = certs::RelayAddress::parse(&config.relay, config.server_name.as_deref())
+            .map_err(|_| AgentError::BadRelay(config.relay.clone()))?;
         let roots = match &config.ca {
             Some(ca) => certs::load_roots(ca)?,
             None => rustls::RootCertStore {
@@ -168,10 +161,7 @@ impl Agent {
         transport.max_idle_timeout(Some(
             quinn::IdleTimeout::try_from(config.idle_timeout).unwrap_or(quinn::VarInt::MAX.into()),
         ));
-        // The relay may sit on v4 or v6; bind the matching family (dual-stack where possible).
-        let family_hint =
-            resolve(&config.relay).unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-        let endpoint = certs::client_endpoint(certs::unspecified_for(family_hint), tls, transport)?;
+        let endpoint = relay.client_endpoint(tls, transport)?;
         let local =
             Arc::new(LocalApp::new(&config.http, config.h2c).map_err(AgentError::LocalApp)?);
         // Bound now, so a busy port is an error at start rather than a surprise later.
@@ -188,7 +178,7 @@ impl Agent {
         Ok(Self {
             config,
             endpoint,
-            server_name,
+            relay,
             local,
             events,
             current: Arc::default(),
@@ -271,10 +261,10 @@ impl Agent {
     }
 
     async fn connect(&self) -> Result<quinn::Connection, AttemptError> {
-        let remote = resolve(&self.config.relay).map_err(AttemptError::Retry)?;
+        let remote = self.relay.resolve().map_err(AttemptError::Retry)?;
         let connecting = self
             .endpoint
-            .connect(remote, &self.server_name)
+            .connect(remote, &self.relay.server_name)
             .map_err(|e| {
                 AttemptError::Retry(format!("cannot connect to {}: {e}", self.config.relay))
             })?;
@@ -399,13 +389,6 @@ fn classify_close(e: &quinn::ConnectionError, relay: &str) -> AttemptError {
         }
     }
     AttemptError::Retry(format!("connection to relay {relay} lost: {e}"))
-}
-
-fn resolve(addr: &str) -> Result<SocketAddr, String> {
-    addr.to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {addr}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("cannot resolve {addr}: no address"))
 }
 
 /// This machine's name, for the operator's session list.

@@ -5,7 +5,6 @@
 use crate::{DbProxy, DbProxyFileConfig};
 use proto::{codes, handshake, read_frame, Frame, Hello, Role, StreamHeader, TunnelStream};
 use std::future::Future;
-use std::net::ToSocketAddrs;
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::{info, warn};
@@ -19,8 +18,6 @@ const RETRY: Duration = Duration::from_secs(2);
 pub enum PeerError {
     #[error(transparent)]
     Certs(#[from] certs::CertsError),
-    #[error("relay address {0:?} must be HOST:PORT")]
-    BadRelay(String),
 }
 
 /// Connects to the relay and serves its streams until `shutdown`, reconnecting as needed.
@@ -30,31 +27,19 @@ pub async fn run(
     relay: &str,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), PeerError> {
-    let (host, _) = relay
-        .rsplit_once(':')
-        .ok_or_else(|| PeerError::BadRelay(relay.into()))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let server_name = file
-        .relay_server_name
-        .clone()
-        .unwrap_or_else(|| host.to_owned());
+    let relay = certs::RelayAddress::parse(relay, file.relay_server_name.as_deref())?;
     let roots = certs::load_roots(&file.ca_path())?;
     let identity = certs::Identity::load(&file.cert_path(), &file.key_path())?;
     let tls = certs::peer_client_config(roots, Some(identity), proto::ALPN)?;
     let mut transport = quinn::TransportConfig::default();
     transport.max_concurrent_bidi_streams(4096u32.into());
     transport.keep_alive_interval(Some(Duration::from_secs(10)));
-    let remote = relay
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.next())
-        .ok_or_else(|| PeerError::BadRelay(relay.into()))?;
-    let endpoint = certs::client_endpoint(certs::unspecified_for(remote), tls, transport)?;
+    let endpoint = relay.client_endpoint(tls, transport)?;
     tokio::pin!(shutdown);
     loop {
         let attempt = async {
             let conn = endpoint
-                .connect(remote, &server_name)
+                .connect(relay.resolve()?, &relay.server_name)
                 .map_err(|e| e.to_string())?
                 .await
                 .map_err(|e| e.to_string())?;
@@ -68,7 +53,7 @@ pub async fn run(
             handshake(&mut send, &mut recv, hello)
                 .await
                 .map_err(|e| e.to_string())?;
-            info!(%relay, "dbproxy connected to relay");
+            info!(relay = %relay.spec, "dbproxy connected to relay");
             loop {
                 let (send, mut recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
                 let proxy = proxy.clone();
@@ -108,7 +93,7 @@ pub async fn run(
             _ = &mut shutdown => return Ok(()),
             r = attempt => {
                 if let Err(e) = r {
-                    warn!(%relay, "relay connection: {e}; retrying in {}s", RETRY.as_secs());
+                    warn!(relay = %relay.spec, "relay connection: {e}; retrying in {}s", RETRY.as_secs());
                 }
             }
         }

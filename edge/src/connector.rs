@@ -6,7 +6,6 @@ use proto::{
     handshake, read_frame, write_frame, Frame, Hello, OpenError, OpenFuture, Role, RouteReply,
     RouteRequest, RoutingKey, StreamOpener, TunnelStream,
 };
-use std::net::{SocketAddr, ToSocketAddrs};
 use tokio::sync::Mutex;
 use tracing::{info, warn};
 
@@ -14,39 +13,24 @@ use tracing::{info, warn};
 pub enum ConnectorError {
     #[error(transparent)]
     Certs(#[from] certs::CertsError),
-    #[error("relay address {0:?} must be HOST:PORT")]
-    BadAddress(String),
-    #[error("cannot resolve relay address {addr:?}: {detail}")]
-    Resolve { addr: String, detail: String },
 }
 
 pub struct RelayConnector {
     endpoint: quinn::Endpoint,
-    relay: String,
-    server_name: String,
+    relay: certs::RelayAddress,
     conn: Mutex<Option<quinn::Connection>>,
 }
 
 impl RelayConnector {
     pub fn new(config: &EdgeConfig, relay: &str) -> Result<Self, ConnectorError> {
-        let (host, _) = relay
-            .rsplit_once(':')
-            .ok_or_else(|| ConnectorError::BadAddress(relay.into()))?;
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        let server_name = config
-            .relay_server_name
-            .clone()
-            .unwrap_or_else(|| host.to_owned());
+        let relay = certs::RelayAddress::parse(relay, config.relay_server_name.as_deref())?;
         let roots = certs::load_roots(&config.ca_path())?;
         let identity = certs::Identity::load(&config.cert_path(), &config.key_path())?;
         let tls = certs::peer_client_config(roots, Some(identity), proto::ALPN)?;
-        let remote = resolve(relay)?;
-        let endpoint =
-            certs::client_endpoint(certs::unspecified_for(remote), tls, config.transport())?;
+        let endpoint = relay.client_endpoint(tls, config.transport())?;
         Ok(Self {
             endpoint,
-            relay: relay.to_owned(),
-            server_name,
+            relay,
             conn: Mutex::new(None),
         })
     }
@@ -58,13 +42,12 @@ impl RelayConnector {
             return Ok(c.clone());
         }
         let unavailable = |what: &str, e: &dyn std::fmt::Display| {
-            OpenError::RelayUnavailable(format!("{what} {}: {e}", self.relay))
+            OpenError::RelayUnavailable(format!("{what} {}: {e}", self.relay.spec))
         };
-        let remote =
-            resolve(&self.relay).map_err(|e| OpenError::RelayUnavailable(e.to_string()))?;
+        let remote = self.relay.resolve().map_err(OpenError::RelayUnavailable)?;
         let conn = self
             .endpoint
-            .connect(remote, &self.server_name)
+            .connect(remote, &self.relay.server_name)
             .map_err(|e| unavailable("cannot connect to relay", &e))?
             .await
             .map_err(|e| unavailable("cannot connect to relay", &e))?;
@@ -81,7 +64,7 @@ impl RelayConnector {
         let welcome = handshake(&mut send, &mut recv, hello)
             .await
             .map_err(|e| unavailable("relay handshake with", &e))?;
-        info!(relay = %self.relay, session = welcome.session, "edge connected to relay");
+        info!(relay = %self.relay.spec, session = welcome.session, "edge connected to relay");
         *guard = Some(conn.clone());
         Ok(conn)
     }
@@ -126,17 +109,4 @@ impl StreamOpener for RelayConnector {
     fn open(&self, key: RoutingKey) -> OpenFuture<'_> {
         Box::pin(self.open_stream(key))
     }
-}
-
-fn resolve(addr: &str) -> Result<SocketAddr, ConnectorError> {
-    addr.to_socket_addrs()
-        .map_err(|e| ConnectorError::Resolve {
-            addr: addr.into(),
-            detail: e.to_string(),
-        })?
-        .next()
-        .ok_or_else(|| ConnectorError::Resolve {
-            addr: addr.into(),
-            detail: "no address found".into(),
-        })
 }
