@@ -47,8 +47,12 @@ pub struct EdgeConfig {
     pub cert: Option<PathBuf>,
     /// The edge's private key. Default: `<state_dir>/edge.key`.
     pub key: Option<PathBuf>,
-    /// Time a visitor has to send a request head, in milliseconds.
+    /// Time a visitor has to send a request head, in milliseconds. A head that started but
+    /// did not finish gets 408; a new connection that sent nothing is closed.
     pub header_read_timeout_ms: u64,
+    /// A visitor's keep-alive connection idle this long between requests is closed, in
+    /// milliseconds. (Upgraded connections such as WebSockets and HTTP/2 are not affected.)
+    pub visitor_idle_timeout_ms: u64,
     /// Largest request head (request line and headers) a visitor may send; beyond it: 431.
     pub max_header_bytes: usize,
     /// Time the developer's app has to start answering (response head), in ms; beyond: 504.
@@ -101,6 +105,7 @@ impl Default for EdgeConfig {
             cert: None,
             key: None,
             header_read_timeout_ms: 30_000,
+            visitor_idle_timeout_ms: 75_000,
             max_header_bytes: 64 * 1024,
             response_timeout_ms: 60_000,
             max_request_body_bytes: 0,

@@ -24,6 +24,7 @@ pub mod pages;
 pub mod production;
 pub mod routing;
 pub mod tunnel;
+mod visitor_conn;
 
 pub use config::{EdgeConfig, OnMissing};
 pub use connector::{ConnectorError, RelayConnector};
@@ -32,7 +33,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use production::Production;
 use proto::{OpenError, RequestHead, StreamOpener};
@@ -161,7 +162,9 @@ impl Edge {
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_millis(self.config.header_read_timeout_ms))
+            // `visitor_conn` runs the head clock instead, so a late head gets a 408 rather
+            // than a silent close.
+            .header_read_timeout(None)
             .max_buf_size(self.config.max_header_bytes.max(8192));
         builder
             .http2()
@@ -184,21 +187,37 @@ impl Edge {
             };
             let _ = stream.set_nodelay(true);
             let edge = self.clone();
+            let phase = Arc::new(visitor_conn::ConnPhase::default());
+            let service_phase = phase.clone();
             let service = hyper::service::service_fn(move |req| {
                 let edge = edge.clone();
-                async move { Ok::<_, std::convert::Infallible>(edge.handle(req, peer).await) }
+                let phase = service_phase.clone();
+                phase.request_started();
+                async move {
+                    let resp = edge.handle(req, peer).await;
+                    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                        phase.turn_off();
+                    }
+                    Ok::<_, std::convert::Infallible>(
+                        resp.map(|body| visitor_conn::PhaseBody::new(body, phase)),
+                    )
+                }
             });
             let builder = builder.clone();
             let watcher = graceful.watcher();
             let tls = self.tls.clone();
             let handshake_timeout = Duration::from_millis(self.config.header_read_timeout_ms);
+            let idle_timeout = Duration::from_millis(self.config.visitor_idle_timeout_ms);
+            let clocks = (phase, handshake_timeout, idle_timeout);
             // The TLS handshake runs in the connection's own task: a slow visitor does not hold
             // up the accept loop.
             tokio::spawn(async move {
                 let result = match tls {
                     None => {
-                        let conn =
-                            builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                        let conn = builder.serve_connection_with_upgrades(
+                            visitor_conn::wrap(stream, clocks),
+                            service,
+                        );
                         watcher.watch(conn.into_owned()).await
                     }
                     Some(acceptor) => {
@@ -206,7 +225,7 @@ impl Edge {
                         {
                             Ok(Ok(tls_stream)) => {
                                 let conn = builder.serve_connection_with_upgrades(
-                                    TokioIo::new(tls_stream),
+                                    visitor_conn::wrap(tls_stream, clocks),
                                     service,
                                 );
                                 watcher.watch(conn.into_owned()).await
