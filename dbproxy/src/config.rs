@@ -1,9 +1,14 @@
 //! The dbproxy's configuration (`dbproxy.toml`, or the `[dbproxy]` table of `up --config`).
 //! Every key is optional except where the database is; defaults live here and nowhere else.
 
+use crate::audit::{AuditConfig, AuditLog};
+use crate::limits::RateLimitConfig;
+use crate::mask::{MaskRules, Masking};
 use crate::upstream::UpstreamUrl;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// As written in the file.
@@ -35,11 +40,83 @@ pub struct DbProxyFileConfig {
     /// How long a write waits while another app connection of the same session has an open
     /// transaction with writes, in ms; then it fails with a clear error.
     pub write_turn_timeout_ms: u64,
+    /// How often the lock watchdog looks for connections waiting on a developer session's
+    /// locks, in ms; 0 turns it off (see `watchdog`).
+    pub watchdog_interval_ms: u64,
+    /// How long another (production) connection may wait for a lock a developer session holds
+    /// — a row lock, or a table's metadata lock — before the watchdog rolls that session back
+    /// (kills its upstream connection), in ms.
+    pub lock_wait_bound_ms: u64,
     /// If set, apps must log in with this user and `app_password` (mysql_native_password);
     /// otherwise any user and password are accepted (the tunnel already authenticated the
     /// developer).
     pub app_user: Option<String>,
     pub app_password: Option<String>,
+    /// Columns masked on their way to developers (`[masking]`).
+    pub masking: MaskingFileConfig,
+    /// The audit log: one JSON line per statement (`[audit]`).
+    pub audit: AuditFileConfig,
+    /// Per-session rate limits (`[limits]`).
+    pub limits: LimitsFileConfig,
+}
+
+/// `[masking]`: `columns = { "shop.users.email" = "email", … }`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct MaskingFileConfig {
+    /// 32 random bytes that key every synthetic value. Default: `<state_dir>/mask.key`,
+    /// created (mode 0600) on first use. Keep it: a new key masks every value differently.
+    pub secret_file: Option<PathBuf>,
+    /// `"schema.table.column" = "strategy"`: email, name, phone, digits, hash, null,
+    /// fixed:VALUE, redact or redact:PREFIX:SUFFIX.
+    pub columns: BTreeMap<String, String>,
+}
+
+/// `[audit]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditFileConfig {
+    /// The JSON-lines file. Unset: audit records go to the log (tracing) only.
+    pub path: Option<PathBuf>,
+    /// Rotate when the file would grow past this many bytes.
+    pub max_bytes: u64,
+    /// Rotated files kept (`audit.log.1` … `audit.log.N`).
+    pub keep_files: usize,
+    /// Each line carries the SHA-256 of the previous one, so an edited or removed line shows.
+    pub hash_chain: bool,
+    /// SQL longer than this is cut in the log (the statement itself runs whole).
+    pub max_sql_bytes: usize,
+}
+
+impl Default for AuditFileConfig {
+    fn default() -> Self {
+        Self {
+            path: None,
+            max_bytes: 100 << 20,
+            keep_files: 10,
+            hash_chain: true,
+            max_sql_bytes: 16 << 10,
+        }
+    }
+}
+
+/// `[limits]`: token buckets per developer session; beyond them, statements get a clear error.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsFileConfig {
+    /// Statements per second (bursts of as many). 0: no limit.
+    pub statements_per_sec: u32,
+    /// Rows returned per minute. 0: no limit.
+    pub rows_per_min: u64,
+}
+
+impl Default for LimitsFileConfig {
+    fn default() -> Self {
+        Self {
+            statements_per_sec: 500,
+            rows_per_min: 1_000_000,
+        }
+    }
 }
 
 impl Default for DbProxyFileConfig {
@@ -58,8 +135,13 @@ impl Default for DbProxyFileConfig {
             consistent_snapshot: false,
             max_packet_bytes: 64 << 20,
             write_turn_timeout_ms: 10_000,
+            watchdog_interval_ms: 250,
+            lock_wait_bound_ms: 1000,
             app_user: None,
             app_password: None,
+            masking: MaskingFileConfig::default(),
+            audit: AuditFileConfig::default(),
+            limits: LimitsFileConfig::default(),
         }
     }
 }
@@ -74,8 +156,15 @@ pub struct DbProxyConfig {
     pub consistent_snapshot: bool,
     pub max_packet_bytes: usize,
     pub write_turn_timeout: Duration,
+    /// Zero: no watchdog.
+    pub watchdog_interval: Duration,
+    pub lock_wait_bound: Duration,
     /// User and password apps must present, when the operator sets them.
     pub app_credentials: Option<(String, String)>,
+    /// Masking rules and their key, when any column is masked.
+    pub masking: Option<Arc<Masking>>,
+    pub audit: Arc<AuditLog>,
+    pub limits: RateLimitConfig,
 }
 
 impl DbProxyFileConfig {
@@ -92,12 +181,52 @@ impl DbProxyFileConfig {
             consistent_snapshot: self.consistent_snapshot,
             max_packet_bytes: self.max_packet_bytes,
             write_turn_timeout: Duration::from_millis(self.write_turn_timeout_ms),
+            watchdog_interval: Duration::from_millis(self.watchdog_interval_ms),
+            lock_wait_bound: match self.lock_wait_bound_ms {
+                0 => return Err("lock_wait_bound_ms must be at least 1 (ms)".into()),
+                ms => Duration::from_millis(ms),
+            },
             app_credentials: match (&self.app_user, &self.app_password) {
                 (Some(u), p) => Some((u.clone(), p.clone().unwrap_or_default())),
                 (None, Some(_)) => return Err("app_password is set without app_user".into()),
                 (None, None) => None,
             },
+            masking: self.masking()?,
+            audit: Arc::new(match &self.audit.path {
+                None => AuditLog::disabled(),
+                Some(path) => AuditLog::open(AuditConfig {
+                    path: Some(path.clone()),
+                    max_bytes: self.audit.max_bytes,
+                    keep_files: self.audit.keep_files,
+                    hash_chain: self.audit.hash_chain,
+                    max_sql_bytes: self.audit.max_sql_bytes,
+                })
+                .map_err(|e| format!("audit.path {}: {e}", path.display()))?,
+            }),
+            limits: RateLimitConfig {
+                statements_per_sec: (self.limits.statements_per_sec > 0)
+                    .then_some(self.limits.statements_per_sec),
+                rows_per_min: (self.limits.rows_per_min > 0).then_some(self.limits.rows_per_min),
+            },
         })
+    }
+
+    fn masking(&self) -> Result<Option<Arc<Masking>>, String> {
+        let rules = MaskRules::parse(&self.masking.columns)?;
+        if rules.is_empty() {
+            return Ok(None);
+        }
+        let path = self
+            .masking
+            .secret_file
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("mask.key"));
+        let secret = certs::load_or_create_secret(&path, 32)
+            .map_err(|e| format!("masking.secret_file: {e}"))?;
+        let key: [u8; 32] = secret
+            .try_into()
+            .map_err(|_| format!("masking.secret_file {}: expected 32 bytes", path.display()))?;
+        Ok(Some(Arc::new(Masking::new(rules, &key))))
     }
 
     pub fn ca_path(&self) -> PathBuf {

@@ -13,12 +13,16 @@
 //!    connection would see on a real server; writes are checked against the catalog
 //!    (transactional engines, no triggers, no stored functions).
 //! 4. The session ends — closing the upstream, so the server rolls everything back — when its
-//!    app connections have been gone for the grace period, or at its maximum age.
+//!    app connections have been gone for the grace period, or at its maximum age — or when
+//!    the [`watchdog`] kills it because another connection has waited too long on its locks.
 
 #![forbid(unsafe_code)]
 
+pub mod audit;
 mod config;
 pub mod conn;
+pub mod limits;
+pub mod mask;
 pub mod packet;
 pub mod peer;
 pub mod policy;
@@ -26,6 +30,7 @@ pub mod privileges;
 pub mod session;
 pub mod txn;
 pub mod upstream;
+pub mod watchdog;
 pub mod wire;
 
 pub use config::{DbProxyConfig, DbProxyFileConfig};
@@ -60,6 +65,7 @@ impl DbProxy {
                 proxy.reap().await;
             }
         });
+        watchdog::spawn(&proxy);
         proxy
     }
 
@@ -69,6 +75,11 @@ impl DbProxy {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RoutingKey, Arc<Session>>> {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every live session (for the watchdog).
+    pub fn sessions(&self) -> Vec<Arc<Session>> {
+        self.lock().values().cloned().collect()
     }
 
     /// The session for `key`, created on first use.

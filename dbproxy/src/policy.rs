@@ -212,7 +212,7 @@ fn leading_words(sql: &str) -> String {
     }
 }
 
-fn table_name(name: &ObjectName) -> TableName {
+pub fn table_name(name: &ObjectName) -> TableName {
     let parts: Vec<String> = name
         .0
         .iter()
@@ -263,6 +263,14 @@ fn functions(st: &Statement) -> Vec<String> {
         ControlFlow::<()>::Continue(())
     });
     out
+}
+
+/// The one statement of `sql`, parsed as [`classify`] parses it (for checks that need the
+/// tree, such as masking).
+pub fn parse_statement(sql: &str) -> Option<Statement> {
+    let trimmed = sql.trim().trim_end_matches(';').trim();
+    let mut statements = Parser::parse_sql(&MySqlDialect {}, trimmed).ok()?;
+    (statements.len() == 1).then(|| statements.remove(0))
 }
 
 /// Classifies one COM_QUERY text.

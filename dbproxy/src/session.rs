@@ -8,9 +8,15 @@
 //! session says so loudly: every app connection gets an error on its next command, and a new
 //! transaction starts after that. It never continues in autocommit.
 
+use crate::audit::{AuditRecord, Decision};
 use crate::config::DbProxyConfig;
+use crate::limits::SessionLimits;
+use crate::mask::analysis::MaskedProjection;
+use crate::mask::rows::ResultMasker;
 use crate::packet::PacketWriter;
-use crate::policy::{classify, AdminCommand, Forward, Reach, TableName, TxControl, Verdict};
+use crate::policy::{
+    classify, parse_statement, AdminCommand, Forward, Reach, TableName, TxControl, Verdict,
+};
 use crate::txn::{AppTransaction, Plan};
 use crate::upstream::{relay_response, Position, ResponseTracker, Upstream, UpstreamError};
 use crate::wire;
@@ -40,6 +46,23 @@ pub struct AppConn {
     login_names: String,
     /// What `LAST_INSERT_ID()` returns on this connection.
     last_insert_id: u64,
+    /// What the statement being served did, for the audit log and the rate limits.
+    report: StatementReport,
+}
+
+/// What one statement did: filled while it is served, written to the audit log after.
+#[derive(Debug, Default)]
+struct StatementReport {
+    /// Why the proxy refused it.
+    refused: Option<String>,
+    /// What went upstream instead of the app's text (emulated transaction control).
+    upstream_sql: Option<String>,
+    /// The result's masked columns need this reading of the projection.
+    projection: MaskedProjection,
+    masked: Vec<String>,
+    rows: Option<u64>,
+    affected: Option<u64>,
+    error: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -53,6 +76,10 @@ struct PreparedStatement {
     /// What it can reach: a write is checked again at every execute (the catalog may have
     /// changed since the prepare, e.g. a temporary table dropped).
     reach: Reach,
+    /// Its text, for the audit log of each execution.
+    sql: Arc<str>,
+    /// How its result columns are masked (decided at prepare).
+    projection: MaskedProjection,
 }
 
 impl AppConn {
@@ -68,6 +95,7 @@ impl AppConn {
             generation,
             stmts: HashMap::new(),
             next_stmt: 1,
+            report: StatementReport::default(),
         }
     }
 
@@ -173,6 +201,41 @@ pub struct Session {
     last_seen: std::sync::Mutex<Instant>,
     /// Woken when the write turn is released.
     turn_free: tokio::sync::Notify,
+    /// What the lock watchdog reads while a statement holds `inner` (see `watchdog`).
+    watch: Watch,
+    /// Statements per second and rows per minute (see `limits`).
+    limits: std::sync::Mutex<SessionLimits>,
+}
+
+/// Lock-free facts about the session for the lock watchdog, which must never wait for `inner`
+/// (a statement holds it while it runs, and a blocked one may hold it for long).
+#[derive(Default)]
+struct Watch {
+    /// Server thread id of the upstream connection; 0: none.
+    upstream_id: AtomicU32,
+    /// Server thread id of the catalog connection; 0: none.
+    catalog_id: AtomicU32,
+    /// Tables the current upstream transaction has reached, as lower-case (schema, table): it
+    /// holds a metadata lock on each until the transaction ends.
+    touched: std::sync::Mutex<HashSet<(String, String)>>,
+    /// When the statement being served started, if one is.
+    running_since: std::sync::Mutex<Option<Instant>>,
+    /// The watchdog killed upstream thread `.0` to protect production, for reason `.1`: the
+    /// session's next use (or the statement that was running) reports it.
+    protected: std::sync::Mutex<Option<(u32, String)>>,
+}
+
+fn locked<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Marks a statement as running for as long as it lives.
+struct Running<'a>(&'a Watch);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        *locked(&self.0.running_since) = None;
+    }
 }
 
 /// What went wrong serving a command, for the app connection.
@@ -185,6 +248,7 @@ pub enum Outcome {
 
 impl Session {
     pub fn new(key: RoutingKey, config: Arc<DbProxyConfig>) -> Self {
+        let config_limits = config.limits.clone();
         Self {
             key,
             config,
@@ -211,6 +275,105 @@ impl Session {
             app_conns: AtomicUsize::new(0),
             created: Instant::now(),
             last_seen: std::sync::Mutex::new(Instant::now()),
+            watch: Watch::default(),
+            limits: std::sync::Mutex::new(SessionLimits::new(&config_limits, Instant::now())),
+        }
+    }
+
+    /// Server thread id of the session's upstream connection, if it has one.
+    pub fn upstream_thread_id(&self) -> Option<u32> {
+        Some(self.watch.upstream_id.load(Ordering::Relaxed)).filter(|id| *id != 0)
+    }
+
+    /// Server thread id of the session's catalog connection, if it has one.
+    pub fn catalog_thread_id(&self) -> Option<u32> {
+        Some(self.watch.catalog_id.load(Ordering::Relaxed)).filter(|id| *id != 0)
+    }
+
+    /// The tables the current upstream transaction has reached (lower-case schema, table).
+    pub fn touched_tables(&self) -> HashSet<(String, String)> {
+        locked(&self.watch.touched).clone()
+    }
+
+    /// How long the statement being served has been running, if one is.
+    pub fn statement_running_for(&self) -> Option<Duration> {
+        locked(&self.watch.running_since).map(|t| t.elapsed())
+    }
+
+    /// The watchdog is about to kill the session's upstream connection to protect production:
+    /// records `why` so that the statement running now, if any, and then every app connection's
+    /// next statement get error 1317 saying so. Returns the upstream thread id it applies to —
+    /// the one to kill — or `None` if the session has no upstream.
+    pub fn protect_production(&self, why: String) -> Option<u32> {
+        let id = self.upstream_thread_id()?;
+        self.protect_production_of(id, why).then_some(id)
+    }
+
+    /// As [`Self::protect_production`], only if the upstream is still thread `thread_id`.
+    pub fn protect_production_of(&self, thread_id: u32, why: String) -> bool {
+        let mut protected = locked(&self.watch.protected);
+        if thread_id == 0 || self.upstream_thread_id() != Some(thread_id) {
+            return false;
+        }
+        *protected = Some((thread_id, why));
+        true
+    }
+
+    /// Why the watchdog killed the current upstream connection, if it did.
+    fn protection(&self) -> Option<String> {
+        let protected = locked(&self.watch.protected);
+        match &*protected {
+            Some((id, why)) if self.upstream_thread_id() == Some(*id) => Some(why.clone()),
+            _ => None,
+        }
+    }
+
+    /// At the top of each use of the session: if the watchdog killed the upstream, the session
+    /// is lost now, and the app connections are told why (not with a generic failure later).
+    async fn protect_now(&self, inner: &mut Inner) {
+        if self.protection().is_none() {
+            return;
+        }
+        if let Some(up) = inner.upstream.take() {
+            up.close().await;
+        }
+        self.lose(inner, "the database connection was killed".into());
+    }
+
+    /// For a watchdog that may not kill the upstream: closes it (the server rolls the
+    /// transaction back) if no statement is using the session now. `true` if it did.
+    pub async fn close_upstream_if_idle(&self) -> bool {
+        let Ok(mut inner) = self.inner.try_lock() else {
+            return false;
+        };
+        let Some(up) = inner.upstream.take() else {
+            return false;
+        };
+        up.close().await;
+        self.lose(&mut inner, "the database connection was closed".into());
+        true
+    }
+
+    /// Marks a statement as running until the returned guard drops (the watchdog's backstop
+    /// for statement time limits reads it).
+    fn running(&self) -> Running<'_> {
+        *locked(&self.watch.running_since) = Some(Instant::now());
+        Running(&self.watch)
+    }
+
+    /// Records the tables a statement reaches, for the watchdog's metadata-lock check.
+    fn note_touched(&self, conn: &AppConn, reach: &Reach) {
+        if reach.tables.is_empty() {
+            return;
+        }
+        let mut touched = locked(&self.watch.touched);
+        for t in &reach.tables {
+            let schema = t
+                .schema
+                .clone()
+                .or_else(|| conn.db.clone())
+                .unwrap_or_default();
+            touched.insert((schema.to_lowercase(), t.name.to_lowercase()));
         }
     }
 
@@ -247,6 +410,7 @@ impl Session {
             self.lose(&mut inner, reason.to_owned());
         }
         if let Some(catalog) = inner.catalog.take() {
+            self.watch.catalog_id.store(0, Ordering::Relaxed);
             catalog.close().await;
         }
     }
@@ -303,6 +467,10 @@ impl Session {
         }
         info!(key = %self.key, upstream_id = up.connection_id, "database session started ({isolation})");
         inner.server = Some((up.server_version.clone(), up.collation));
+        locked(&self.watch.touched).clear();
+        self.watch
+            .upstream_id
+            .store(up.connection_id, Ordering::Relaxed);
         inner.upstream = Some(up);
         inner.generation += 1;
         inner.on = None;
@@ -342,6 +510,13 @@ impl Session {
 
     /// Records the loss of the upstream transaction.
     fn lose(&self, inner: &mut Inner, why: String) {
+        // The watchdog's reason, when it killed this upstream, says more than the symptom.
+        let why = match self.protection() {
+            Some(reason) => format!("to protect production: {reason}"),
+            None => why,
+        };
+        self.watch.upstream_id.store(0, Ordering::Relaxed);
+        *locked(&self.watch.protected) = None;
         warn!(key = %self.key, "database session reset: {why}");
         inner.upstream = None;
         inner.lost = Some(why);
@@ -369,10 +544,12 @@ impl Session {
         }
         conn.generation = inner.generation;
         conn.tx.forget();
-        Some(format!(
+        let notice = format!(
             "DevInProd reset this database session ({}); everything it had written is gone, and a new session has begun",
             inner.lost.clone().unwrap_or_else(|| "the previous one ended".into())
-        ))
+        );
+        conn.report.error = Some(format!("{}: {notice}", wire::ER_SESSION_RESET));
+        Some(notice)
     }
 
     /// Makes the upstream carry `conn`'s database and session variables.
@@ -425,8 +602,22 @@ impl Session {
         Ok(())
     }
 
-    /// Serves one COM_QUERY.
+    /// Serves one COM_QUERY, and audits it.
     pub async fn query<W: AsyncWrite + Unpin>(
+        &self,
+        conn: &mut AppConn,
+        sql: &str,
+        payload: &[u8],
+        app: &mut PacketWriter<W>,
+    ) -> Outcome {
+        let started = Instant::now();
+        conn.report = StatementReport::default();
+        let outcome = self.query_inner(conn, sql, payload, app).await;
+        self.audit(conn, "query", sql, started);
+        outcome
+    }
+
+    async fn query_inner<W: AsyncWrite + Unpin>(
         &self,
         conn: &mut AppConn,
         sql: &str,
@@ -437,7 +628,14 @@ impl Session {
         let classified = classify(sql);
         if let Verdict::Refuse(why) = &classified.verdict {
             info!(key = %self.key, conn = conn.id, kind = %classified.kind, "refused: {why}");
-            return reply(app, wire::refused(why)).await;
+            return reply(app, self.refusal(conn, why)).await;
+        }
+        if let Err(packet) = self.admit(conn, &classified.verdict) {
+            return reply(app, packet).await;
+        }
+        match self.mask_check(sql, &classified.reach, conn) {
+            Ok(projection) => conn.report.projection = projection,
+            Err(why) => return reply(app, self.refusal(conn, &why)).await,
         }
         // Writes, and user savepoints (they move what a ROLLBACK would undo), wait their turn.
         // (Outside a transaction they place nothing, and need no turn.)
@@ -469,6 +667,96 @@ impl Session {
             Ok(outcome) => outcome,
             Err(e) => self.failed(&mut inner, conn, e, app).await,
         }
+    }
+
+    /// Records a refusal for the audit log; the packet to send.
+    fn refusal(&self, conn: &mut AppConn, why: &str) -> Vec<u8> {
+        conn.report.refused = Some(why.to_owned());
+        wire::refused(why)
+    }
+
+    /// The rate limits, before a statement that reaches the server. `Err`: the error to send.
+    fn admit(&self, conn: &mut AppConn, verdict: &Verdict) -> Result<(), Vec<u8>> {
+        if !matches!(
+            verdict,
+            Verdict::Forward(_)
+                | Verdict::SessionSet { .. }
+                | Verdict::CreateTemporary(_)
+                | Verdict::Use(_)
+        ) {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let mut limits = self.limits.lock().unwrap_or_else(|p| p.into_inner());
+        let admitted = limits.admit_statement(now).and_then(|()| {
+            if matches!(verdict, Verdict::Forward(Forward { writes: false })) {
+                limits.admit_rows(now)
+            } else {
+                Ok(())
+            }
+        });
+        admitted.map_err(|e| {
+            conn.report.refused = Some(e.message.clone());
+            wire::err(wire::ER_RATE_LIMITED, b"42000", &e.message)
+        })
+    }
+
+    /// The masking analysis of a statement that reaches tables (see `mask::analysis`).
+    fn mask_check(
+        &self,
+        sql: &str,
+        reach: &Reach,
+        conn: &AppConn,
+    ) -> Result<MaskedProjection, String> {
+        let Some(masking) = &self.config.masking else {
+            return Ok(MaskedProjection::default());
+        };
+        if reach.tables.is_empty() {
+            return Ok(MaskedProjection::default());
+        }
+        let statement = parse_statement(sql).ok_or_else(|| {
+            "DevInProd refused a statement it could not analyse for masked columns".to_owned()
+        })?;
+        crate::mask::analysis::check(&statement, &masking.rules, conn.db.as_deref())
+    }
+
+    /// Writes the audit record of the statement `conn` just ran, and charges its rows.
+    fn audit(&self, conn: &mut AppConn, command: &'static str, sql: &str, started: Instant) {
+        let report = std::mem::take(&mut conn.report);
+        if let Some(rows) = report.rows {
+            self.limits
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .charge_rows(rows, Instant::now());
+        }
+        let decision = if report.refused.is_some() {
+            Decision::Refused
+        } else if !report.masked.is_empty() {
+            Decision::Rewritten
+        } else if report.upstream_sql.is_some() {
+            Decision::Emulated
+        } else {
+            Decision::Allowed
+        };
+        let reason = report.refused.clone().or_else(|| {
+            (!report.masked.is_empty())
+                .then(|| format!("masked in the result: {}", report.masked.join(", ")))
+        });
+        self.config.audit.record(AuditRecord {
+            time: String::new(),
+            routing_key: self.key.to_string(),
+            conn: conn.id,
+            command,
+            sql: sql.to_owned(),
+            upstream_sql: report.upstream_sql,
+            decision,
+            reason,
+            rows: report.rows,
+            affected: report.affected,
+            duration_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            error: report.error,
+            masked_columns: report.masked,
+        });
     }
 
     /// The session, once `conn_id` may go ahead: a write waits while another connection's
@@ -514,12 +802,19 @@ impl Session {
         match e {
             ServeError::App => Outcome::AppGone,
             ServeError::Upstream(e) => {
+                let protected = self.protection();
                 self.lose(inner, format!("the database connection failed: {e}"));
                 conn.generation = inner.generation;
                 conn.tx.forget();
-                let msg = format!(
+                let msg = match protected {
+                    Some(why) => format!(
+                        "DevInProd reset this database session to protect production: {why}; \
+                         everything it had written is gone, and a new session begins with the next statement"
+                    ),
+                    None => format!(
                     "DevInProd lost the database session ({e}); everything it had written is gone"
-                );
+                ),
+                };
                 reply(app, wire::err(wire::ER_SESSION_RESET, b"70100", &msg)).await
             }
         }
@@ -533,13 +828,31 @@ impl Session {
         payload: &[u8],
         app: &mut PacketWriter<W>,
     ) -> Outcome {
-        self.touch();
+        let started = Instant::now();
+        conn.report = StatementReport::default();
         let sql = String::from_utf8_lossy(&payload[1..]).into_owned();
-        let classified = classify(&sql);
+        let outcome = self.prepare_checked(conn, &sql, payload, app).await;
+        self.audit(conn, "prepare", &sql, started);
+        outcome
+    }
+
+    async fn prepare_checked<W: AsyncWrite + Unpin>(
+        &self,
+        conn: &mut AppConn,
+        sql: &str,
+        payload: &[u8],
+        app: &mut PacketWriter<W>,
+    ) -> Outcome {
+        self.touch();
+        let classified = classify(sql);
         let reach = classified.reach.clone();
+        match self.mask_check(sql, &reach, conn) {
+            Ok(projection) => conn.report.projection = projection,
+            Err(why) => return reply(app, self.refusal(conn, &why)).await,
+        }
         let f = match classified.verdict {
             Verdict::Forward(f) => f,
-            Verdict::Refuse(why) => return reply(app, wire::refused(&why)).await,
+            Verdict::Refuse(why) => return reply(app, self.refusal(conn, &why)).await,
             v @ (Verdict::Tx(_) | Verdict::SetAutocommit(_) | Verdict::Swallow) => {
                 // Prepared transaction control (sysbench, some ORMs): answered here, no params,
                 // no columns; emulated when executed.
@@ -554,6 +867,8 @@ impl Session {
                         generation,
                         emulated: Some(v),
                         reach: Reach::default(),
+                        sql: sql.into(),
+                        projection: MaskedProjection::default(),
                     },
                 );
                 let mut ok = vec![0x00];
@@ -566,7 +881,7 @@ impl Session {
                     "DevInProd refused to prepare {}: only queries and data changes can be prepared; send it as a text query",
                     classified.kind
                 );
-                return reply(app, wire::refused(&why)).await;
+                return reply(app, self.refusal(conn, &why)).await;
             }
         };
         let mut inner = self.inner.lock().await;
@@ -588,6 +903,7 @@ impl Session {
         payload: &[u8],
         app: &mut PacketWriter<W>,
     ) -> Result<Outcome, ServeError> {
+        self.protect_now(inner).await;
         self.ensure_upstream(inner).await?;
         if let Some(notice) = self.reset_notice(inner, conn) {
             conn.stmts.clear();
@@ -595,8 +911,10 @@ impl Session {
         }
         self.switch_to(inner, conn).await?;
         if let Some(why) = self.check_catalog(inner, conn, reach).await? {
-            return Ok(reply(app, wire::refused(&why)).await);
+            return Ok(reply(app, self.refusal(conn, &why)).await);
         }
+        // Preparing opens the tables, which takes their metadata locks.
+        self.note_touched(conn, reach);
         let app_id = conn.next_stmt;
         let mut upstream_id = None;
         let (in_trans, autocommit) = (conn.tx.in_transaction(), conn.tx.autocommit());
@@ -613,7 +931,7 @@ impl Session {
                     p[1..5].copy_from_slice(&app_id.to_le_bytes());
                 }
                 Position::Status => wire::patch_status(p, in_trans, autocommit),
-                Position::Other => {}
+                _ => {}
             },
         )
         .await?;
@@ -627,6 +945,8 @@ impl Session {
                     generation: inner.generation,
                     emulated: None,
                     reach: reach.clone(),
+                    sql: String::from_utf8_lossy(&payload[1..]).into(),
+                    projection: conn.report.projection.clone(),
                 },
             );
         }
@@ -639,6 +959,27 @@ impl Session {
     /// COM_STMT_EXECUTE / COM_STMT_RESET: the app's statement id becomes the upstream's; an
     /// execute that writes takes the write turn and follows the savepoint rules of a text write.
     pub async fn execute<W: AsyncWrite + Unpin>(
+        &self,
+        conn: &mut AppConn,
+        payload: &[u8],
+        app: &mut PacketWriter<W>,
+    ) -> Outcome {
+        let started = Instant::now();
+        conn.report = StatementReport::default();
+        let outcome = self.execute_inner(conn, payload, app).await;
+        if payload.first() == Some(&0x17) {
+            let sql = payload
+                .get(1..5)
+                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .and_then(|id| conn.stmts.get(&id))
+                .map(|s| s.sql.clone())
+                .unwrap_or_else(|| "".into());
+            self.audit(conn, "execute", &sql, started);
+        }
+        outcome
+    }
+
+    async fn execute_inner<W: AsyncWrite + Unpin>(
         &self,
         conn: &mut AppConn,
         payload: &[u8],
@@ -660,6 +1001,15 @@ impl Session {
             .await;
         };
         let is_execute = payload[0] == 0x17;
+        conn.report.projection = stmt.projection.clone();
+        if is_execute && stmt.emulated.is_none() {
+            let verdict = Verdict::Forward(Forward {
+                writes: stmt.writes,
+            });
+            if let Err(packet) = self.admit(conn, &verdict) {
+                return reply(app, packet).await;
+            }
+        }
         if is_execute && payload.get(5).is_some_and(|flags| flags & 0x07 != 0) {
             return reply(
                 app,
@@ -705,6 +1055,8 @@ impl Session {
         payload: &[u8],
         app: &mut PacketWriter<W>,
     ) -> Result<Outcome, ServeError> {
+        self.protect_now(inner).await;
+        let _running = self.running();
         self.ensure_upstream(inner).await?;
         if let Some(notice) = self.reset_notice(inner, conn) {
             conn.stmts.clear();
@@ -717,9 +1069,10 @@ impl Session {
         self.switch_to(inner, conn).await?;
         if writes {
             if let Some(why) = self.check_catalog(inner, conn, &stmt.reach).await? {
-                return Ok(reply(app, wire::refused(&why)).await);
+                return Ok(reply(app, self.refusal(conn, &why)).await);
             }
         }
+        self.note_touched(conn, &stmt.reach);
         let mut upstream_payload = payload.to_vec();
         upstream_payload[1..5].copy_from_slice(&stmt.upstream_id.to_le_bytes());
         self.forward(inner, conn, writes, &upstream_payload, app)
@@ -798,6 +1151,8 @@ impl Session {
         payload: &[u8],
         app: &mut PacketWriter<W>,
     ) -> Result<Outcome, ServeError> {
+        self.protect_now(inner).await;
+        let _running = self.running();
         self.ensure_upstream(inner).await?;
         if let Some(notice) = self.reset_notice(inner, conn) {
             return Ok(reply(app, wire::err(wire::ER_SESSION_RESET, b"70100", &notice)).await);
@@ -812,9 +1167,10 @@ impl Session {
         ) {
             if let Some(why) = self.check_catalog(inner, conn, reach).await? {
                 info!(key = %self.key, conn = conn.id, "refused: {why}");
-                return Ok(reply(app, wire::refused(&why)).await);
+                return Ok(reply(app, self.refusal(conn, &why)).await);
             }
         }
+        self.note_touched(conn, reach);
         match verdict {
             Verdict::Forward(f) => self.forward(inner, conn, f.writes, payload, app).await,
             Verdict::Tx(control) => {
@@ -894,7 +1250,7 @@ impl Session {
                 inner.wrote = false;
                 Ok(reply(app, wire::ok(0, 0, wire::STATUS_AUTOCOMMIT, 0)).await)
             }
-            Verdict::Refuse(why) => Ok(reply(app, wire::refused(why)).await),
+            Verdict::Refuse(why) => Ok(reply(app, self.refusal(conn, why)).await),
         }
     }
 
@@ -916,15 +1272,45 @@ impl Session {
         let up = upstream(inner)?;
         up.send(payload).await?;
         let mut inserted = None;
+        let mut affected = None;
+        // Every result is looked at, masking configured: a column the analysis did not expect
+        // to be masked is still masked if its definition names a masked column.
+        let binary = payload.first() == Some(&0x17);
+        let mut masker = self
+            .config
+            .masking
+            .as_ref()
+            .map(|m| ResultMasker::new(&m.rules, &m.masker, &conn.report.projection, binary));
+        let mut rows = 0u64;
         let (tracker, app_ok) = relay_response(up, tracker, app, 1, |position, p| {
-            if position == Position::Status {
-                if let Some(id) = wire::ok_last_insert_id(p).filter(|id| *id != 0) {
-                    inserted = Some(id);
+            match position {
+                Position::Status => {
+                    if let Some(id) = wire::ok_last_insert_id(p).filter(|id| *id != 0) {
+                        inserted = Some(id);
+                    }
+                    if let Some(n) = wire::ok_affected_rows(p) {
+                        affected = Some(n);
+                    }
+                    wire::patch_status(p, in_trans, autocommit);
                 }
-                wire::patch_status(p, in_trans, autocommit);
+                Position::Row => rows += 1,
+                _ => {}
+            }
+            if let Some(m) = masker.as_mut() {
+                m.on_packet(position, p);
             }
         })
         .await?;
+        let masked = masker.map(|m| m.masked).unwrap_or_default();
+        if rows > 0 || affected.is_none() {
+            conn.report.rows = Some(rows);
+        }
+        conn.report.affected = affected;
+        conn.report.masked = masked;
+        conn.report.error = tracker
+            .error
+            .as_ref()
+            .map(|(code, msg)| format!("{code}: {msg}"));
         if let Some(id) = inserted {
             conn.last_insert_id = id;
             inner.applied_last_insert_id = id;
@@ -993,10 +1379,11 @@ impl Session {
     async fn run_plan_then_ok<W: AsyncWrite + Unpin>(
         &self,
         inner: &mut Inner,
-        conn: &AppConn,
+        conn: &mut AppConn,
         plan: Plan,
         app: &mut PacketWriter<W>,
     ) -> Result<Outcome, ServeError> {
+        conn.report.upstream_sql = Some(plan.statements.join("; "));
         if let Some((code, message)) = plan.error {
             return Ok(reply(app, wire::err(code, b"42000", &message)).await);
         }
@@ -1076,6 +1463,18 @@ impl Session {
                              dbproxy (grant it SHOW VIEW), so its functions cannot be checked"
                         )));
                     }
+                    // MariaDB stores view definitions with every table named in backquotes.
+                    if let Some((ms, mt)) = self.config.masking.as_ref().and_then(|m| {
+                        m.rules.tables().find(|(_, t)| {
+                            definition.contains(&format!("`{}`", t.to_ascii_uppercase()))
+                        })
+                    }) {
+                        return Ok(Some(format!(
+                            "DevInProd refused a read of view {name}: it reads {ms}.{mt}, which has masked \
+                             columns, and a view can compute with them before they could be masked; \
+                             query the table itself"
+                        )));
+                    }
                     if let Some(f) = stored.iter().find(|f| calls(&definition, f)) {
                         return Ok(Some(format!(
                             "DevInProd refused a read of view {name}: it calls stored function {f}(), which may \
@@ -1129,6 +1528,9 @@ impl Session {
                     "catalog connection setup failed: {code} {msg}"
                 ))));
             }
+            self.watch
+                .catalog_id
+                .store(up.connection_id, Ordering::Relaxed);
             inner.catalog = Some(up);
         }
         inner.catalog.as_mut().ok_or_else(|| {
@@ -1241,6 +1643,7 @@ impl Session {
     ) -> Outcome {
         let mut inner = self.inner.lock().await;
         let result = async {
+            self.protect_now(&mut inner).await;
             self.ensure_upstream(&mut inner).await?;
             let up = inner
                 .upstream
@@ -1286,6 +1689,7 @@ impl Session {
     ) -> Outcome {
         let mut inner = self.inner.lock().await;
         let r = async {
+            self.protect_now(&mut inner).await;
             self.ensure_upstream(&mut inner).await?;
             self.switch_to(&mut inner, conn).await?;
             self.relay(&mut inner, conn, payload, app)

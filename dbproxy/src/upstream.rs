@@ -152,6 +152,12 @@ pub enum Position {
     Status,
     /// The OK of COM_STMT_PREPARE: statement id at bytes 1..5.
     PrepareOk,
+    /// The column count that opens a result set.
+    ResultStart,
+    /// A column definition of a result set (or of a prepare response's columns).
+    Column,
+    /// A row of a result set (text or binary, as the command asked).
+    Row,
     Other,
 }
 
@@ -221,7 +227,7 @@ impl ResponseTracker {
                         return Err(UpstreamError::Protocol("result set with no columns".into()));
                     }
                     self.phase = Phase::Columns(n);
-                    Ok(Position::Other)
+                    Ok(Position::ResultStart)
                 }
             },
             Phase::PrepareFirst => match p.first() {
@@ -267,7 +273,7 @@ impl ResponseTracker {
                 } else {
                     Phase::ColumnsEof
                 };
-                Ok(Position::Other)
+                Ok(Position::Column)
             }
             Phase::ColumnsEof | Phase::FieldList if k == Kind::Err => {
                 self.error = wire::err_info(p);
@@ -305,7 +311,7 @@ impl ResponseTracker {
                     Ok(Position::Other)
                 }
                 // A row (text rows may start with 0x00 or 0xFF-less bytes).
-                _ => Ok(Position::Other),
+                _ => Ok(Position::Row),
             },
         }
     }
@@ -499,7 +505,7 @@ pub async fn relay_response<W: AsyncWrite + Unpin>(
     mut tracker: ResponseTracker,
     app: &mut PacketWriter<W>,
     mut seq: u8,
-    mut on_packet: impl FnMut(Position, &mut [u8]),
+    mut on_packet: impl FnMut(Position, &mut Vec<u8>),
 ) -> Result<(ResponseTracker, bool), UpstreamError> {
     let mut queued = 0usize;
     let mut app_ok = true;

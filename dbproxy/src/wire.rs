@@ -173,6 +173,17 @@ pub fn kind(p: &[u8]) -> Kind {
     }
 }
 
+/// The affected-rows count of an OK packet.
+pub fn ok_affected_rows(p: &[u8]) -> Option<u64> {
+    if kind(p) != Kind::Ok {
+        return None;
+    }
+    mysql_common::io::ParseBuf(&p[1..]).checked_eat_lenenc_int()
+}
+
+/// ER_USER_LIMIT_REACHED, for a session over its rate limits.
+pub const ER_RATE_LIMITED: u16 = 1226;
+
 /// The last-insert-id of an OK packet (0 when the statement generated none).
 pub fn ok_last_insert_id(p: &[u8]) -> Option<u64> {
     if kind(p) != Kind::Ok {

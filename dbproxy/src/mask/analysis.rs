@@ -1,0 +1,442 @@
+//! Where a masked column may appear in a statement — the "no path around a mask" half of
+//! masking. Values are masked by the proxy on their way back (see [`super::rows`]), so the
+//! server must never *compute* with a masked column on the developer's behalf: a function, a
+//! comparison, a sort, a copy or a join over the real value would leak it, one inference at a
+//! time. The rule is therefore simple and strict:
+//!
+//! * a masked column may be **selected plainly** (`email`, `u.email`, `email AS e`) in the
+//!   projection of the statement's outermost `SELECT` — the value comes back and is masked
+//!   there — or expanded from `*`/`t.*` in that same projection;
+//! * **anywhere else** it is refused: in an expression or function, in WHERE/ON/USING/GROUP
+//!   BY/HAVING/ORDER BY/window clauses, in a subquery, derived table, CTE or UNION branch, in a
+//!   `*` of a nested query (except directly under `EXISTS`), as a positional `ORDER BY 2`, in
+//!   INSERT … SELECT, UPDATE … SET, RETURNING, or through an alias of a masked projection;
+//! * it may not be **written** either (INSERT/UPDATE/REPLACE naming it, or an INSERT without a
+//!   column list into its table): a write of a guessed value would answer "does this value
+//!   exist?" through a duplicate-key error.
+//!
+//! Column names are matched conservatively: an identifier whose last part is the name of any
+//! masked column of any masked table the statement reaches counts as masked, whatever table it
+//! really belongs to. A false alarm costs a refusal with a clear message; a miss would cost a
+//! leak. Views reading masked tables are refused by the session's catalog check, and the server's
+//! own diaries of statements (`mysql`, `performance_schema`, `sys`, the process list) by
+//! [`check`] here, since they hold production's SQL text with real values in it.
+
+use super::MaskRules;
+use crate::policy::{table_name, TableName};
+use sqlparser::ast::{
+    visit_relations, Expr, GroupByExpr, ObjectName, OrderByKind, Query, Select, SelectItem,
+    SetExpr, Statement, TableFactor, TableWithJoins, Value, Visit, Visitor,
+};
+use std::collections::HashSet;
+use std::ops::ControlFlow;
+
+/// Schemas that record other connections' statements or column statistics (real values).
+const DIARY_SCHEMAS: &[&str] = &["mysql", "performance_schema", "sys"];
+
+/// A masked column as (schema, table, column), lower-cased.
+pub type ColumnRef = (String, String, String);
+type Reached<'a> = Vec<(&'a TableName, Vec<ColumnRef>)>;
+
+/// What the result of an allowed statement carries, for the row masker: for each position of
+/// the outermost projection, the masked column it plainly selects, if the AST can tell
+/// (`None` overall when a `*` makes positions unknowable; the column definitions then decide).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MaskedProjection {
+    pub positions: Option<Vec<Option<ColumnRef>>>,
+}
+
+/// Checks `statement` (run with `default_db` selected) against the masking rules.
+/// `Err` carries the refusal for the developer.
+pub fn check(
+    statement: &Statement,
+    rules: &MaskRules,
+    default_db: Option<&str>,
+) -> Result<MaskedProjection, String> {
+    let mut relations = Vec::new();
+    let _ = visit_relations(statement, |n| {
+        relations.push(table_name(n));
+        ControlFlow::<()>::Continue(())
+    });
+    for t in &relations {
+        let schema = t
+            .schema
+            .as_deref()
+            .or(default_db)
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        let name = t.name.to_ascii_lowercase();
+        if DIARY_SCHEMAS.contains(&schema.as_str())
+            || (schema == "information_schema" && name == "processlist")
+        {
+            return Err(format!(
+                "DevInProd refused a read of {schema}.{name}: with masking on, the server's own records \
+                 of statements and column statistics are closed (they hold production's real values)"
+            ));
+        }
+    }
+    // The masked tables this statement reaches, and the names of their masked columns.
+    let reached: Reached = relations
+        .iter()
+        .map(|t| {
+            (
+                t,
+                rules.masked_columns(t.schema.as_deref().or(default_db), &t.name),
+            )
+        })
+        .filter(|(_, cols)| !cols.is_empty())
+        .collect();
+    if reached.is_empty() {
+        return Ok(MaskedProjection::default());
+    }
+    let mut names: HashSet<String> = reached
+        .iter()
+        .flat_map(|(_, cols)| cols.iter().map(|(_, _, c)| c.clone()))
+        .collect();
+    let masked_tables: HashSet<String> = reached
+        .iter()
+        .map(|(t, _)| t.name.to_ascii_lowercase())
+        .collect();
+
+    check_writes(statement, &names, &masked_tables)?;
+
+    // The outermost SELECT, whose plain projections may carry masked columns out.
+    let top = match statement {
+        Statement::Query(q) => Some(&**q),
+        Statement::Explain { statement, .. } => match &**statement {
+            Statement::Query(q) => Some(&**q),
+            _ => None,
+        },
+        _ => None,
+    };
+    let top_select = top.and_then(|q| match &*q.body {
+        SetExpr::Select(s) => Some(&**s),
+        _ => None,
+    });
+
+    let mut allowed: HashSet<*const Expr> = HashSet::new();
+    let mut positions = Vec::new();
+    let mut wildcard_over_masked = false;
+    if let Some(select) = top_select {
+        for item in &select.projection {
+            match item {
+                SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => {
+                    let column = plain_column(e).filter(|c| names.contains(c));
+                    if let Some(column) = &column {
+                        allowed.insert(e as *const Expr);
+                        if let SelectItem::ExprWithAlias { alias, .. } = item {
+                            // `ORDER BY e` for `email AS e` sorts by the real value.
+                            names.insert(alias.value.to_ascii_lowercase());
+                        }
+                        positions.push(resolve_plain(e, column, &reached, select));
+                    } else {
+                        positions.push(None);
+                    }
+                }
+                SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..) => {
+                    wildcard_over_masked |= direct_tables(&select.from)
+                        .iter()
+                        .any(|t| masked_tables.contains(&table_name(t).name.to_ascii_lowercase()));
+                    positions.push(None);
+                }
+                SelectItem::ExprWithAliases { .. } => positions.push(None),
+            }
+        }
+        // Positional references to the projection: `ORDER BY 2`, `GROUP BY 1`.
+        let projection_has_masked = wildcard_over_masked || !allowed.is_empty();
+        if projection_has_masked {
+            let mut positional = top
+                .and_then(|q| q.order_by.as_ref())
+                .map(|o| match &o.kind {
+                    OrderByKind::Expressions(es) => es.iter().any(|e| is_number(&e.expr)),
+                    OrderByKind::All(_) => true,
+                })
+                .unwrap_or(false);
+            if let GroupByExpr::Expressions(es, _) = &select.group_by {
+                positional |= es.iter().any(is_number);
+            }
+            if positional {
+                return Err("DevInProd refused ORDER BY/GROUP BY by position in a query that selects masked \
+                     columns: it would sort or group by their real values; name unmasked columns instead"
+                    .into());
+            }
+        }
+    }
+
+    let mut exists_selects: HashSet<*const Select> = HashSet::new();
+    let top_select_ptr = top_select.map(|s| s as *const Select);
+    let mut finder = Finder {
+        names: &names,
+        masked_tables: &masked_tables,
+        allowed: &allowed,
+        top_select: top_select_ptr,
+        exists_selects: &mut exists_selects,
+    };
+    if let ControlFlow::Break(why) = statement.visit(&mut finder) {
+        return Err(why);
+    }
+    let has_wildcard = top_select.is_some_and(|s| {
+        s.projection.iter().any(|i| {
+            matches!(
+                i,
+                SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..)
+            )
+        })
+    });
+    Ok(MaskedProjection {
+        positions: (!has_wildcard && top_select.is_some()).then_some(positions),
+    })
+}
+
+/// `email`, `u.email`, `shop.users.email` (lower-cased last part), or `None` for anything else.
+fn plain_column(e: &Expr) -> Option<String> {
+    match e {
+        Expr::Identifier(i) => Some(i.value.to_ascii_lowercase()),
+        Expr::CompoundIdentifier(parts) => parts.last().map(|i| i.value.to_ascii_lowercase()),
+        Expr::Nested(inner) => plain_column(inner),
+        _ => None,
+    }
+}
+
+/// The masked column a plain projection selects, when it can be pinned to one table: by its
+/// qualifier (a table name or alias of the outermost FROM), or as the only reached table that
+/// masks a column of that name.
+fn resolve_plain(
+    e: &Expr,
+    column: &str,
+    reached: &[(&TableName, Vec<ColumnRef>)],
+    select: &Select,
+) -> Option<ColumnRef> {
+    let qualifier = match e {
+        Expr::CompoundIdentifier(parts) if parts.len() >= 2 => {
+            Some(parts[parts.len() - 2].value.to_ascii_lowercase())
+        }
+        _ => None,
+    };
+    let table_of = |q: &str| -> Option<String> {
+        let mut found = None;
+        for_each_factor(&select.from, &mut |f| {
+            if let TableFactor::Table { name, alias, .. } = f {
+                let t = table_name(name).name.to_ascii_lowercase();
+                let a = alias.as_ref().map(|a| a.name.value.to_ascii_lowercase());
+                if a.as_deref() == Some(q) || (a.is_none() && t == q) {
+                    found = Some(t);
+                }
+            }
+        });
+        found
+    };
+    let candidates: Vec<&ColumnRef> = reached
+        .iter()
+        .flat_map(|(_, cols)| cols.iter())
+        .filter(|(_, t, c)| {
+            c == column
+                && match &qualifier {
+                    Some(q) => table_of(q).as_deref() == Some(t.as_str()),
+                    None => true,
+                }
+        })
+        .collect();
+    match candidates.as_slice() {
+        [one] => Some((*one).clone()),
+        _ => None,
+    }
+}
+
+fn is_number(e: &Expr) -> bool {
+    matches!(e, Expr::Value(v) if matches!(v.value, Value::Number(..)))
+}
+
+fn for_each_factor(from: &[TableWithJoins], f: &mut impl FnMut(&TableFactor)) {
+    for twj in from {
+        let mut visit = |factor: &TableFactor| {
+            if let TableFactor::NestedJoin {
+                table_with_joins, ..
+            } = factor
+            {
+                for_each_factor(std::slice::from_ref(table_with_joins), f);
+            } else {
+                f(factor);
+            }
+        };
+        visit(&twj.relation);
+        for j in &twj.joins {
+            visit(&j.relation);
+        }
+    }
+}
+
+/// Tables named directly in a FROM clause (not inside derived tables).
+fn direct_tables(from: &[TableWithJoins]) -> Vec<ObjectName> {
+    let mut out = Vec::new();
+    for_each_factor(from, &mut |f| {
+        if let TableFactor::Table { name, .. } = f {
+            out.push(name.clone());
+        }
+    });
+    out
+}
+
+fn last_ident(n: &ObjectName) -> String {
+    n.0.last()
+        .map(|p| match p.as_ident() {
+            Some(i) => i.value.to_ascii_lowercase(),
+            None => p.to_string().to_ascii_lowercase(),
+        })
+        .unwrap_or_default()
+}
+
+fn check_writes(
+    statement: &Statement,
+    names: &HashSet<String>,
+    masked_tables: &HashSet<String>,
+) -> Result<(), String> {
+    let refuse = |what: &str| {
+        Err(format!(
+            "DevInProd refused a write to masked column {what}: a write of a chosen value would reveal \
+             through a duplicate-key error whether that value exists; leave masked columns out of writes"
+        ))
+    };
+    match statement {
+        Statement::Insert(insert) => {
+            let target = match &insert.table {
+                sqlparser::ast::TableObject::TableName(n) => last_ident(n),
+                _ => String::new(),
+            };
+            if masked_tables.contains(&target)
+                && insert.columns.is_empty()
+                && insert.assignments.is_empty()
+            {
+                return refuse(&format!(
+                    "{target} (an INSERT without a column list sets every column)"
+                ));
+            }
+            if let Some(c) = insert
+                .columns
+                .iter()
+                .map(last_ident)
+                .find(|c| names.contains(c))
+            {
+                return refuse(&c);
+            }
+            let mut assignments: Vec<&sqlparser::ast::Assignment> =
+                insert.assignments.iter().collect();
+            if let Some(sqlparser::ast::OnInsert::DuplicateKeyUpdate(a)) = &insert.on {
+                assignments.extend(a.iter());
+            }
+            if let Some(c) = assigned(&assignments, names) {
+                return refuse(&c);
+            }
+        }
+        Statement::Update(update) => {
+            let assignments: Vec<&sqlparser::ast::Assignment> = update.assignments.iter().collect();
+            if let Some(c) = assigned(&assignments, names) {
+                return refuse(&c);
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn assigned(
+    assignments: &[&sqlparser::ast::Assignment],
+    names: &HashSet<String>,
+) -> Option<String> {
+    use sqlparser::ast::AssignmentTarget;
+    assignments.iter().find_map(|a| {
+        let targets: Vec<&ObjectName> = match &a.target {
+            AssignmentTarget::ColumnName(n) => vec![n],
+            AssignmentTarget::Tuple(ns) => ns.iter().collect(),
+        };
+        targets
+            .into_iter()
+            .map(last_ident)
+            .find(|c| names.contains(c))
+    })
+}
+
+/// Walks the whole statement for masked references outside the allowed places.
+struct Finder<'a> {
+    names: &'a HashSet<String>,
+    masked_tables: &'a HashSet<String>,
+    /// The outermost projection's plain masked references.
+    allowed: &'a HashSet<*const Expr>,
+    top_select: Option<*const Select>,
+    /// SELECTs directly under EXISTS: their `*` reads nothing.
+    exists_selects: &'a mut HashSet<*const Select>,
+}
+
+impl Visitor for Finder<'_> {
+    type Break = String;
+
+    fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<String> {
+        if let Expr::Exists { subquery, .. } = expr {
+            if let SetExpr::Select(s) = &*subquery.body {
+                self.exists_selects.insert(&**s as *const Select);
+            }
+        }
+        let name = match expr {
+            Expr::Identifier(i) => Some(i.value.to_ascii_lowercase()),
+            Expr::CompoundIdentifier(parts) => parts.last().map(|i| i.value.to_ascii_lowercase()),
+            _ => None,
+        };
+        if let Some(name) = name {
+            if self.names.contains(&name) && !self.allowed.contains(&(expr as *const Expr)) {
+                return ControlFlow::Break(format!(
+                    "DevInProd refused a use of masked column `{name}` in `{expr}`: a masked column may only \
+                     be selected plainly in the outermost SELECT (not computed with, compared, sorted, \
+                     grouped, joined on, copied, or read through a subquery, derived table, CTE or UNION)"
+                ));
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_select(&mut self, select: &Select) -> ControlFlow<String> {
+        let ptr = select as *const Select;
+        let nested = Some(ptr) != self.top_select && !self.exists_selects.contains(&ptr);
+        let wildcard = select.projection.iter().any(|i| {
+            matches!(
+                i,
+                SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..)
+            )
+        });
+        if nested && wildcard {
+            if let Some(t) = direct_tables(&select.from)
+                .iter()
+                .map(|t| table_name(t).name.to_ascii_lowercase())
+                .find(|t| self.masked_tables.contains(t))
+            {
+                return ControlFlow::Break(format!(
+                    "DevInProd refused `*` over {t} inside a subquery, derived table, CTE, UNION or copy: it \
+                     carries masked columns; name the columns you need"
+                ));
+            }
+        }
+        // USING (col) and NATURAL joins compare columns without naming them as expressions.
+        for twj in &select.from {
+            for j in &twj.joins {
+                let text = j.to_string().to_ascii_uppercase();
+                if text.contains("NATURAL ") || text.contains("USING") {
+                    let reaches_masked = direct_tables(&select.from).iter().any(|t| {
+                        self.masked_tables
+                            .contains(&table_name(t).name.to_ascii_lowercase())
+                    });
+                    if reaches_masked {
+                        return ControlFlow::Break(
+                            "DevInProd refused a NATURAL or USING join over a table with masked columns: it may \
+                             compare masked values; join with ON on unmasked columns"
+                                .into(),
+                        );
+                    }
+                }
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_query(&mut self, _query: &Query) -> ControlFlow<String> {
+        ControlFlow::Continue(())
+    }
+}
