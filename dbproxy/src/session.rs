@@ -807,13 +807,18 @@ impl Session {
                 conn.generation = inner.generation;
                 conn.tx.forget();
                 let msg = match protected {
-                    Some(why) => format!(
-                        "DevInProd reset this database session to protect production: {why}; \
-                         everything it had written is gone, and a new session begins with the next statement"
-                    ),
+                    Some(why) => {
+                        // Told now: the next session (the next `ensure_upstream` counts it) is
+                        // this connection's own, not news to it.
+                        conn.generation = inner.generation + 1;
+                        format!(
+                            "DevInProd reset this database session to protect production: {why}; \
+                             everything it had written is gone, and a new session begins with the next statement"
+                        )
+                    }
                     None => format!(
-                    "DevInProd lost the database session ({e}); everything it had written is gone"
-                ),
+                        "DevInProd lost the database session ({e}); everything it had written is gone"
+                    ),
                 };
                 reply(app, wire::err(wire::ER_SESSION_RESET, b"70100", &msg)).await
             }
