@@ -11,6 +11,11 @@
 //!   its open transaction (which holds their metadata locks until it ends) is the blocker. If
 //!   the statement cannot be read, every session that touched a table of its database is.
 //!
+//! Only connections with a statement running longer than the bound can be waiting too long: the
+//! process list (cheap) is read every round, InnoDB's lock tables only when there is such a
+//! statement. (MariaDB serves them from a cache that is refreshed only once nobody has read it
+//! for 0.1 s; reading them needlessly, from several dbproxies, could keep it stale.)
+//!
 //! The blocker is rolled back: `KILL CONNECTION` of its upstream (allowed for one's own user's
 //! connections; otherwise CONNECTION ADMIN or SUPER), which the server answers by rolling the
 //! transaction back. The kill is audited, and every app connection of the session gets error
@@ -94,11 +99,13 @@ struct RowWait {
     query: Option<String>,
 }
 
-/// One statement waiting for a metadata lock.
+/// A statement of another connection running longer than the bound (perhaps waiting).
 #[derive(Debug)]
-struct MdlWait {
+struct LongStatement {
     id: u32,
     db: Option<String>,
+    state: Option<String>,
+    /// How long it has run: an upper bound of how long it has waited.
     waited: Duration,
     info: Option<String>,
 }
@@ -134,6 +141,8 @@ struct Watchdog {
     killed: HashSet<u32>,
     /// Upstream threads whose statement the backstop stopped, and when.
     backstopped: HashMap<u32, Instant>,
+    /// Whether the connection may read InnoDB's transactions (PROCESS), as last seen.
+    sees_transactions: bool,
 }
 
 impl Watchdog {
@@ -144,6 +153,7 @@ impl Watchdog {
             problem: None,
             killed: HashSet::new(),
             backstopped: HashMap::new(),
+            sees_transactions: false,
         }
     }
 
@@ -171,9 +181,13 @@ impl Watchdog {
                 })
                 .collect();
             if watched.is_empty() {
-                // Nothing can block production; no need to ask the server anything.
+                // Nothing can block production; no need to ask the server anything, nor to
+                // keep a connection open (an idle one would meet the server's wait_timeout).
                 self.killed.clear();
                 self.backstopped.clear();
+                if let Some((conn, _)) = self.conn.take() {
+                    conn.close().await;
+                }
                 continue;
             }
             // Every connection of the sessions: they never count as production waiting.
@@ -249,6 +263,7 @@ impl Watchdog {
                     "lock watchdog connected"
                 );
                 self.conn = Some((up, flavor));
+                self.sees_transactions = false;
                 true
             }
             Ok(Err(e)) => {
@@ -278,44 +293,69 @@ impl Watchdog {
         // Statements of the sessions that outlived their time limit.
         self.backstop(watched).await?;
 
-        let rows = self.row_waits(watched, developer).await;
+        // Statements of other connections running longer than the bound: only they can be
+        // waiting too long. (The process list is cheap; InnoDB's lock tables are read only when
+        // there is such a statement, which also keeps their cache fresh — see `row_waits`.)
+        let long = self.long_statements(developer).await?;
         let mut problem = None;
-        match rows {
-            Ok(waits) => {
-                for wait in waits {
-                    if developer.contains(&wait.waiting) || wait.waited <= bound {
-                        continue;
-                    }
-                    let Some(w) = watched.iter().find(|w| w.upstream_id == wait.blocking) else {
-                        continue;
-                    };
-                    let (summary, _) = describe(wait.query.as_deref());
-                    let why = format!(
-                        "connection {} ({summary}) waited {:.1} s for a row lock held by this session",
-                        wait.waiting,
-                        wait.waited.as_secs_f64()
-                    );
-                    let detail = format!(
-                        "connection {} waited {:.1} s for a row lock held by the session's upstream \
-                         connection {}; its statement: {}",
-                        wait.waiting,
-                        wait.waited.as_secs_f64(),
-                        wait.blocking,
-                        quote(wait.query.as_deref())
-                    );
-                    add(&mut kills, w, Kill { why, detail });
-                }
+        if !self.sees_transactions {
+            // Checked on each new connection, and until the grant is there.
+            let (up, _) = self.conn()?;
+            match up
+                .run("SELECT COUNT(*) FROM information_schema.INNODB_TRX")
+                .await?
+            {
+                Ok(_) => self.sees_transactions = true,
+                Err((code, msg)) => problem = Some(row_wait_problem(code, &msg)),
             }
-            Err(RoundError::Query(p)) => problem = Some(p),
-            Err(e) => return Err(e),
+        }
+        let candidates: Vec<u32> = long
+            .iter()
+            .filter(|l| l.state.as_deref() != Some(MDL_STATE))
+            .map(|l| l.id)
+            .collect();
+        if self.sees_transactions && !candidates.is_empty() {
+            match self.row_waits(watched, &candidates).await {
+                Ok(waits) => {
+                    for wait in waits {
+                        if developer.contains(&wait.waiting) || wait.waited <= bound {
+                            continue;
+                        }
+                        let Some(w) = watched.iter().find(|w| w.upstream_id == wait.blocking)
+                        else {
+                            continue;
+                        };
+                        let (summary, _) = describe(wait.query.as_deref());
+                        let why = format!(
+                            "connection {} ({summary}) waited {:.1} s for a row lock held by this session",
+                            wait.waiting,
+                            wait.waited.as_secs_f64()
+                        );
+                        let detail = format!(
+                            "connection {} waited {:.1} s for a row lock held by the session's upstream \
+                             connection {}; its statement: {}",
+                            wait.waiting,
+                            wait.waited.as_secs_f64(),
+                            wait.blocking,
+                            quote(wait.query.as_deref())
+                        );
+                        add(&mut kills, w, Kill { why, detail });
+                    }
+                }
+                Err(RoundError::Query(p)) => {
+                    self.sees_transactions = false;
+                    problem = Some(p);
+                }
+                Err(e) => return Err(e),
+            }
         }
 
         if watched.iter().any(|w| !w.touched.is_empty()) {
-            for wait in self.mdl_waits().await? {
-                if developer.contains(&wait.id) || wait.waited <= bound {
-                    continue;
-                }
-                for (w, kill) in mdl_blockers(&wait, watched) {
+            for wait in long
+                .iter()
+                .filter(|l| l.state.as_deref() == Some(MDL_STATE))
+            {
+                for (w, kill) in mdl_blockers(wait, watched) {
                     add(&mut kills, w, kill);
                 }
             }
@@ -345,13 +385,17 @@ impl Watchdog {
     }
 
     /// Row-lock waits whose blocker is a session's upstream.
+    ///
+    /// MariaDB (and MySQL 5.7) serve the `INNODB_*` tables from a cache that is refreshed only
+    /// once nobody has read it for 0.1 s: hence reading them only when a statement runs long,
+    /// and never more often than every `watchdog_interval_ms`.
     async fn row_waits(
         &mut self,
         watched: &[Watched],
-        developer: &HashSet<u32>,
+        candidates: &[u32],
     ) -> Result<Vec<RowWait>, RoundError> {
         let blockers = id_list(watched.iter().map(|w| w.upstream_id));
-        let sessions = id_list(developer.iter().copied());
+        let waiting = id_list(candidates.iter().copied());
         let (up, flavor) = self.conn()?;
         // trx_wait_started has whole seconds only: the wait is at most NOW(6) minus it, and at
         // most the waiting statement's running time (TIME_MS); the smaller is the better bound.
@@ -366,7 +410,7 @@ impl Watchdog {
                  JOIN information_schema.INNODB_TRX b ON b.trx_id = w.blocking_trx_id \
                  LEFT JOIN information_schema.PROCESSLIST p ON p.ID = r.trx_mysql_thread_id \
                  WHERE b.trx_mysql_thread_id IN ({blockers}) \
-                 AND r.trx_mysql_thread_id NOT IN ({sessions})"
+                 AND r.trx_mysql_thread_id IN ({waiting})"
             ),
             Flavor::MySql => format!(
                 "SELECT r.trx_mysql_thread_id, b.trx_mysql_thread_id, \
@@ -378,14 +422,13 @@ impl Watchdog {
                  JOIN information_schema.INNODB_TRX b ON b.trx_id = w.BLOCKING_ENGINE_TRANSACTION_ID \
                  LEFT JOIN information_schema.PROCESSLIST p ON p.ID = r.trx_mysql_thread_id \
                  WHERE b.trx_mysql_thread_id IN ({blockers}) \
-                 AND r.trx_mysql_thread_id NOT IN ({sessions})"
+                 AND r.trx_mysql_thread_id IN ({waiting})"
             ),
         };
         let rows = match up.run(&sql).await? {
             Ok(c) => c.rows(),
             Err((code, msg)) => return Err(RoundError::Query(row_wait_problem(code, &msg))),
         };
-        tracing::debug!(?rows, %blockers, %sessions, "row waits");
         Ok(rows
             .into_iter()
             .filter_map(|r| {
@@ -400,17 +443,24 @@ impl Watchdog {
             .collect())
     }
 
-    /// Statements waiting for a metadata lock longer than the bound.
-    async fn mdl_waits(&mut self) -> Result<Vec<MdlWait>, RoundError> {
+    /// Statements of connections that are not the sessions' (nor the watchdog's) running
+    /// longer than the bound, with their state: those waiting for a metadata lock, and
+    /// candidates for a row-lock wait.
+    async fn long_statements(
+        &mut self,
+        developer: &HashSet<u32>,
+    ) -> Result<Vec<LongStatement>, RoundError> {
         let bound_ms = self.config.lock_wait_bound.as_millis();
+        let sessions = id_list(developer.iter().copied());
         let (up, flavor) = self.conn()?;
         let time_ms = match flavor {
             Flavor::MariaDb => "TIME_MS",
             Flavor::MySql => "(TIME * 1000)",
         };
         let sql = format!(
-            "SELECT ID, DB, {time_ms}, INFO FROM information_schema.PROCESSLIST \
-             WHERE STATE = '{MDL_STATE}' AND {time_ms} > {bound_ms}"
+            "SELECT ID, DB, STATE, {time_ms}, INFO FROM information_schema.PROCESSLIST \
+             WHERE {time_ms} > {bound_ms} AND ID <> CONNECTION_ID() AND ID NOT IN ({sessions}) \
+             AND COMMAND NOT IN ('Sleep', 'Daemon', 'Killed', 'Connect', 'Binlog Dump', 'Binlog Dump GTID')"
         );
         let rows = match up.run(&sql).await? {
             Ok(c) => c.rows(),
@@ -423,13 +473,15 @@ impl Watchdog {
         Ok(rows
             .into_iter()
             .filter_map(|r| {
-                Some(MdlWait {
+                Some(LongStatement {
                     id: r.first().cloned().flatten()?.parse().ok()?,
                     db: r.get(1).cloned().flatten(),
-                    waited: millis(r.get(2).cloned().flatten()?.as_str())?,
-                    info: r.get(3).cloned().flatten(),
+                    state: r.get(2).cloned().flatten(),
+                    waited: millis(r.get(3).cloned().flatten()?.as_str())?,
+                    info: r.get(4).cloned().flatten(),
                 })
             })
+            .filter(|l| !developer.contains(&l.id))
             .collect())
     }
 
@@ -577,23 +629,42 @@ fn quote(sql: Option<&str>) -> String {
     out
 }
 
+/// A table as a statement names it: (schema if written, table).
+type NamedTable = (Option<String>, String);
+
 /// A statement as a developer may see it: its kind and the tables it names, never its values
 /// (production's statements carry production data). Also the tables, if it could be parsed.
-fn describe(sql: Option<&str>) -> (String, Option<Vec<(Option<String>, String)>>) {
+fn describe(sql: Option<&str>) -> (String, Option<Vec<NamedTable>>) {
     let Some(sql) = sql else {
         return ("a statement".into(), None);
     };
-    let kind = sql
+    // Its first keywords: `UPDATE`, `ALTER TABLE`, `CREATE INDEX`…
+    let mut words = sql
         .split(|c: char| c.is_whitespace() || c == '(' || c == ';')
-        .find(|w| !w.is_empty() && !w.starts_with("/*"))
+        .filter(|w| !w.is_empty() && !w.starts_with("/*"))
         .map(|w| {
             w.chars()
                 .filter(|c| c.is_ascii_alphabetic())
                 .collect::<String>()
                 .to_ascii_uppercase()
-        })
+        });
+    let mut kind = words
+        .next()
         .filter(|w| !w.is_empty())
         .unwrap_or_else(|| "a statement".into());
+    if matches!(
+        kind.as_str(),
+        "ALTER" | "CREATE" | "DROP" | "RENAME" | "TRUNCATE" | "LOCK" | "OPTIMIZE" | "ANALYZE"
+    ) {
+        if let Some(w) = words.next().filter(|w| {
+            matches!(
+                w.as_str(),
+                "TABLE" | "TABLES" | "INDEX" | "UNIQUE" | "ONLINE" | "IGNORE" | "VIEW"
+            )
+        }) {
+            kind = format!("{kind} {w}");
+        }
+    }
     let tables = tables_of(sql);
     let summary = match &tables {
         Some(ts) if !ts.is_empty() => {
@@ -613,9 +684,9 @@ fn describe(sql: Option<&str>) -> (String, Option<Vec<(Option<String>, String)>>
 
 /// The tables a statement names, as (schema if written, table); `None` if it does not parse,
 /// empty if the parser found no table in it.
-fn tables_of(sql: &str) -> Option<Vec<(Option<String>, String)>> {
+fn tables_of(sql: &str) -> Option<Vec<NamedTable>> {
     let statements = Parser::parse_sql(&MySqlDialect {}, sql).ok()?;
-    let mut out: Vec<(Option<String>, String)> = Vec::new();
+    let mut out: Vec<NamedTable> = Vec::new();
     let mut push = |n: &ObjectName| {
         let parts: Vec<String> =
             n.0.iter()
@@ -653,7 +724,7 @@ fn tables_of(sql: &str) -> Option<Vec<(Option<String>, String)>> {
 }
 
 /// The sessions blocking a metadata-lock wait, each with why.
-fn mdl_blockers<'a>(wait: &MdlWait, watched: &'a [Watched]) -> Vec<(&'a Watched, Kill)> {
+fn mdl_blockers<'a>(wait: &LongStatement, watched: &'a [Watched]) -> Vec<(&'a Watched, Kill)> {
     let (summary, tables) = describe(wait.info.as_deref());
     let db = wait.db.as_deref().map(str::to_lowercase);
     let secs = wait.waited.as_secs_f64();
@@ -668,7 +739,7 @@ fn mdl_blockers<'a>(wait: &MdlWait, watched: &'a [Watched]) -> Vec<(&'a Watched,
         Some(tables) => {
             // The tables it wants, with the connection's database for unqualified names (no
             // database: any schema).
-            let wanted: Vec<(Option<String>, String)> = tables
+            let wanted: Vec<NamedTable> = tables
                 .into_iter()
                 .map(|(s, t)| (s.map(|s| s.to_lowercase()).or(db.clone()), t.to_lowercase()))
                 .collect();
@@ -788,6 +859,10 @@ mod tests {
         assert_eq!(summary, "FROBNICATE");
         assert!(tables.is_none());
         assert_eq!(describe(None).0, "a statement");
+        assert_eq!(
+            describe(Some("alter table shop.t add column c int default 7")).0,
+            "ALTER TABLE shop.t"
+        );
     }
 
     #[test]
@@ -800,6 +875,89 @@ mod tests {
         assert_eq!(millis("-1"), None);
         assert_eq!(millis("x"), None);
         assert_eq!(id_list([7u32, 9].into_iter()), "0,7,9");
+    }
+
+    fn watched(key: &str, upstream_id: u32, touched: &[(&str, &str)]) -> Watched {
+        let config = crate::DbProxyFileConfig {
+            upstream: Some("mysql://u@127.0.0.1:3306".into()),
+            ..Default::default()
+        }
+        .check()
+        .unwrap();
+        Watched {
+            session: Arc::new(Session::new(
+                proto::RoutingKey::parse(key).unwrap(),
+                Arc::new(config),
+            )),
+            upstream_id,
+            touched: touched
+                .iter()
+                .map(|(s, t)| (s.to_string(), t.to_string()))
+                .collect(),
+        }
+    }
+
+    fn waiting(db: Option<&str>, info: Option<&str>) -> LongStatement {
+        LongStatement {
+            id: 99,
+            db: db.map(String::from),
+            state: Some(MDL_STATE.into()),
+            waited: Duration::from_millis(1500),
+            info: info.map(String::from),
+        }
+    }
+
+    fn blockers(wait: &LongStatement, sessions: &[Watched]) -> Vec<u32> {
+        mdl_blockers(wait, sessions)
+            .into_iter()
+            .map(|(w, _)| w.upstream_id)
+            .collect()
+    }
+
+    #[test]
+    fn a_metadata_lock_wait_is_pinned_on_the_sessions_that_used_its_tables() {
+        let sessions = [
+            watched("aaaaaa", 1, &[("shop", "orders")]),
+            watched("bbbbbb", 2, &[("shop", "customers"), ("crm", "orders")]),
+            watched("cccccc", 3, &[]),
+        ];
+        // Unqualified names are in the waiting connection's database; case does not matter.
+        let alter = waiting(Some("shop"), Some("ALTER TABLE Orders ADD COLUMN x INT"));
+        assert_eq!(blockers(&alter, &sessions), [1]);
+        let (_, kill) = mdl_blockers(&alter, &sessions).remove(0);
+        assert!(
+            kill.why.contains("connection 99 (ALTER TABLE Orders)"),
+            "{}",
+            kill.why
+        );
+        assert!(
+            kill.why.contains("metadata lock on shop.orders"),
+            "{}",
+            kill.why
+        );
+        let other_db = waiting(Some("crm"), Some("ALTER TABLE orders ADD COLUMN x INT"));
+        assert_eq!(blockers(&other_db, &sessions), [2]);
+        let qualified = waiting(None, Some("TRUNCATE TABLE shop.customers"));
+        assert_eq!(blockers(&qualified, &sessions), [2]);
+        // No database and an unqualified name: any schema.
+        let anywhere = waiting(None, Some("DROP TABLE orders"));
+        assert_eq!(blockers(&anywhere, &sessions), [1, 2]);
+        let untouched = waiting(Some("shop"), Some("ALTER TABLE invoices ADD COLUMN y INT"));
+        assert!(blockers(&untouched, &sessions).is_empty());
+    }
+
+    #[test]
+    fn an_unreadable_metadata_lock_wait_rolls_back_every_session_in_its_database() {
+        let sessions = [
+            watched("aaaaaa", 1, &[("shop", "orders")]),
+            watched("bbbbbb", 2, &[("crm", "orders")]),
+        ];
+        let garbled = waiting(Some("shop"), Some("ALTER ONLINE TABLE !!! what"));
+        assert_eq!(blockers(&garbled, &sessions), [1]);
+        let hidden = waiting(Some("crm"), None);
+        assert_eq!(blockers(&hidden, &sessions), [2]);
+        let nothing_known = waiting(None, None);
+        assert_eq!(blockers(&nothing_known, &sessions), [1, 2]);
     }
 
     #[test]

@@ -253,6 +253,7 @@ async fn every_path_around_a_mask_is_refused_with_a_clear_error() {
         "SELECT u.id FROM users u JOIN orders o ON o.customer_email = u.email",
         "SELECT id FROM users u WHERE EXISTS (SELECT 1 FROM orders o WHERE o.customer_email = u.email)",
         "SET @v = (SELECT email FROM users LIMIT 1)",
+        "SELECT @v := email FROM users",
         "INSERT INTO orders (id, user_id, customer_email) SELECT id + 100000, id, email FROM users",
         "UPDATE users SET note = email WHERE id = 1",
         "UPDATE users SET email = 'Person.2@Real-Mail2.com' WHERE id = 1",
@@ -338,12 +339,24 @@ async fn the_audit_log_records_allowed_rewritten_refused_and_emulated_statements
     let key = alice.routing_key.clone();
     let mut app = mysql_conn(alice.mysql.unwrap(), &db.name).await;
 
-    let _: Vec<i64> = app.query("SELECT id FROM users WHERE id <= 2").await.unwrap();
-    let _: Vec<String> = app.query("SELECT email FROM users WHERE id = 1").await.unwrap();
-    app.query_drop("SELECT UPPER(email) FROM users").await.unwrap_err();
+    let _: Vec<i64> = app
+        .query("SELECT id FROM users WHERE id <= 2")
+        .await
+        .unwrap();
+    let _: Vec<String> = app
+        .query("SELECT email FROM users WHERE id = 1")
+        .await
+        .unwrap();
+    app.query_drop("SELECT UPPER(email) FROM users")
+        .await
+        .unwrap_err();
     app.query_drop("BEGIN").await.unwrap();
-    app.query_drop("UPDATE users SET plan = 'x' WHERE id <= 3").await.unwrap();
-    app.query_drop("SELECT * FROM no_such_table").await.unwrap_err();
+    app.query_drop("UPDATE users SET plan = 'x' WHERE id <= 3")
+        .await
+        .unwrap();
+    app.query_drop("SELECT * FROM no_such_table")
+        .await
+        .unwrap_err();
     let _: Option<String> = app
         .exec_first("SELECT phone FROM users WHERE id = ?", (5,))
         .await
@@ -359,7 +372,20 @@ async fn the_audit_log_records_allowed_rewritten_refused_and_emulated_statements
             .clone()
     };
     for l in &lines {
-        for field in ["time", "routing_key", "conn", "command", "sql", "upstream_sql", "decision", "reason", "rows", "affected", "duration_us", "error"] {
+        for field in [
+            "time",
+            "routing_key",
+            "conn",
+            "command",
+            "sql",
+            "upstream_sql",
+            "decision",
+            "reason",
+            "rows",
+            "affected",
+            "duration_us",
+            "error",
+        ] {
             assert!(l.get(field).is_some(), "{field} missing in {l}");
         }
         assert_eq!(l["routing_key"], key.as_str());
@@ -369,25 +395,46 @@ async fn the_audit_log_records_allowed_rewritten_refused_and_emulated_statements
     assert_eq!(allowed["rows"], 2);
     let rewritten = find("SELECT email FROM users WHERE id = 1", "query");
     assert_eq!(rewritten["decision"], "rewritten");
-    assert_eq!(rewritten["masked_columns"][0], format!("{}.users.email", db.name));
+    assert_eq!(
+        rewritten["masked_columns"][0],
+        format!("{}.users.email", db.name)
+    );
     let refused = find("SELECT UPPER(email) FROM users", "query");
     assert_eq!(refused["decision"], "refused");
-    assert!(refused["reason"].as_str().unwrap().contains("masked column"));
+    assert!(refused["reason"]
+        .as_str()
+        .unwrap()
+        .contains("masked column"));
     let begin = find("BEGIN", "query");
     assert_eq!(begin["decision"], "emulated");
-    assert!(begin["upstream_sql"].as_str().unwrap().contains("SAVEPOINT"), "{begin}");
+    assert!(
+        begin["upstream_sql"]
+            .as_str()
+            .unwrap()
+            .contains("SAVEPOINT"),
+        "{begin}"
+    );
     let update = find("UPDATE users SET plan = 'x' WHERE id <= 3", "query");
     assert_eq!(update["affected"], 3);
     let failed = find("SELECT * FROM no_such_table", "query");
-    assert!(failed["error"].as_str().unwrap().starts_with("1146"), "{failed}");
+    assert!(
+        failed["error"].as_str().unwrap().starts_with("1146"),
+        "{failed}"
+    );
     let executed = find("SELECT phone FROM users WHERE id = ?", "execute");
     assert_eq!(executed["decision"], "rewritten");
     assert_eq!(executed["rows"], 1);
 
     // The chain holds, and neither the masking key nor a real value is in the log.
     let text = std::fs::read_to_string(&audit_file).unwrap();
-    assert!(matches!(dbproxy::audit::verify_chain(text.lines().map(str::to_owned)), Ok(n) if n == lines.len()));
-    let key_hex: String = std::fs::read(&key_file).unwrap().iter().map(|b| format!("{b:02x}")).collect();
+    assert!(
+        matches!(dbproxy::audit::verify_chain(text.lines().map(str::to_owned)), Ok(n) if n == lines.len())
+    );
+    let key_hex: String = std::fs::read(&key_file)
+        .unwrap()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     assert!(!text.contains(&key_hex));
     assert!(!text.contains(&real(5).phone) && !text.contains(&real(1).email));
 }
@@ -418,7 +465,9 @@ async fn rate_limits_answer_with_a_clear_error_then_recover() {
     assert_eq!(code, 1226, "{message}");
     assert!(message.contains("statements_per_sec = 5"), "{message}");
     tokio::time::sleep(std::time::Duration::from_millis(400)).await;
-    app.query_drop("SELECT 1").await.expect("recovered after the window");
+    app.query_drop("SELECT 1")
+        .await
+        .expect("recovered after the window");
 
     // Rows per minute: a result set is never cut; the next statement waits for the budget.
     let (relay, _proxy) = relay_with_dbproxy(&pki, |c| {
@@ -429,8 +478,16 @@ async fn rate_limits_answer_with_a_clear_error_then_recover() {
     let bob = developer_with_mysql(&relay, &pki, "bob").await;
     let mut app = mysql_conn(bob.mysql.unwrap(), &db.name).await;
     let ids: Vec<i64> = app.query("SELECT id FROM users LIMIT 605").await.unwrap();
-    assert_eq!(ids.len(), 605, "the result that crosses the budget comes whole");
-    let (code, message) = server_error(app.query_drop("SELECT id FROM users LIMIT 1").await.unwrap_err());
+    assert_eq!(
+        ids.len(),
+        605,
+        "the result that crosses the budget comes whole"
+    );
+    let (code, message) = server_error(
+        app.query_drop("SELECT id FROM users LIMIT 1")
+            .await
+            .unwrap_err(),
+    );
     assert_eq!(code, 1226);
     assert!(message.contains("rows_per_min = 600"), "{message}");
     // 10 rows per second refill the 5 overdrawn ones.

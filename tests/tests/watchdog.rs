@@ -286,3 +286,57 @@ async fn a_developer_waiting_on_production_or_on_another_developer_is_not_rolled
         "prod-locked"
     );
 }
+
+/// A database user for the dbproxy with only the documented grants; dropped at the end.
+struct MinimalUser {
+    name: String,
+}
+
+impl Drop for MinimalUser {
+    fn drop(&mut self) {
+        let _ = std::panic::catch_unwind(|| {
+            tests::mariadb::server().admin(&format!("DROP USER IF EXISTS '{}'@'%'", self.name))
+        });
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_grants_are_enough_for_the_watchdog_to_protect_production() {
+    init_tracing();
+    let db = TestDatabase::new();
+    table_with_a_row(&db).await;
+    // DML and temporary tables on the app's schema, PROCESS server-wide: no SUPER, no
+    // CONNECTION ADMIN. The sessions and the watchdog run as this user; production does not.
+    let user = MinimalUser {
+        name: format!("{}_dbproxy", db.name),
+    };
+    let server = tests::mariadb::server();
+    server.admin(&format!(
+        "CREATE USER '{u}'@'%' IDENTIFIED BY 'pw'; \
+         GRANT SELECT, INSERT, UPDATE, DELETE, CREATE TEMPORARY TABLES ON {db}.* TO '{u}'@'%'; \
+         GRANT PROCESS ON *.* TO '{u}'@'%'",
+        u = user.name,
+        db = db.name
+    ));
+    let upstream = format!("mysql://{}:pw@{}:{}", user.name, server.host, server.port);
+    let pki = Pki::new();
+    let (relay, _proxy) = relay_with_dbproxy(&pki, |c| {
+        fast_watchdog(c);
+        c.upstream = Some(upstream);
+    })
+    .await;
+    let dev = developer_with_mysql(&relay, &pki, "alice").await;
+    let mut app = mysql_conn(dev.mysql.unwrap(), &db.name).await;
+    let mut prod = patient_production(&db).await;
+
+    app.query_drop("UPDATE t SET val = 'dev' WHERE id = 1")
+        .await
+        .unwrap();
+    timed_production(&mut prod, "UPDATE t SET val = 'prod2' WHERE id = 1").await;
+    let e = tokio::time::timeout(WAIT, app.query_drop("SELECT 1"))
+        .await
+        .expect("developer statement timed out")
+        .unwrap_err();
+    assert_protected(e, "row lock");
+    assert_eq!(db.admin("SELECT val FROM t WHERE id = 1").trim(), "prod2");
+}
