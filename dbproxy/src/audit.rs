@@ -68,24 +68,31 @@ pub const TRACING_TARGET: &str = "devinprod::audit";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Decision {
-    /// Sent upstream as the app wrote it.
+    /// Sent upstream as the app wrote it; the result passed unchanged.
     Allowed,
-    /// Sent upstream in another form (`upstream_sql`), e.g. `COMMIT` → `RELEASE SAVEPOINT`.
+    /// Sent upstream as written, but its result was rewritten: masked columns
+    /// (`masked_columns`).
     Rewritten,
     /// Not sent upstream; the app got an error (`reason`).
     Refused,
-    /// Answered by the proxy itself without going upstream.
+    /// Transaction control emulated by the proxy: `upstream_sql` is what it became (savepoint
+    /// statements), possibly nothing.
     Emulated,
+    /// Not an app statement: the lock watchdog stopped the session's statement or rolled the
+    /// session back to protect production (`reason`).
+    Killed,
 }
 
 impl Decision {
-    /// The name used in the JSON line: `allowed`, `rewritten`, `refused` or `emulated`.
+    /// The name used in the JSON line: `allowed`, `rewritten`, `refused`, `emulated` or
+    /// `killed`.
     pub fn as_str(self) -> &'static str {
         match self {
             Decision::Allowed => "allowed",
             Decision::Rewritten => "rewritten",
             Decision::Refused => "refused",
             Decision::Emulated => "emulated",
+            Decision::Killed => "killed",
         }
     }
 }
@@ -388,6 +395,7 @@ fn emit_tracing(r: &AuditRecord) {
     }
     match r.decision {
         Decision::Refused => event!(warn, "statement refused"),
+        Decision::Killed => event!(warn, "developer session stopped to protect production"),
         Decision::Allowed | Decision::Rewritten | Decision::Emulated => event!(info, "statement"),
     }
 }

@@ -31,6 +31,7 @@
 //! Reading lock waits needs the PROCESS privilege; without it the watchdog says so in the log
 //! (and sees only its own user's connections in the process list).
 
+use crate::audit::{AuditRecord, Decision};
 use crate::config::DbProxyConfig;
 use crate::session::Session;
 use crate::upstream::{Upstream, UpstreamError};
@@ -497,15 +498,15 @@ impl Watchdog {
             return Ok(());
         }
         self.killed.insert(id);
-        // AUDIT: the watchdog rolled a developer session back to protect production (to be
-        // recorded by dbproxy/src/audit.rs when it lands).
-        warn!(
-            target: "devinprod::audit",
-            key = %w.session.key,
-            upstream_id = id,
-            "lock watchdog: rolled the developer session back (KILL CONNECTION {id}) to protect production: {}",
-            kill.detail
-        );
+        // The operator's log quotes the waiting statement; the audit record and the developer
+        // get its kind and tables, never its values.
+        warn!(key = %w.session.key, upstream_id = id, "lock watchdog: rolling the developer session back: {}", kill.detail);
+        self.config.audit.record(AuditRecord {
+            upstream_sql: Some(format!("KILL CONNECTION {id}")),
+            decision: Decision::Killed,
+            reason: Some(kill.why.clone()),
+            ..AuditRecord::new(w.session.key.to_string(), 0, "watchdog", "")
+        });
         let (up, _) = self.conn()?;
         let killed = up.run(&format!("KILL CONNECTION {id}")).await?;
         debug!(?killed, "KILL CONNECTION {id}");
@@ -556,16 +557,15 @@ impl Watchdog {
                 continue;
             }
             self.backstopped.insert(w.upstream_id, Instant::now());
-            // AUDIT: a statement of the developer session outlived its time limit.
-            warn!(
-                target: "devinprod::audit",
-                key = %w.session.key,
-                upstream_id = w.upstream_id,
-                "lock watchdog: stopped a developer statement running {:.1} s, over the {} ms statement limit (KILL QUERY {})",
-                running.as_secs_f64(),
-                limit_ms,
-                w.upstream_id
-            );
+            self.config.audit.record(AuditRecord {
+                upstream_sql: Some(format!("KILL QUERY {}", w.upstream_id)),
+                decision: Decision::Killed,
+                reason: Some(format!(
+                    "a statement ran {:.1} s, over the {limit_ms} ms statement limit",
+                    running.as_secs_f64()
+                )),
+                ..AuditRecord::new(w.session.key.to_string(), 0, "watchdog", "")
+            });
             let (up, _) = self.conn()?;
             match up.run(&format!("KILL QUERY {}", w.upstream_id)).await? {
                 Ok(_) | Err((ER_NO_SUCH_THREAD, _)) => {}

@@ -90,7 +90,12 @@ async fn a_developer_row_lock_that_blocks_production_is_rolled_back_and_the_deve
     let db = TestDatabase::new();
     table_with_a_row(&db).await;
     let pki = Pki::new();
-    let (relay, _proxy) = relay_with_dbproxy(&pki, fast_watchdog).await;
+    let audit_file = pki.path().join("audit.log");
+    let (relay, _proxy) = relay_with_dbproxy(&pki, |c| {
+        fast_watchdog(c);
+        c.audit.path = Some(audit_file.clone());
+    })
+    .await;
     let dev = developer_with_mysql(&relay, &pki, "alice").await;
     let mut app = mysql_conn(dev.mysql.unwrap(), &db.name).await;
     let mut prod = patient_production(&db).await;
@@ -130,6 +135,26 @@ async fn a_developer_row_lock_that_blocks_production_is_rolled_back_and_the_deve
         "production keeps its own value"
     );
     assert_eq!(db.admin("SELECT val FROM t WHERE id = 1").trim(), "prod2");
+
+    // The kill is audited: why, in terms of the production statement's kind and tables only.
+    let audit = std::fs::read_to_string(&audit_file).unwrap();
+    let killed: serde_json::Value = audit
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|l| l["decision"] == "killed")
+        .unwrap_or_else(|| panic!("no audit line for the kill: {audit}"));
+    assert_eq!(killed["routing_key"], dev.routing_key.as_str());
+    assert_eq!(killed["command"], "watchdog");
+    assert!(killed["upstream_sql"]
+        .as_str()
+        .unwrap()
+        .starts_with("KILL CONNECTION "));
+    let why = killed["reason"].as_str().unwrap();
+    assert!(why.contains("row lock"), "{why}");
+    assert!(
+        !audit.contains("prod2"),
+        "production values stay out of the audit log"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

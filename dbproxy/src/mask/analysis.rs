@@ -58,6 +58,31 @@ pub fn check(
         relations.push(table_name(n));
         ControlFlow::<()>::Continue(())
     });
+    // `TABLE t` names its table as a plain string, which visit_relations does not see.
+    struct TableStatements(Vec<TableName>);
+    impl Visitor for TableStatements {
+        type Break = ();
+        fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
+            fn walk(body: &SetExpr, out: &mut Vec<TableName>) {
+                match body {
+                    SetExpr::Table(t) => out.extend(t.table_name.iter().map(|n| TableName {
+                        schema: t.schema_name.clone(),
+                        name: n.clone(),
+                    })),
+                    SetExpr::SetOperation { left, right, .. } => {
+                        walk(left, out);
+                        walk(right, out);
+                    }
+                    _ => {}
+                }
+            }
+            walk(&query.body, &mut self.0);
+            ControlFlow::Continue(())
+        }
+    }
+    let mut table_statements = TableStatements(Vec::new());
+    let _ = statement.visit(&mut table_statements);
+    relations.extend(table_statements.0);
     for t in &relations {
         let schema = t
             .schema
@@ -67,7 +92,8 @@ pub fn check(
             .to_ascii_lowercase();
         let name = t.name.to_ascii_lowercase();
         if DIARY_SCHEMAS.contains(&schema.as_str())
-            || (schema == "information_schema" && name == "processlist")
+            || (schema == "information_schema"
+                && matches!(name.as_str(), "processlist" | "column_statistics"))
         {
             return Err(format!(
                 "DevInProd refused a read of {schema}.{name}: with masking on, the server's own records \
@@ -436,7 +462,93 @@ impl Visitor for Finder<'_> {
         ControlFlow::Continue(())
     }
 
-    fn pre_visit_query(&mut self, _query: &Query) -> ControlFlow<String> {
-        ControlFlow::Continue(())
+    /// MySQL's `TABLE t` reads every column without a SELECT to look at; in a UNION its
+    /// columns would lose the definitions the row masker keys on.
+    fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<String> {
+        fn tables(body: &SetExpr, out: &mut Vec<String>) {
+            match body {
+                SetExpr::Table(t) => {
+                    out.extend(t.table_name.iter().map(|n| n.to_ascii_lowercase()))
+                }
+                SetExpr::SetOperation { left, right, .. } => {
+                    tables(left, out);
+                    tables(right, out);
+                }
+                _ => {}
+            }
+        }
+        let mut named = Vec::new();
+        tables(&query.body, &mut named);
+        match named.into_iter().find(|t| self.masked_tables.contains(t)) {
+            Some(t) => ControlFlow::Break(format!(
+                "DevInProd refused `TABLE {t}`: it has masked columns; SELECT the columns you need"
+            )),
+            None => ControlFlow::Continue(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn rules() -> MaskRules {
+        let mut columns = BTreeMap::new();
+        columns.insert("shop.users.email".to_string(), "email".to_string());
+        MaskRules::parse(&columns).unwrap()
+    }
+
+    fn run(sql: &str) -> Result<MaskedProjection, String> {
+        let statement =
+            crate::policy::parse_statement(sql).unwrap_or_else(|| panic!("{sql} does not parse"));
+        check(&statement, &rules(), Some("shop"))
+    }
+
+    #[test]
+    fn plain_projections_pass_and_are_located() {
+        let p = run("SELECT id, u.email AS e FROM users u WHERE id = 1").unwrap();
+        assert_eq!(
+            p.positions,
+            Some(vec![
+                None,
+                Some(("shop".into(), "users".into(), "email".into()))
+            ])
+        );
+        assert_eq!(run("SELECT * FROM users").unwrap().positions, None);
+        assert!(
+            run("SELECT id FROM users WHERE EXISTS (SELECT * FROM users v WHERE v.id = 2)").is_ok()
+        );
+        // Another schema's table of that name has no masked column.
+        assert_eq!(
+            run("SELECT email FROM other.users").unwrap(),
+            MaskedProjection::default()
+        );
+    }
+
+    #[test]
+    fn every_other_use_is_refused() {
+        for sql in [
+            "SELECT LOWER(email) FROM users",
+            "SELECT id FROM users WHERE email = 'x'",
+            "SELECT email FROM users ORDER BY 1",
+            "SELECT email e FROM users ORDER BY e",
+            "SELECT * FROM users GROUP BY 2",
+            "SELECT * FROM (SELECT * FROM users) d",
+            "SELECT id FROM users JOIN orders USING (id)",
+            "SELECT id FROM users NATURAL JOIN orders",
+            "INSERT INTO users (id, email) VALUES (1, 'a@b.c')",
+            "INSERT INTO users VALUES (1, 'a@b.c')",
+            "INSERT INTO users SET email = 'a@b.c'",
+            "INSERT INTO users (id) VALUES (1) ON DUPLICATE KEY UPDATE email = 'x'",
+            "UPDATE users SET email = 'x' WHERE id = 1",
+            "UPDATE users SET id = 2 WHERE email = 'x'",
+            "DELETE FROM users WHERE email = 'x'",
+            "SELECT * FROM performance_schema.events_statements_history",
+            "SELECT * FROM information_schema.processlist",
+        ] {
+            let r = run(sql);
+            assert!(r.is_err(), "{sql} passed: {r:?}");
+        }
     }
 }

@@ -89,6 +89,8 @@ const MAX_BLOCK_SLOTS: usize = 64;
 /// From this domain size (in bits) on, a value is masked with `P(x)` rather than
 /// `P⁻¹(P(x) + 1)` (see [`Masker::step`]).
 const LARGE_DOMAIN_BITS: f64 = 40.0;
+/// A value as masked by a strategy.
+type MemoKey = (MaskStrategy, Vec<u8>);
 /// Masked values remembered per [`Masker`]: apps read the same rows again and again, and a
 /// bijective mask costs an FF1 evaluation (tens of microseconds).
 const MEMO_ENTRIES: usize = 200_000;
@@ -503,7 +505,7 @@ pub struct Masker {
     hash_key: HmacSha256,
     tables: Mutex<TableCache>,
     /// (strategy, value) → mask for the bijective strategies; emptied when full.
-    memo: Mutex<HashMap<(MaskStrategy, Vec<u8>), Vec<u8>>>,
+    memo: Mutex<HashMap<MemoKey, Vec<u8>>>,
 }
 
 impl fmt::Debug for Masker {
