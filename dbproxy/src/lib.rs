@@ -11,7 +11,11 @@
 //!    all the app's connections, serialised. Transaction control is emulated per app
 //!    connection with savepoints ([`txn`]); status flags are rewritten to what that app
 //!    connection would see on a real server; writes are checked against the catalog
-//!    (transactional engines, no triggers, no stored functions).
+//!    (transactional engines, no triggers, no stored functions). Before that, the session's
+//!    rate limits ([`limits`]) and, when columns are masked, the masking analysis
+//!    ([`mask::analysis`]: a masked column may only be selected plainly) run; on the way back,
+//!    result rows are masked ([`mask::rows`], keyed permutations from [`mask::strategy`]).
+//!    Every statement leaves one line in the audit log ([`audit`]).
 //! 4. The session ends — closing the upstream, so the server rolls everything back — when its
 //!    app connections have been gone for the grace period, or at its maximum age — or when
 //!    the [`watchdog`] kills it because another connection has waited too long on its locks.
