@@ -26,6 +26,24 @@ fn seed(db: &TestDatabase) {
     ));
 }
 
+/// A relay and in-process dbproxy masking `mask_rules(db)` (key in the PKI dir), tuned further
+/// by `tune`.
+async fn masking_proxy(
+    db: &TestDatabase,
+    pki: &Pki,
+    tune: impl FnOnce(&mut dbproxy::DbProxyFileConfig),
+) -> tests::TestRelay {
+    let key_file = pki.path().join("mask.key");
+    let rules = mask_rules(&db.name);
+    let (relay, _proxy) = relay_with_dbproxy(pki, |c| {
+        c.masking.secret_file = Some(key_file);
+        c.masking.columns = rules.into_iter().collect();
+        tune(c);
+    })
+    .await;
+    relay
+}
+
 fn mask_rules(db: &str) -> Vec<(String, String)> {
     [
         ("users.email", "email"),
@@ -105,14 +123,7 @@ async fn masked_columns_come_back_masked_consistently_on_text_and_binary_protoco
     let db = TestDatabase::new();
     seed(&db);
     let pki = Pki::new();
-    let key_file = pki.path().join("mask.key");
-    let rules = mask_rules(&db.name);
-    let (relay, _proxy) = relay_with_dbproxy(&pki, |c| {
-        c.masking.secret_file = Some(key_file.clone());
-        c.masking.columns = rules.into_iter().collect();
-        c.limits.rows_per_min = 0;
-    })
-    .await;
+    let relay = masking_proxy(&db, &pki, |c| c.limits.rows_per_min = 0).await;
     let alice = developer_with_mysql(&relay, &pki, "alice").await;
     let bob = developer_with_mysql(&relay, &pki, "bob").await;
     let mut app = mysql_conn(alice.mysql.unwrap(), &db.name).await;
@@ -219,13 +230,7 @@ async fn every_path_around_a_mask_is_refused_with_a_clear_error() {
     let db = TestDatabase::new();
     seed(&db);
     let pki = Pki::new();
-    let key_file = pki.path().join("mask.key");
-    let rules = mask_rules(&db.name);
-    let (relay, _proxy) = relay_with_dbproxy(&pki, |c| {
-        c.masking.secret_file = Some(key_file.clone());
-        c.masking.columns = rules.into_iter().collect();
-    })
-    .await;
+    let relay = masking_proxy(&db, &pki, |_| {}).await;
     let alice = developer_with_mysql(&relay, &pki, "alice").await;
     let mut app = mysql_conn(alice.mysql.unwrap(), &db.name).await;
 
@@ -328,13 +333,7 @@ async fn the_audit_log_records_allowed_rewritten_refused_and_emulated_statements
     let pki = Pki::new();
     let key_file = pki.path().join("mask.key");
     let audit_file = pki.path().join("audit").join("audit.log");
-    let rules = mask_rules(&db.name);
-    let (relay, _proxy) = relay_with_dbproxy(&pki, |c| {
-        c.masking.secret_file = Some(key_file.clone());
-        c.masking.columns = rules.into_iter().collect();
-        c.audit.path = Some(audit_file.clone());
-    })
-    .await;
+    let relay = masking_proxy(&db, &pki, |c| c.audit.path = Some(audit_file.clone())).await;
     let alice = developer_with_mysql(&relay, &pki, "alice").await;
     let key = alice.routing_key.clone();
     let mut app = mysql_conn(alice.mysql.unwrap(), &db.name).await;
