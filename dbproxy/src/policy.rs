@@ -291,6 +291,39 @@ pub fn classify(sql: &str) -> Classified {
         }
         _ => {}
     }
+    if let Some(c) = sql.chars().find(|c| !c.is_ascii() && c.is_whitespace()) {
+        // sqlparser treats it as a space (and `--` before it as a comment), MariaDB as part of
+        // a name: the two would read different statements.
+        return refuse(
+            "a non-ASCII space character",
+            format!(
+                "U+{:04X} is read differently by the server and the policy; use ASCII spaces, and pass \
+                 such text as a parameter of a prepared statement",
+                u32::from(c)
+            ),
+        );
+    }
+    let upper_words: Vec<String> = trimmed
+        .split(|c: char| c.is_ascii_whitespace() || c == '(' || c == ')')
+        .filter(|w| !w.is_empty())
+        .map(|w| w.to_ascii_uppercase())
+        .collect();
+    let first_two: Vec<&str> = upper_words.iter().take(2).map(String::as_str).collect();
+    if let ["EXPLAIN" | "DESCRIBE" | "DESC", "EXTENDED" | "PARTITIONS"] = first_two.as_slice() {
+        return refuse(
+            "EXPLAIN EXTENDED",
+            "its notes print the values a constant lookup read; use EXPLAIN",
+        );
+    }
+    if upper_words
+        .windows(2)
+        .any(|w| w[0] == "PROCEDURE" && w[1].starts_with("ANALYSE"))
+    {
+        return refuse(
+            "PROCEDURE ANALYSE",
+            "it reports the values of the columns it reads",
+        );
+    }
     if has_executable_comment(sql) {
         return refuse(
             "an executable comment",
@@ -634,6 +667,14 @@ fn check_value(name: &str, values: &[Expr]) -> Option<Classified> {
     match bare {
         "sql_mode" => match plain_value(values) {
             None => Some(refuse("SET sql_mode", "sql_mode must be set to a plain list of modes, e.g. 'STRICT_ALL_TABLES,NO_ZERO_DATE'")),
+            // By name only: `SET sql_mode = 4` is ANSI_QUOTES as a bit mask.
+            Some(v) if v.split(',').any(|m| {
+                let m = m.trim();
+                !m.is_empty() && !m.chars().all(|c| c.is_ascii_alphabetic() || c == '_')
+            }) => Some(refuse(
+                format!("SET sql_mode = {v}"),
+                "sql_mode must be a list of mode names (a number is a bit mask the policy does not read)",
+            )),
             Some(v) => v
                 .split(',')
                 .map(|m| m.trim().to_ascii_uppercase())

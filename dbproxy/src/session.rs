@@ -1213,13 +1213,16 @@ impl Session {
                 Ok(Outcome::Done)
             }
             Verdict::DropTemporary(ts) => {
-                if self.relay(inner, conn, payload, app).await? {
-                    for t in ts {
-                        if let Some(schema) = t.schema.clone().or_else(|| conn.db.clone()) {
-                            inner.temp_tables.remove(&(schema, t.name.clone()));
-                        }
+                // Forgotten even when the statement fails: MariaDB drops the tables it found
+                // before reporting one it did not, and a name still taken for a temporary
+                // table would let writes reach the base table of that name unchecked.
+                let result = self.relay(inner, conn, payload, app).await;
+                for t in ts {
+                    if let Some(schema) = t.schema.clone().or_else(|| conn.db.clone()) {
+                        inner.temp_tables.remove(&(schema, t.name.clone()));
                     }
                 }
+                result?;
                 Ok(Outcome::Done)
             }
             Verdict::Admin(AdminCommand::Status) => {
@@ -1281,6 +1284,7 @@ impl Session {
         // Every result is looked at, masking configured: a column the analysis did not expect
         // to be masked is still masked if its definition names a masked column.
         let binary = payload.first() == Some(&0x17);
+        let masking_on = self.config.masking.is_some();
         let mut masker = self
             .config
             .masking
@@ -1299,6 +1303,17 @@ impl Session {
                     wire::patch_status(p, in_trans, autocommit);
                 }
                 Position::Row => rows += 1,
+                Position::Other if masking_on && p.first() == Some(&0xFF) => {
+                    if let Some((code, msg)) = wire::err_info(p) {
+                        if let Some(withheld) = crate::mask::withhold_values(code, &msg) {
+                            let state: [u8; 5] = p
+                                .get(4..9)
+                                .and_then(|s| s.try_into().ok())
+                                .unwrap_or(*b"HY000");
+                            *p = wire::err(code, &state, &withheld);
+                        }
+                    }
+                }
                 _ => {}
             }
             if let Some(m) = masker.as_mut() {
@@ -1312,10 +1327,13 @@ impl Session {
         }
         conn.report.affected = affected;
         conn.report.masked = masked;
-        conn.report.error = tracker
-            .error
-            .as_ref()
-            .map(|(code, msg)| format!("{code}: {msg}"));
+        conn.report.error = tracker.error.as_ref().map(|(code, msg)| {
+            let msg = masking_on
+                .then(|| crate::mask::withhold_values(*code, msg))
+                .flatten()
+                .unwrap_or_else(|| msg.clone());
+            format!("{code}: {msg}")
+        });
         if let Some(id) = inserted {
             conn.last_insert_id = id;
             inner.applied_last_insert_id = id;
@@ -1468,14 +1486,10 @@ impl Session {
                              dbproxy (grant it SHOW VIEW), so its functions cannot be checked"
                         )));
                     }
-                    // MariaDB stores view definitions with every table named in backquotes.
-                    if let Some((ms, mt)) = self.config.masking.as_ref().and_then(|m| {
-                        m.rules.tables().find(|(_, t)| {
-                            definition.contains(&format!("`{}`", t.to_ascii_uppercase()))
-                        })
-                    }) {
+                    if let Some(masked) = self.masked_behind_view(inner, &r.view_definition).await?
+                    {
                         return Ok(Some(format!(
-                            "DevInProd refused a read of view {name}: it reads {ms}.{mt}, which has masked \
+                            "DevInProd refused a read of view {name}: it reads {masked}, which has masked \
                              columns, and a view can compute with them before they could be masked; \
                              query the table itself"
                         )));
@@ -1518,6 +1532,52 @@ impl Session {
                 return Ok(Some(format!(
                     "DevInProd refused a write to {name}: it has triggers, which may write outside the transaction"
                 )));
+            }
+        }
+        Ok(None)
+    }
+
+    /// With masking on: the masked table a view's definition reads, directly or through other
+    /// views (MariaDB stores definitions with every name in backquotes, fully qualified).
+    async fn masked_behind_view(
+        &self,
+        inner: &mut Inner,
+        definition: &str,
+    ) -> Result<Option<String>, ServeError> {
+        let Some(masking) = self.config.masking.clone() else {
+            return Ok(None);
+        };
+        let masked_names: HashSet<&str> = masking.rules.tables().map(|(_, t)| t.as_str()).collect();
+        let mut pending = vec![definition.to_owned()];
+        let mut seen = HashSet::new();
+        while let Some(def) = pending.pop() {
+            let names = backquoted_names(&def);
+            // Any name that is a masked table's, in any position (conservative).
+            if let Some(n) = names
+                .iter()
+                .map(|n| crate::mask::fold(n))
+                .find(|n| masked_names.contains(n.as_str()))
+            {
+                return Ok(Some(n));
+            }
+            for pair in names.windows(2) {
+                let key = (pair[0].clone(), pair[1].clone());
+                if !def.contains(&format!("{}`.`{}", pair[0], pair[1])) || !seen.insert(key) {
+                    continue;
+                }
+                if seen.len() > 64 {
+                    return Ok(Some(
+                        "more nested views than the dbproxy follows (64)".into(),
+                    ));
+                }
+                let facts = self.table_facts(inner, &pair[0], &pair[1]).await?;
+                pending.extend(
+                    facts
+                        .rows
+                        .into_iter()
+                        .filter(|r| r.table_type == "VIEW")
+                        .map(|r| r.view_definition),
+                );
             }
         }
         Ok(None)
@@ -1761,6 +1821,31 @@ impl Session {
             inner.on = None;
         }
     }
+}
+
+/// Every backquoted name in `sql`, in order (doubled backquotes inside a name undone).
+fn backquoted_names(sql: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '`' {
+            continue;
+        }
+        let mut name = String::new();
+        loop {
+            match chars.next() {
+                None => return out,
+                Some('`') if chars.peek() == Some(&'`') => {
+                    chars.next();
+                    name.push('`');
+                }
+                Some('`') => break,
+                Some(ch) => name.push(ch),
+            }
+        }
+        out.push(name);
+    }
+    out
 }
 
 fn display(t: &TableName, schema: &str) -> String {

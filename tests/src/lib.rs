@@ -4,6 +4,8 @@
 #![forbid(unsafe_code)]
 
 pub mod apps;
+pub mod bench;
+pub mod benchkit;
 pub mod http_client;
 pub mod mariadb;
 pub mod raw;

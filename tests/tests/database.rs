@@ -775,6 +775,19 @@ async fn known_bypasses_of_the_policy_stay_closed() {
         a.exec_drop(&stmt, ("now the real MyISAM m2",)).await,
         "prepared after drop",
     );
+    // A DROP that fails on a second name still drops the first (MariaDB), so the name is no
+    // longer a temporary table's. (Found by the masking review.)
+    a.query_drop("CREATE TEMPORARY TABLE m2 (id INT PRIMARY KEY AUTO_INCREMENT, v VARCHAR(50))")
+        .await
+        .unwrap();
+    a.query_drop("DROP TEMPORARY TABLE m2, no_such_table")
+        .await
+        .unwrap_err();
+    refused(
+        a.query_drop("INSERT INTO m2(v) VALUES ('after a failed drop')")
+            .await,
+        "temporary name after a DROP that failed",
+    );
     // 5. Exact names: `audit` is the MyISAM one, whatever `Audit` is.
     refused(
         a.query_drop("INSERT INTO audit VALUES (7)").await,

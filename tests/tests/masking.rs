@@ -22,7 +22,14 @@ fn seed(db: &TestDatabase) {
              CONCAT('s3cr3t-', n), IF(n % 2 = 0, 'pro', 'free') FROM s; \
          CREATE TABLE orders (id INT PRIMARY KEY, user_id INT, customer_email VARCHAR(64)) ENGINE=InnoDB; \
          INSERT INTO orders SELECT id, id, email FROM users WHERE id <= 100; \
-         CREATE VIEW user_emails AS SELECT id, email FROM users;"
+         CREATE VIEW user_emails AS SELECT id, email FROM users; \
+         CREATE VIEW v2 AS SELECT * FROM user_emails; \
+         ALTER TABLE users ADD FULLTEXT INDEX ft_note (note), ADD INDEX ix_email (email); \
+         CREATE TABLE accounts (id INT PRIMARY KEY, tenant INT, email VARCHAR(64), \
+           UNIQUE KEY uq (tenant, email)) ENGINE=InnoDB; \
+         INSERT INTO accounts VALUES (1, 1, 'alice@secret-corp.com'), (2, 2, 'alice@secret-corp.com'); \
+         CREATE TABLE clients (id INT PRIMARY KEY, `prénom` VARCHAR(32)) ENGINE=InnoDB; \
+         INSERT INTO clients VALUES (1, 'Amélie');"
     ));
 }
 
@@ -53,6 +60,8 @@ fn mask_rules(db: &str) -> Vec<(String, String)> {
         ("users.note", "redact:5:0"),
         ("users.secret", "hash"),
         ("orders.customer_email", "email"),
+        ("accounts.email", "email"),
+        ("clients.prénom", "name"),
     ]
     .iter()
     .map(|(c, s)| (format!("{db}.{c}"), s.to_string()))
@@ -268,6 +277,26 @@ async fn every_path_around_a_mask_is_refused_with_a_clear_error() {
         "EXPLAIN SELECT id FROM users WHERE email = 'Person.1@Real-Mail1.com'",
         "SELECT * FROM mysql.column_stats",
         "SELECT INFO FROM information_schema.PROCESSLIST",
+        // Found by the adversarial review (each leaked before it was closed):
+        "SELECT id, 1 --\u{a0} , UPPER(email) AS leak FROM users WHERE id = 1",
+        "SET sql_mode = 4",
+        "SELECT u.id FROM (users u NATURAL JOIN (SELECT 'Person.5@Real-Mail5.com' AS email) g)",
+        "UPDATE users u JOIN (SELECT 'x' AS email) g USING (email) SET u.plan = 'hit'",
+        "DELETE u FROM users u NATURAL JOIN (SELECT 'x' AS email) g",
+        "CREATE TEMPORARY TABLE users AS SELECT 5 AS id, 'Person.5@Real-Mail5.com' AS email",
+        "SELECT id, email FROM users ORDER BY (2) LIMIT 4",
+        "SELECT id, email FROM users ORDER BY +2 LIMIT 4",
+        "SELECT id, email FROM users ORDER BY TRUE DESC LIMIT 4",
+        "SELECT UPPER(EMAIL) FROM users",
+        "SELECT UPPER(PRÉNOM) FROM clients",
+        "SELECT email AS Émail, id FROM users ORDER BY émail",
+        "SELECT * FROM v2",
+        "SELECT id FROM users WHERE MATCH(note) AGAINST('\"number 42\"' IN BOOLEAN MODE)",
+        "SELECT trx_query FROM information_schema.INNODB_TRX",
+        "SELECT DISTINCT note FROM users",
+        "SELECT id FROM users FORCE INDEX (ix_email) LIMIT 5",
+        "EXPLAIN EXTENDED SELECT * FROM users WHERE id = 1",
+        "SELECT * FROM users PROCEDURE ANALYSE()",
     ];
     for sql in attempts {
         match app.query_iter(sql).await {
@@ -288,6 +317,25 @@ async fn every_path_around_a_mask_is_refused_with_a_clear_error() {
         .await
         .unwrap_err();
     assert_eq!(server_error(e).0, 1227);
+
+    // A server error that would quote a masked value (a composite unique key) withholds it.
+    let (code, message) = server_error(
+        app.query_drop("UPDATE accounts SET tenant = 2 WHERE id = 1")
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code, 1062, "{message}");
+    assert!(!message.contains("secret-corp"), "{message}");
+    assert!(message.contains("for key 'uq'"), "{message}");
+    let masked_name: Option<String> = app
+        .query_first("SELECT `PRÉNOM` FROM clients")
+        .await
+        .unwrap();
+    assert_ne!(
+        masked_name.as_deref(),
+        Some("Amélie"),
+        "accents and case fold"
+    );
 
     // What the app legitimately does still works.
     let n: Option<i64> = app

@@ -22,17 +22,62 @@
 //! own diaries of statements (`mysql`, `performance_schema`, `sys`, the process list) by
 //! [`check`] here, since they hold production's SQL text with real values in it.
 
-use super::MaskRules;
+use super::{fold, MaskRules};
 use crate::policy::{table_name, TableName};
 use sqlparser::ast::{
     visit_relations, Expr, GroupByExpr, ObjectName, OrderByKind, Query, Select, SelectItem,
-    SetExpr, Statement, TableFactor, TableWithJoins, Value, Visit, Visitor,
+    SetExpr, Statement, TableFactor, TableWithJoins, Visit, Visitor,
 };
 use std::collections::HashSet;
 use std::ops::ControlFlow;
 
 /// Schemas that record other connections' statements or column statistics (real values).
 const DIARY_SCHEMAS: &[&str] = &["mysql", "performance_schema", "sys"];
+
+/// The `information_schema` tables open with masking on: the catalog, as ORMs and tools read
+/// it. The others hold statements (PROCESSLIST, INNODB_TRX), index key values (INNODB_LOCKS),
+/// partition bounds or statistics.
+const OPEN_INFORMATION_SCHEMA: &[&str] = &[
+    "schemata",
+    "tables",
+    "columns",
+    "views",
+    "routines",
+    "parameters",
+    "triggers",
+    "events",
+    "statistics",
+    "key_column_usage",
+    "referential_constraints",
+    "table_constraints",
+    "check_constraints",
+    "character_sets",
+    "collations",
+    "collation_character_set_applicability",
+    "engines",
+    "plugins",
+    "keywords",
+    "sql_functions",
+    "column_privileges",
+    "table_privileges",
+    "schema_privileges",
+    "user_privileges",
+    "applicable_roles",
+    "enabled_roles",
+    "session_variables",
+    "session_status",
+];
+
+/// Names compared as the server compares identifiers ([`fold`]).
+trait FoldName {
+    fn fold_name(&self) -> String;
+}
+
+impl FoldName for str {
+    fn fold_name(&self) -> String {
+        fold(self)
+    }
+}
 
 /// A masked column as (schema, table, column), lower-cased.
 pub type ColumnRef = (String, String, String);
@@ -84,20 +129,29 @@ pub fn check(
     let _ = statement.visit(&mut table_statements);
     relations.extend(table_statements.0);
     for t in &relations {
-        let schema = t
-            .schema
-            .as_deref()
-            .or(default_db)
-            .unwrap_or("")
-            .to_ascii_lowercase();
-        let name = t.name.to_ascii_lowercase();
+        let schema = t.schema.as_deref().or(default_db).unwrap_or("").fold_name();
+        let name = t.name.fold_name();
         if DIARY_SCHEMAS.contains(&schema.as_str())
-            || (schema == "information_schema"
-                && matches!(name.as_str(), "processlist" | "column_statistics"))
+            || (schema == "information_schema" && !OPEN_INFORMATION_SCHEMA.contains(&name.as_str()))
         {
             return Err(format!(
                 "DevInProd refused a read of {schema}.{name}: with masking on, the server's own records \
                  of statements and column statistics are closed (they hold production's real values)"
+            ));
+        }
+    }
+    // A temporary table named like a masked table would be masked as that table: a mask
+    // oracle for any value the developer puts in it.
+    if let Statement::CreateTable(ct) = statement {
+        let t = table_name(&ct.name);
+        if !rules
+            .masked_columns(t.schema.as_deref().or(default_db), &t.name)
+            .is_empty()
+        {
+            return Err(format!(
+                "DevInProd refused CREATE TEMPORARY TABLE {}: a table of that name has masked columns, \
+                 and a temporary table would shadow it; choose another name",
+                t.name
             ));
         }
     }
@@ -119,12 +173,19 @@ pub fn check(
         .iter()
         .flat_map(|(_, cols)| cols.iter().map(|(_, _, c)| c.clone()))
         .collect();
-    let masked_tables: HashSet<String> = reached
-        .iter()
-        .map(|(t, _)| t.name.to_ascii_lowercase())
-        .collect();
+    let masked_tables: HashSet<String> = reached.iter().map(|(t, _)| t.name.fold_name()).collect();
 
     check_writes(statement, &names, &masked_tables)?;
+
+    // NATURAL and USING joins compare columns without naming them as expressions, wherever the
+    // join sits (parentheses, multi-table UPDATE/DELETE): refused outright. The text is the
+    // parsed statement printed back, so comments and quoting cannot hide the keywords.
+    let printed = statement.to_string().to_ascii_uppercase();
+    if printed.contains("NATURAL ") || printed.contains(" USING") {
+        return Err("DevInProd refused a NATURAL or USING join in a statement that reaches masked columns: \
+             it may compare masked values; join with ON on unmasked columns"
+            .into());
+    }
 
     // The outermost SELECT, whose plain projections may carry masked columns out.
     let top = match statement {
@@ -152,7 +213,7 @@ pub fn check(
                         allowed.insert(e as *const Expr);
                         if let SelectItem::ExprWithAlias { alias, .. } = item {
                             // `ORDER BY e` for `email AS e` sorts by the real value.
-                            names.insert(alias.value.to_ascii_lowercase());
+                            names.insert(alias.value.fold_name());
                         }
                         positions.push(resolve_plain(e, column, &reached, select));
                     } else {
@@ -162,31 +223,78 @@ pub fn check(
                 SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..) => {
                     wildcard_over_masked |= direct_tables(&select.from)
                         .iter()
-                        .any(|t| masked_tables.contains(&table_name(t).name.to_ascii_lowercase()));
+                        .any(|t| masked_tables.contains(&table_name(t).name.fold_name()));
                     positions.push(None);
                 }
                 SelectItem::ExprWithAliases { .. } => positions.push(None),
             }
         }
-        // Positional references to the projection: `ORDER BY 2`, `GROUP BY 1`.
+        // Positional references to the projection: `ORDER BY 2`, and anything the server folds
+        // into a position (`(2)`, `+2`, `TRUE`): an item that names no column.
         let projection_has_masked = wildcard_over_masked || !allowed.is_empty();
         if projection_has_masked {
             let mut positional = top
                 .and_then(|q| q.order_by.as_ref())
                 .map(|o| match &o.kind {
-                    OrderByKind::Expressions(es) => es.iter().any(|e| is_number(&e.expr)),
+                    OrderByKind::Expressions(es) => es.iter().any(|e| names_no_column(&e.expr)),
                     OrderByKind::All(_) => true,
                 })
                 .unwrap_or(false);
-            if let GroupByExpr::Expressions(es, _) = &select.group_by {
-                positional |= es.iter().any(is_number);
+            match &select.group_by {
+                GroupByExpr::Expressions(es, _) => positional |= es.iter().any(names_no_column),
+                GroupByExpr::All(_) => positional = true,
             }
             if positional {
                 return Err("DevInProd refused ORDER BY/GROUP BY by position in a query that selects masked \
                      columns: it would sort or group by their real values; name unmasked columns instead"
                     .into());
             }
+            // DISTINCT over a many-to-one mask (fixed, null, redact, hash cut short) counts the
+            // real values and tells which rows share one.
+            if select.distinct.is_some() {
+                let lossy = |(s, t, c): &ColumnRef| {
+                    rules.strategy(s, t, c).is_some_and(|st| !st.is_bijective())
+                };
+                let lossy_selected = select.projection.iter().any(|item| match item {
+                    SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => {
+                        plain_column(e).is_some_and(|c| {
+                            reached
+                                .iter()
+                                .flat_map(|(_, cols)| cols.iter())
+                                .any(|r| r.2 == c && lossy(r))
+                        })
+                    }
+                    SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..) => {
+                        reached.iter().flat_map(|(_, cols)| cols.iter()).any(lossy)
+                    }
+                    SelectItem::ExprWithAliases { .. } => false,
+                });
+                if lossy_selected {
+                    return Err("DevInProd refused DISTINCT over a column masked with fixed, null, redact or \
+                         hash: the number of rows would count its real values"
+                        .into());
+                }
+            }
         }
+    }
+    // Index hints on a table with masked columns choose the order rows come back in.
+    let mut hinted = None;
+    for_each_statement_factor(statement, &mut |f| {
+        if let TableFactor::Table {
+            name, index_hints, ..
+        } = f
+        {
+            let t = table_name(name).name.fold_name();
+            if !index_hints.is_empty() && masked_tables.contains(&t) {
+                hinted = Some(t);
+            }
+        }
+    });
+    if let Some(t) = hinted {
+        return Err(format!(
+            "DevInProd refused an index hint on {t}: it has masked columns, and an index over one \
+             would return rows in the order of its real values"
+        ));
     }
 
     let mut exists_selects: HashSet<*const Select> = HashSet::new();
@@ -217,8 +325,8 @@ pub fn check(
 /// `email`, `u.email`, `shop.users.email` (lower-cased last part), or `None` for anything else.
 fn plain_column(e: &Expr) -> Option<String> {
     match e {
-        Expr::Identifier(i) => Some(i.value.to_ascii_lowercase()),
-        Expr::CompoundIdentifier(parts) => parts.last().map(|i| i.value.to_ascii_lowercase()),
+        Expr::Identifier(i) => Some(i.value.fold_name()),
+        Expr::CompoundIdentifier(parts) => parts.last().map(|i| i.value.fold_name()),
         Expr::Nested(inner) => plain_column(inner),
         _ => None,
     }
@@ -235,7 +343,7 @@ fn resolve_plain(
 ) -> Option<ColumnRef> {
     let qualifier = match e {
         Expr::CompoundIdentifier(parts) if parts.len() >= 2 => {
-            Some(parts[parts.len() - 2].value.to_ascii_lowercase())
+            Some(parts[parts.len() - 2].value.fold_name())
         }
         _ => None,
     };
@@ -243,8 +351,8 @@ fn resolve_plain(
         let mut found = None;
         for_each_factor(&select.from, &mut |f| {
             if let TableFactor::Table { name, alias, .. } = f {
-                let t = table_name(name).name.to_ascii_lowercase();
-                let a = alias.as_ref().map(|a| a.name.value.to_ascii_lowercase());
+                let t = table_name(name).name.fold_name();
+                let a = alias.as_ref().map(|a| a.name.value.fold_name());
                 if a.as_deref() == Some(q) || (a.is_none() && t == q) {
                     found = Some(t);
                 }
@@ -269,8 +377,39 @@ fn resolve_plain(
     }
 }
 
-fn is_number(e: &Expr) -> bool {
-    matches!(e, Expr::Value(v) if matches!(v.value, Value::Number(..)))
+/// An ORDER BY / GROUP BY item that names no column and calls nothing but `RAND()`: a
+/// position, however written (`2`, `(2)`, `+2`, `TRUE`).
+fn names_no_column(e: &Expr) -> bool {
+    if let Expr::Function(f) = e {
+        if f.name.to_string().eq_ignore_ascii_case("rand") {
+            return false;
+        }
+    }
+    let mut found = false;
+    let _ = sqlparser::ast::visit_expressions(e, |x| {
+        if matches!(
+            x,
+            Expr::Identifier(_) | Expr::CompoundIdentifier(_) | Expr::Function(_)
+        ) {
+            found = true;
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    });
+    !found
+}
+
+/// Every table factor of the statement, at any depth.
+fn for_each_statement_factor(statement: &Statement, f: &mut impl FnMut(&TableFactor)) {
+    struct Factors<'a, F>(&'a mut F);
+    impl<F: FnMut(&TableFactor)> Visitor for Factors<'_, F> {
+        type Break = ();
+        fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
+            (self.0)(factor);
+            ControlFlow::Continue(())
+        }
+    }
+    let _ = statement.visit(&mut Factors(f));
 }
 
 fn for_each_factor(from: &[TableWithJoins], f: &mut impl FnMut(&TableFactor)) {
@@ -306,8 +445,8 @@ fn direct_tables(from: &[TableWithJoins]) -> Vec<ObjectName> {
 fn last_ident(n: &ObjectName) -> String {
     n.0.last()
         .map(|p| match p.as_ident() {
-            Some(i) => i.value.to_ascii_lowercase(),
-            None => p.to_string().to_ascii_lowercase(),
+            Some(i) => i.value.fold_name(),
+            None => p.to_string().fold_name(),
         })
         .unwrap_or_default()
 }
@@ -402,9 +541,20 @@ impl Visitor for Finder<'_> {
                 self.exists_selects.insert(&**s as *const Select);
             }
         }
+        if let Expr::MatchAgainst { columns, .. } = expr {
+            if let Some(c) = columns
+                .iter()
+                .map(last_ident)
+                .find(|c| self.names.contains(c))
+            {
+                return ControlFlow::Break(format!(
+                    "DevInProd refused MATCH … AGAINST over masked column `{c}`: it searches its real values"
+                ));
+            }
+        }
         let name = match expr {
-            Expr::Identifier(i) => Some(i.value.to_ascii_lowercase()),
-            Expr::CompoundIdentifier(parts) => parts.last().map(|i| i.value.to_ascii_lowercase()),
+            Expr::Identifier(i) => Some(i.value.fold_name()),
+            Expr::CompoundIdentifier(parts) => parts.last().map(|i| i.value.fold_name()),
             _ => None,
         };
         if let Some(name) = name {
@@ -431,32 +581,13 @@ impl Visitor for Finder<'_> {
         if nested && wildcard {
             if let Some(t) = direct_tables(&select.from)
                 .iter()
-                .map(|t| table_name(t).name.to_ascii_lowercase())
+                .map(|t| table_name(t).name.fold_name())
                 .find(|t| self.masked_tables.contains(t))
             {
                 return ControlFlow::Break(format!(
                     "DevInProd refused `*` over {t} inside a subquery, derived table, CTE, UNION or copy: it \
                      carries masked columns; name the columns you need"
                 ));
-            }
-        }
-        // USING (col) and NATURAL joins compare columns without naming them as expressions.
-        for twj in &select.from {
-            for j in &twj.joins {
-                let text = j.to_string().to_ascii_uppercase();
-                if text.contains("NATURAL ") || text.contains("USING") {
-                    let reaches_masked = direct_tables(&select.from).iter().any(|t| {
-                        self.masked_tables
-                            .contains(&table_name(t).name.to_ascii_lowercase())
-                    });
-                    if reaches_masked {
-                        return ControlFlow::Break(
-                            "DevInProd refused a NATURAL or USING join over a table with masked columns: it may \
-                             compare masked values; join with ON on unmasked columns"
-                                .into(),
-                        );
-                    }
-                }
             }
         }
         ControlFlow::Continue(())
@@ -467,9 +598,7 @@ impl Visitor for Finder<'_> {
     fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<String> {
         fn tables(body: &SetExpr, out: &mut Vec<String>) {
             match body {
-                SetExpr::Table(t) => {
-                    out.extend(t.table_name.iter().map(|n| n.to_ascii_lowercase()))
-                }
+                SetExpr::Table(t) => out.extend(t.table_name.iter().map(|n| n.fold_name())),
                 SetExpr::SetOperation { left, right, .. } => {
                     tables(left, out);
                     tables(right, out);

@@ -57,6 +57,8 @@ pub struct ResultMasker<'a> {
     binary: bool,
     columns: Vec<Column>,
     any_masked: bool,
+    /// Column names of the result, to know SHOW WARNINGS (Level, Code, Message) when it comes.
+    names: Vec<String>,
     /// `schema.table.column` of every column masked so far (for the audit log).
     pub masked: Vec<String>,
     /// Rows seen (all result sets).
@@ -77,6 +79,7 @@ impl<'a> ResultMasker<'a> {
             binary,
             columns: Vec::new(),
             any_masked: false,
+            names: Vec::new(),
             masked: Vec::new(),
             rows: 0,
         }
@@ -86,9 +89,16 @@ impl<'a> ResultMasker<'a> {
         match position {
             Position::ResultStart => {
                 self.columns.clear();
+                self.names.clear();
                 self.any_masked = false;
             }
             Position::Column => self.on_column(p),
+            Position::Row if !self.binary && self.names == ["Level", "Code", "Message"] => {
+                self.rows += 1;
+                if let Some(row) = warning_withheld(p) {
+                    *p = row;
+                }
+            }
             Position::Row => {
                 self.rows += 1;
                 if self.any_masked {
@@ -116,7 +126,10 @@ impl<'a> ResultMasker<'a> {
 
     fn on_column(&mut self, p: &mut [u8]) {
         let index = self.columns.len();
-        let Some(def) = ColumnDef::parse(p) else {
+        let def = ColumnDef::parse(p);
+        self.names
+            .push(def.as_ref().map(|d| d.name.clone()).unwrap_or_default());
+        let Some(def) = def else {
             // Unreadable definition: mask by position if the analysis knows it, else nothing to
             // key on — treat as masked with `null` to fail closed.
             self.columns.push(Column {
@@ -297,6 +310,24 @@ impl<'a> ResultMasker<'a> {
     }
 }
 
+/// A SHOW WARNINGS row (Level, Code, Message) with the values its message quotes withheld;
+/// `None` to leave it as it is.
+fn warning_withheld(p: &[u8]) -> Option<Vec<u8>> {
+    let (level, at) = lenenc_bytes(p, 0)?;
+    let (code, at) = lenenc_bytes(p, at)?;
+    let (message, end) = lenenc_bytes(p, at)?;
+    if end != p.len() {
+        return None;
+    }
+    let code: u16 = std::str::from_utf8(code).ok()?.parse().ok()?;
+    let withheld = super::withhold_values(code, &String::from_utf8_lossy(message))?;
+    let mut out = Vec::with_capacity(p.len());
+    put_lenenc_bytes(&mut out, level);
+    put_lenenc_bytes(&mut out, code.to_string().as_bytes());
+    put_lenenc_bytes(&mut out, withheld.as_bytes());
+    Some(out)
+}
+
 /// The masked text value in the (possibly changed) binary type of its column.
 fn encode_masked(v: &[u8], m: &ColumnMask) -> Option<Vec<u8>> {
     let text = std::str::from_utf8(v).ok();
@@ -325,6 +356,7 @@ fn encode_masked(v: &[u8], m: &ColumnMask) -> Option<Vec<u8>> {
 /// The parts of a column definition (protocol 41) the masker needs.
 struct ColumnDef {
     schema: String,
+    name: String,
     org_table: String,
     org_name: String,
     charset: u16,
@@ -351,6 +383,7 @@ impl ColumnDef {
         let flags = u16::from_le_bytes([fixed[8], fixed[9]]);
         Some(Self {
             schema: strings[1].clone(),
+            name: strings[4].clone(),
             org_table: strings[3].clone(),
             org_name: strings[5].clone(),
             charset,

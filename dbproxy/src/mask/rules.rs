@@ -2,10 +2,24 @@
 
 use super::strategy::MaskStrategy;
 use std::collections::{BTreeMap, HashMap};
+use unicode_normalization::UnicodeNormalization;
 
-/// Masked columns by (schema, table), all lower-cased (MariaDB compares column names without
-/// case, and table names without case on most installations: matching without case can only
-/// mask more).
+/// A name as MariaDB compares identifiers (utf8 general collation): without case and without
+/// accents (`PRÉNOM`, `prenom` and `prénom` are one column). Folding more than the server does
+/// can only mask more.
+pub fn fold(name: &str) -> String {
+    name.nfd()
+        .filter(|c| {
+            !matches!(u32::from(*c),
+                0x0300..=0x036F | 0x1AB0..=0x1AFF | 0x1DC0..=0x1DFF | 0x20D0..=0x20FF | 0xFE20..=0xFE2F)
+        })
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+/// Masked columns by (schema, table), all [`fold`]ed (MariaDB compares column names without
+/// case or accents, and table names without case on most installations: matching more loosely
+/// can only mask more).
 #[derive(Debug, Clone, Default)]
 pub struct MaskRules {
     tables: HashMap<(String, String), HashMap<String, MaskStrategy>>,
@@ -31,9 +45,9 @@ impl MaskRules {
                 .parse()
                 .map_err(|e| format!("masking.columns.\"{key}\": {e}"))?;
             tables
-                .entry((schema.to_ascii_lowercase(), table.to_ascii_lowercase()))
+                .entry((fold(schema), fold(table)))
                 .or_default()
-                .insert(column.to_ascii_lowercase(), strategy);
+                .insert(fold(column), strategy);
         }
         Ok(Self { tables })
     }
@@ -49,8 +63,8 @@ impl MaskRules {
         schema: Option<&str>,
         table: &str,
     ) -> Vec<(String, String, String)> {
-        let table = table.to_ascii_lowercase();
-        let schema = schema.map(|s| s.to_ascii_lowercase());
+        let table = fold(table);
+        let schema = schema.map(fold);
         self.tables
             .iter()
             .filter(|((s, t), _)| *t == table && schema.as_ref().is_none_or(|want| want == s))
@@ -61,8 +75,8 @@ impl MaskRules {
     /// The strategy for one column, as a result's column definition names it.
     pub fn strategy(&self, schema: &str, table: &str, column: &str) -> Option<&MaskStrategy> {
         self.tables
-            .get(&(schema.to_ascii_lowercase(), table.to_ascii_lowercase()))?
-            .get(&column.to_ascii_lowercase())
+            .get(&(fold(schema), fold(table)))?
+            .get(&fold(column))
     }
 
     /// Every masked table, as (schema, table).

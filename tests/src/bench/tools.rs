@@ -1,0 +1,214 @@
+//! What the benchmark needs before it starts: the release build, the tools (`wrk`, `curl`,
+//! `rathole`), and a description of the machine for the report's header.
+
+use super::proc::{self, command};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// rathole's version the benchmark installs when none is on PATH.
+pub const RATHOLE_VERSION: &str = "0.5.0";
+
+/// The workspace root (this crate's parent directory).
+pub fn workspace_root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_owned()
+}
+
+/// `$CARGO_TARGET_DIR`, or `target/` under the workspace root.
+pub fn target_dir(root: &Path) -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) if !d.is_empty() => {
+            let d = PathBuf::from(d);
+            if d.is_absolute() {
+                d
+            } else {
+                root.join(d)
+            }
+        }
+        _ => root.join("target"),
+    }
+}
+
+/// `cargo build --release -p client --bin devinprod -p tests --bins`, output on stderr.
+pub fn build(root: &Path) -> Result<(), String> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = command(cargo);
+    cmd.current_dir(root).args([
+        "build",
+        "--release",
+        "-p",
+        "client",
+        "--bin",
+        "devinprod",
+        "-p",
+        "tests",
+        "--bins",
+    ]);
+    eprintln!("== cargo build --release -p client --bin devinprod -p tests --bins");
+    let done = proc::run("cargo build", cmd, Duration::from_secs(3600), true)?;
+    if done.status.success() {
+        Ok(())
+    } else {
+        Err(format!("the release build failed ({})", done.status))
+    }
+}
+
+/// `program` on PATH, as a full path.
+pub fn which(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(program))
+        .find(|p| is_executable(p))
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+/// A required Debian tool, or an error that names it and how to install it.
+pub fn require(program: &str, package: &str) -> Result<PathBuf, String> {
+    which(program).ok_or_else(|| {
+        format!("`{program}` is missing: install it (Debian: apt-get install -y {package})")
+    })
+}
+
+/// rathole from PATH, else from `target/bench-tools/bin`, else installed there with
+/// `cargo install` (a few minutes on 2 cores; done once per target directory).
+///
+/// Not `--locked`: rathole 0.5.0's own lock file pins `time` 0.3.29, which no longer compiles
+/// with current Rust (E0282 in `format_description`); the version of rathole itself is pinned.
+pub fn rathole(target: &Path) -> Result<PathBuf, String> {
+    if let Some(p) = which("rathole") {
+        return Ok(p);
+    }
+    let root = target.join("bench-tools");
+    let bin = root.join("bin").join("rathole");
+    if is_executable(&bin) {
+        return Ok(bin);
+    }
+    eprintln!(
+        "== rathole is not on PATH: cargo install rathole --version {RATHOLE_VERSION} --root {} (takes minutes, once)",
+        root.display()
+    );
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = command(cargo);
+    cmd.args(["install", "rathole", "--version", RATHOLE_VERSION, "--root"])
+        .arg(&root);
+    let done = proc::run("cargo install rathole", cmd, Duration::from_secs(2400), true)?;
+    if done.status.success() && is_executable(&bin) {
+        Ok(bin)
+    } else {
+        Err(format!(
+            "`rathole` is missing and `cargo install rathole` failed ({}); install it and put it on PATH",
+            done.status
+        ))
+    }
+}
+
+/// The first line a tool prints about its version, e.g. `wrk 4.1.0 [epoll] …`.
+pub fn version(program: &Path, flag: &str) -> String {
+    let mut cmd = command(program);
+    cmd.arg(flag);
+    match proc::run("version", cmd, Duration::from_secs(10), false) {
+        Ok(done) => {
+            let text = if done.stdout.trim().is_empty() {
+                done.stderr
+            } else {
+                done.stdout
+            };
+            text.lines()
+                .map(str::trim)
+                .find(|l| !l.is_empty())
+                .unwrap_or("unknown version")
+                .to_owned()
+        }
+        Err(e) => e,
+    }
+}
+
+/// The machine, for the report's header.
+pub struct Machine {
+    pub cpu_model: String,
+    pub nproc: usize,
+    pub mem_gib: f64,
+    pub kernel: String,
+    pub date: String,
+    pub load: String,
+    pub commit: String,
+}
+
+impl Machine {
+    pub fn probe(root: &Path) -> Self {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu_model = cpuinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("model name"))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, m)| m.trim().to_owned())
+            .unwrap_or_else(|| "unknown CPU".into());
+        let nproc = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        let mem_gib = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| {
+                m.lines()
+                    .find_map(|l| l.strip_prefix("MemTotal:"))
+                    .and_then(|v| v.split_whitespace().next())
+                    .and_then(|v| v.parse::<f64>().ok())
+            })
+            .map(|kib| kib / 1024.0 / 1024.0)
+            .unwrap_or(0.0);
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| format!("Linux {}", s.trim()))
+            .unwrap_or_else(|_| "unknown kernel".into());
+        let load = std::fs::read_to_string("/proc/loadavg")
+            .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+            .unwrap_or_default();
+        Self {
+            cpu_model,
+            nproc,
+            mem_gib,
+            kernel,
+            date: output(command("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]))
+                .unwrap_or_else(|| "unknown date".into()),
+            load,
+            commit: git_commit(root),
+        }
+    }
+}
+
+fn output(cmd: &mut Command) -> Option<String> {
+    let cmd = std::mem::replace(cmd, Command::new("true"));
+    let done = proc::run("command", cmd, Duration::from_secs(10), false).ok()?;
+    done.status
+        .success()
+        .then(|| done.stdout.trim().to_owned())
+        .filter(|s| !s.is_empty())
+}
+
+use std::process::Command;
+
+fn git_commit(root: &Path) -> String {
+    let Some(rev) = output(
+        command("git")
+            .current_dir(root)
+            .args(["rev-parse", "--short=12", "HEAD"]),
+    ) else {
+        return "unknown commit".into();
+    };
+    let dirty = output(
+        command("git")
+            .current_dir(root)
+            .args(["status", "--porcelain", "--untracked-files=no"]),
+    )
+    .is_some();
+    if dirty {
+        format!("{rev} (with uncommitted changes)")
+    } else {
+        rev
+    }
+}
