@@ -12,6 +12,9 @@
 //!    [`connector::RelayConnector`] for a separate edge; without: [`production::Production`];
 //! 4. **log** — one line per request with method, path, key, status and duration.
 //!
+//! Before any of that, each visitor connection is wrapped by `visitor_conn`: a request head
+//! that starts and stalls gets 408, a keep-alive connection idle too long is closed.
+//!
 //! Failures become pages that say which side failed ([`pages`]): 502 developer offline, 502
 //! relay unavailable, 502 bad answer from the developer's client, 502 production failed.
 
