@@ -37,8 +37,13 @@ pub struct RelayConfig {
     /// Time a peer has to open its control stream and send Hello, in milliseconds; also the
     /// time an edge stream has to name its routing key.
     pub handshake_timeout_ms: u64,
-    /// Concurrent streams a peer may open toward the relay (edges open one per request).
+    /// Concurrent streams an edge or dbproxy may open toward the relay (edges open one per
+    /// request).
     pub max_streams_per_peer: u32,
+    /// Concurrent streams a developer's client may open toward the relay (one per database
+    /// connection of its app). Kept small because QUIC reserves per-connection state for every
+    /// stream a peer may open: this is most of what an idle developer costs the relay.
+    pub max_streams_per_developer: u32,
     /// Largest frame the relay reads (control frames only; bodies are spliced unread).
     pub max_frame_len: u32,
     /// Also require a developer client certificate issued by the CA (in addition to a token).
@@ -64,6 +69,7 @@ impl Default for RelayConfig {
             idle_timeout_ms: 30_000,
             handshake_timeout_ms: 10_000,
             max_streams_per_peer: 4096,
+            max_streams_per_developer: 128,
             max_frame_len: proto::MAX_FRAME_LEN as u32,
             require_developer_cert: false,
         }
@@ -103,7 +109,9 @@ impl RelayConfig {
     /// The QUIC transport parameters for every connection of this relay.
     pub fn transport(&self) -> quinn::TransportConfig {
         let mut t = quinn::TransportConfig::default();
-        t.max_concurrent_bidi_streams(self.max_streams_per_peer.into());
+        // Every peer starts with the developer's allowance; edges and dbproxies are raised to
+        // `max_streams_per_peer` once their certificate says what they are.
+        t.max_concurrent_bidi_streams(self.max_streams_per_developer.into());
         t.max_concurrent_uni_streams(0u32.into());
         t.keep_alive_interval(Some(Duration::from_millis(self.keep_alive_interval_ms)));
         // Saturate instead of failing: an absurd timeout is still "effectively never".

@@ -64,6 +64,9 @@ impl Relay {
                 return;
             }
         };
+        if let Admitted::Infrastructure(_) = admitted {
+            conn.set_max_concurrent_bi_streams(self.config.max_streams_per_peer.into());
+        }
         match admitted {
             Admitted::Developer(session) => self.serve_developer(session).await,
             Admitted::Infrastructure(Role::Edge) => self.serve_edge(conn).await,
@@ -142,7 +145,7 @@ impl Relay {
                 .unwrap_or_default(),
             routing_key: routing_key.clone(),
             limits: Limits {
-                max_concurrent_streams: self.config.max_streams_per_peer,
+                max_concurrent_streams: self.config.max_streams_per_developer,
                 max_frame_len: self.config.max_frame_len,
                 keep_alive_ms: self
                     .config
