@@ -113,7 +113,7 @@ pub struct LimitsFileConfig {
 impl Default for LimitsFileConfig {
     fn default() -> Self {
         Self {
-            statements_per_sec: 2000,
+            statements_per_sec: 10_000,
             rows_per_min: 1_000_000,
         }
     }
