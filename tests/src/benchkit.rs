@@ -11,13 +11,47 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// Exit status of a benchmark binary when something it needs is missing (not a result).
-pub const EXIT_SETUP: i32 = 2;
+pub const EXIT_SETUP: u8 = 2;
 /// Exit status of a benchmark binary when a scenario failed.
-pub const EXIT_FAILED: i32 = 1;
+pub const EXIT_FAILED: u8 = 1;
 
 /// `--smoke`: seconds instead of minutes.
 pub fn smoke_flag() -> bool {
     std::env::args().skip(1).any(|a| a == "--smoke")
+}
+
+/// A temporary directory for one run (`PREFIX…` under the system's temp dir), removed when
+/// dropped unless `--keep` was given: then its path (logs, state) is printed on stderr.
+pub struct RunDir {
+    dir: Option<tempfile::TempDir>,
+    path: PathBuf,
+}
+
+impl RunDir {
+    pub fn new(prefix: &str) -> Result<Self, String> {
+        let dir = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir()
+            .map_err(|e| format!("temp dir: {e}"))?;
+        let path = dir.path().to_owned();
+        Ok(Self {
+            dir: Some(dir),
+            path,
+        })
+    }
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        if std::env::args().skip(1).any(|a| a == "--keep") {
+            if let Some(d) = self.dir.take() {
+                eprintln!("kept {}", d.keep().display());
+            }
+        }
+    }
 }
 
 /// The value after `--name` on the command line, if any.
@@ -34,9 +68,9 @@ pub fn flag_value(name: &str) -> Option<String> {
     None
 }
 
-/// The workspace's `target/release/devinprod` (or `--devinprod PATH`, or `$DEVINPROD_BIN`).
-/// Exits with [`EXIT_SETUP`] and says how to build it when it is missing.
-pub fn devinprod_binary() -> PathBuf {
+/// The workspace's `target/release/devinprod` (or `--devinprod PATH`, or `$DEVINPROD_BIN`);
+/// when it is missing, a message saying how to build it (exit with [`EXIT_SETUP`]).
+pub fn devinprod_binary() -> Result<PathBuf, String> {
     let explicit = flag_value("--devinprod").or_else(|| std::env::var("DEVINPROD_BIN").ok());
     let candidates: Vec<PathBuf> = match explicit {
         Some(p) => vec![PathBuf::from(p)],
@@ -60,10 +94,10 @@ pub fn devinprod_binary() -> PathBuf {
     };
     for c in &candidates {
         if c.is_file() {
-            return c.clone();
+            return Ok(c.clone());
         }
     }
-    eprintln!(
+    Err(format!(
         "devinprod binary not found (looked at {}).\nBuild it first, from the workspace root:\n  \
          cargo build --release -p client --bin devinprod\n(or pass --devinprod PATH / set DEVINPROD_BIN)",
         candidates
@@ -71,8 +105,7 @@ pub fn devinprod_binary() -> PathBuf {
             .map(|c| c.display().to_string())
             .collect::<Vec<_>>()
             .join(", ")
-    );
-    std::process::exit(EXIT_SETUP);
+    ))
 }
 
 /// Whether `program` can be found on `$PATH` (or is an existing path).
@@ -90,9 +123,11 @@ pub fn on_path(program: &str) -> bool {
 /// keeps the child's pid (the wrapper shell `exec`s it), so `/proc/<pid>` is the program's own.
 /// Add arguments, environment and stdio to the returned command as usual.
 pub fn command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    // A zombie counts as gone: a killed benchmark may not be reaped at once.
     const SCRIPT: &str = r#"p=$BENCHKIT_PARENT; t=$$
-( while kill -0 "$p" 2>/dev/null && kill -0 "$t" 2>/dev/null; do sleep 1; done
-  kill -0 "$p" 2>/dev/null || kill -9 "$t" 2>/dev/null ) </dev/null >/dev/null 2>&1 &
+alive() { kill -0 "$1" 2>/dev/null && ! grep -qs '^State:[[:space:]]*Z' "/proc/$1/status"; }
+( while alive "$p" && alive "$t"; do sleep 1; done
+  alive "$p" || kill -9 "$t" 2>/dev/null ) </dev/null >/dev/null 2>&1 &
 exec "$0" "$@""#;
     let mut c = Command::new("sh");
     c.arg("-c")
@@ -261,7 +296,7 @@ pub fn run(what: &str, mut cmd: Command, timeout: Duration) -> Result<Finished, 
     let mut child = cmd
         .spawn()
         .map_err(|e| format!("{what}: cannot start: {e}"))?;
-    let mut reader = |r: Option<Box<dyn Read + Send>>| {
+    let reader = |r: Option<Box<dyn Read + Send>>| {
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             let mut s = Vec::new();

@@ -60,12 +60,7 @@ fn curl(curl: &Path, target: &Target, bytes: u64) -> std::process::Command {
 }
 
 fn run_curl(what: &str, cmd: std::process::Command, bytes: u64) -> Result<String, String> {
-    let done = proc::run(
-        what,
-        cmd,
-        Duration::from_secs(max_time(bytes) + 30),
-        false,
-    )?;
+    let done = proc::run(what, cmd, Duration::from_secs(max_time(bytes) + 30), false)?;
     if !done.status.success() {
         return Err(format!("{what}: curl {}", done.describe()));
     }

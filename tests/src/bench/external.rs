@@ -13,6 +13,18 @@ pub struct External {
     pub failed: bool,
 }
 
+/// A section for a binary whose release build failed in this run (an older binary may
+/// still be on disk: it is not run).
+pub fn build_failed(name: &str, title: &str) -> External {
+    External {
+        markdown: format!(
+            "### {title}\n\n**FAILED**: the release build of the `tests` binaries failed in this run, so \
+             `{name}` was not run (see the compiler's output).\n\n"
+        ),
+        failed: true,
+    }
+}
+
 /// Runs `target/release/NAME [--smoke]`; reports "not built" when the binary does not exist.
 pub fn run(release: &Path, name: &str, title: &str, smoke: bool) -> External {
     let bin = release.join(name);
@@ -46,10 +58,14 @@ pub fn run(release: &Path, name: &str, title: &str, smoke: bool) -> External {
         }
         Ok(done) => {
             let why = match done.status.code() {
-                Some(2) => "something it needs is missing (exit status 2; see its output)".to_owned(),
+                Some(2) => {
+                    "something it needs is missing (exit status 2; see its output)".to_owned()
+                }
                 _ => format!("{}", done.status),
             };
-            let mut md = format!("### {title}\n\n**FAILED**: `{name}` {why}. Its output, which is not a result:\n\n");
+            let mut md = format!(
+                "### {title}\n\n**FAILED**: `{name}` {why}. Its output, which is not a result:\n\n"
+            );
             if done.stdout.trim().is_empty() {
                 md.push_str("(nothing on stdout)\n\n");
             } else {
@@ -62,7 +78,10 @@ pub fn run(release: &Path, name: &str, title: &str, smoke: bool) -> External {
             }
         }
         Err(e) => External {
-            markdown: format!("### {title}\n\n**FAILED**: {}\n\n", super::stats::one_line(&e)),
+            markdown: format!(
+                "### {title}\n\n**FAILED**: {}\n\n",
+                super::stats::one_line(&e)
+            ),
             failed: true,
         },
     }

@@ -37,6 +37,7 @@ pub fn run(wrk_bin: &Path, slots: &mut [Slot], secs: u64, rounds: usize) -> Http
                     running.target.kind.label()
                 );
                 let r = wrk::run(wrk_bin, &running.target, *threads, *conns, secs)
+                    .and_then(|w| running.target.check().map(|()| w))
                     .map_err(|e| match running.check() {
                         Ok(()) => e,
                         Err(dead) => format!("{e}; {dead}"),

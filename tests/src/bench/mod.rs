@@ -129,8 +129,9 @@ impl Slot {
     }
 }
 
-/// Runs the benchmark; returns the exit status (0: every measurement is a result).
-pub fn main() -> i32 {
+/// Runs the benchmark; returns the exit status (0: every measurement is a result; 1: a
+/// failure; 2: a usage error).
+pub fn main() -> u8 {
     let opts = match Options::parse(std::env::args().skip(1)) {
         Ok(o) => o,
         Err(e) => {
@@ -170,22 +171,30 @@ fn work_dir(target: &Path) -> Result<PathBuf, String> {
     Ok(dir)
 }
 
-/// Removes the work directory when dropped (also on error and panic).
-struct WorkDir(PathBuf);
+/// The work directory (configurations, PKI, logs), removed when dropped after a run without
+/// failures; kept after a failure or an error for its logs (the next run removes it).
+struct WorkDir {
+    path: PathBuf,
+    keep: bool,
+}
 
 impl Drop for WorkDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        if self.keep {
+            eprintln!("bench: logs kept in {}", self.path.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
     }
 }
 
-fn run(opts: &Options) -> Result<i32, String> {
+fn run(opts: &Options) -> Result<u8, String> {
     let plan = Plan::new(opts.smoke);
     let root = tools::workspace_root();
     let target = tools::target_dir(&root);
     let release = target.join("release");
 
-    tools::build(&root)?;
+    let build = tools::build(&root)?;
     let wrk_bin = tools::require("wrk", "wrk")?;
     let curl_bin = tools::require("curl", "curl")?;
     let rathole = match tools::rathole(&target) {
@@ -216,13 +225,19 @@ fn run(opts: &Options) -> Result<i32, String> {
             .unwrap_or_else(|| "rathole: not installed".into())
     );
 
-    let work = WorkDir(work_dir(&target)?);
-    eprintln!("== starting the bench app and every path (work dir {})", work.0.display());
-    let (app_proc, app) = topo::start_app(&bench_app, &work.0)?;
+    let mut work = WorkDir {
+        path: work_dir(&target)?,
+        keep: true,
+    };
+    eprintln!(
+        "== starting the bench app and every path (work dir {})",
+        work.path.display()
+    );
+    let (app_proc, app) = topo::start_app(&bench_app, &work.path)?;
     let env = topo::Env {
         devinprod,
         rathole,
-        work: work.0.clone(),
+        work: work.path.clone(),
         app,
     };
     let mut slots: Vec<Slot> = Kind::ALL
@@ -249,10 +264,7 @@ fn run(opts: &Options) -> Result<i32, String> {
             }
             Slot {
                 kind,
-                state: state.map_err(|why| Unavailable {
-                    why,
-                    failure: true,
-                }),
+                state: state.map_err(|why| Unavailable { why, failure: true }),
             }
         })
         .collect();
@@ -263,7 +275,7 @@ fn run(opts: &Options) -> Result<i32, String> {
     );
     let http = http::run(&wrk_bin, &mut slots, plan.http_secs, opts.rounds);
     eprintln!("== bulk: {} bytes each way", plan.bulk_bytes);
-    let upload_file = bulk::make_upload_file(&work.0, plan.bulk_bytes)?;
+    let upload_file = bulk::make_upload_file(&work.path, plan.bulk_bytes)?;
     let bulk = bulk::run(
         &curl_bin,
         &mut slots,
@@ -279,8 +291,16 @@ fn run(opts: &Options) -> Result<i32, String> {
     drop(slots);
     drop(app_proc);
 
-    let db = external::run(&release, "db-bench", "Database", opts.smoke);
-    let scale = external::run(&release, "scale-bench", "Scale", opts.smoke);
+    let (db, scale) = match build {
+        tools::Build::All => (
+            external::run(&release, "db-bench", "Database", opts.smoke),
+            external::run(&release, "scale-bench", "Scale", opts.smoke),
+        ),
+        tools::Build::Partial => (
+            external::build_failed("db-bench", "Database"),
+            external::build_failed("scale-bench", "Scale"),
+        ),
+    };
 
     let failures: Vec<String> = failures(&http, &bulk, &ws)
         .into_iter()
@@ -307,6 +327,7 @@ fn run(opts: &Options) -> Result<i32, String> {
     print!("{md}");
     std::fs::write(&opts.out, &md).map_err(|e| format!("{}: {e}", opts.out.display()))?;
     eprintln!("== written to {}", opts.out.display());
+    work.keep = !failures.is_empty();
     drop(work);
     if failures.is_empty() {
         Ok(0)
@@ -399,8 +420,9 @@ fn budgets(http: &http::HttpResults, bulk: &bulk::BulkResults) -> String {
             cell(Kind::Separate),
         ]);
     };
-    row("HTTP req/s at 32 connections ≥ rathole Noise's", &|k| {
-        match (
+    row(
+        "HTTP req/s at 32 connections ≥ rathole Noise's",
+        &|k| match (
             med(c32, k, |w| w.rps),
             med(c32, Kind::RatholeNoise, |w| w.rps),
         ) {
@@ -411,14 +433,18 @@ fn budgets(http: &http::HttpResults, bulk: &bulk::BulkResults) -> String {
                 verdict(a >= b)
             ),
             _ => "not measured".into(),
-        }
-    });
-    row("HTTP at 1 connection: p99 added over direct ≤ 1 ms", &|k| {
-        match (med(c1, k, |w| w.p99_us), med(c1, Kind::Direct, |w| w.p99_us)) {
+        },
+    );
+    row(
+        "HTTP at 1 connection: p99 added over direct ≤ 1 ms",
+        &|k| match (
+            med(c1, k, |w| w.p99_us),
+            med(c1, Kind::Direct, |w| w.p99_us),
+        ) {
             (Some(a), Some(d)) => format!("{}: {}", stats::added(a - d), verdict(a - d <= 1000.0)),
             _ => "not measured".into(),
-        }
-    });
+        },
+    );
     row(
         "HTTP at 1 connection: p50 added ≤ rathole Noise's added p50",
         &|k| match (
@@ -436,19 +462,25 @@ fn budgets(http: &http::HttpResults, bulk: &bulk::BulkResults) -> String {
         },
     );
     for (what, f) in [
-        ("download", (|b: &bulk::BulkResult| b.download_mbps) as fn(&bulk::BulkResult) -> f64),
+        (
+            "download",
+            (|b: &bulk::BulkResult| b.download_mbps) as fn(&bulk::BulkResult) -> f64,
+        ),
         ("upload", |b: &bulk::BulkResult| b.upload_mbps),
     ] {
-        row(&format!("Bulk {what} MB/s ≥ rathole Noise's"), &|k| {
-            match (
-                of(&bulk.series, k).and_then(|s| s.median(f)),
-                of(&bulk.series, Kind::RatholeNoise).and_then(|s| s.median(f)),
-            ) {
-                (Some(a), Some(b)) => {
-                    format!("{} vs {}: {}", stats::mbps(a), stats::mbps(b), verdict(a >= b))
-                }
-                _ => "not measured".into(),
+        row(&format!("Bulk {what} MB/s ≥ rathole Noise's"), &|k| match (
+            of(&bulk.series, k).and_then(|s| s.median(f)),
+            of(&bulk.series, Kind::RatholeNoise).and_then(|s| s.median(f)),
+        ) {
+            (Some(a), Some(b)) => {
+                format!(
+                    "{} vs {}: {}",
+                    stats::mbps(a),
+                    stats::mbps(b),
+                    verdict(a >= b)
+                )
             }
+            _ => "not measured".into(),
         });
     }
     let mut out = String::from(

@@ -206,7 +206,9 @@ pub fn run(
             Ok(None) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(format!("{what}: did not finish within {timeout:?} (killed)"));
+                return Err(format!(
+                    "{what}: did not finish within {timeout:?} (killed)"
+                ));
             }
             Err(e) => {
                 let _ = child.kill();
@@ -215,10 +217,8 @@ pub fn run(
             }
         }
     };
-    let collect = |rx: mpsc::Receiver<String>| {
-        rx.recv_timeout(Duration::from_secs(5))
-            .unwrap_or_default()
-    };
+    let collect =
+        |rx: mpsc::Receiver<String>| rx.recv_timeout(Duration::from_secs(5)).unwrap_or_default();
     Ok(Finished {
         status,
         stdout: collect(out),

@@ -56,6 +56,18 @@ impl Target {
     pub fn host_header(&self) -> String {
         self.host.clone().unwrap_or_else(|| self.addr.to_string())
     }
+
+    /// One `GET /` that must answer 200 with the bench app's body (wrk counts only answers
+    /// of 400 and above as errors; this also catches a path that changed its answer).
+    pub fn check(&self) -> Result<(), String> {
+        match proc::http_get(self.addr, &self.host_header(), "/", Duration::from_secs(5))? {
+            (200, body) if body.contains("Hello, world!") => Ok(()),
+            (status, body) => Err(format!(
+                "GET / answered HTTP {status}: {}",
+                proc::tail(&body, 2)
+            )),
+        }
+    }
 }
 
 /// A path that is up: its target and the processes that serve it (killed when dropped).
@@ -321,7 +333,11 @@ pub fn rathole(env: &Env, noise: bool) -> Result<Running, String> {
     let Some(rathole) = &env.rathole else {
         return Err("rathole is not installed".into());
     };
-    let name = if noise { "rathole-noise" } else { "rathole-tcp" };
+    let name = if noise {
+        "rathole-noise"
+    } else {
+        "rathole-tcp"
+    };
     let dir = env.work.join(name);
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let keys = if noise {

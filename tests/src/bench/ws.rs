@@ -39,13 +39,11 @@ async fn round_trips(target: &Target, n: usize) -> Result<WsResult, String> {
         .parse()
         .map_err(|e| format!("websocket: host: {e}"))?;
     request.headers_mut().insert("host", host);
-    let (mut ws, resp) = tokio::time::timeout(
-        ECHO_TIMEOUT,
-        tokio_tungstenite::client_async(request, tcp),
-    )
-    .await
-    .map_err(|_| "websocket: no handshake answer in time".to_owned())?
-    .map_err(|e| format!("websocket: handshake: {e}"))?;
+    let (mut ws, resp) =
+        tokio::time::timeout(ECHO_TIMEOUT, tokio_tungstenite::client_async(request, tcp))
+            .await
+            .map_err(|_| "websocket: no handshake answer in time".to_owned())?
+            .map_err(|e| format!("websocket: handshake: {e}"))?;
     if resp.status() != 101 {
         return Err(format!("websocket: HTTP {}", resp.status()));
     }
@@ -90,7 +88,9 @@ pub fn measure(target: &Target, n: usize) -> Result<WsResult, String> {
         .enable_all()
         .build()
         .map_err(|e| format!("tokio runtime: {e}"))?;
-    let limit = Duration::from_secs(30) + ECHO_TIMEOUT.saturating_mul(2) + Duration::from_millis(n as u64 * 20);
+    let limit = Duration::from_secs(30)
+        + ECHO_TIMEOUT.saturating_mul(2)
+        + Duration::from_millis(n as u64 * 20);
     rt.block_on(async {
         tokio::time::timeout(limit, round_trips(target, n))
             .await

@@ -2,13 +2,16 @@
 //! benchmark. MariaDB reached through DevInProd's database tunnel against the same MariaDB
 //! reached directly, in the same run, with real processes:
 //!
-//! * `devinprod up --mysql URL` — relay, admin API, edge and the dbproxy in one process (the
-//!   all-in-one topology: the relay hands database streams to the dbproxy in process);
+//! * `devinprod up --mysql URL --config up.toml` — relay, admin API, edge and the dbproxy in
+//!   one process (the all-in-one topology: the relay hands database streams to the dbproxy in
+//!   process), with the session rate limits (`[dbproxy.limits]`) off;
 //! * `devinprod connect --mysql-listen 127.0.0.1:PORT --quiet` — the developer's client, a
 //!   separate process, one QUIC connection over loopback to the relay;
 //! * the drivers: `SELECT 1` round trips with mysql_async (this process), and
 //!   `sysbench oltp_read_only --threads=1` on a table set prepared directly in a database this
 //!   benchmark creates and drops (DDL is refused through the tunnel).
+//!
+//! `--keep` keeps the temporary directory (state, `up.log`, `connect.log`) and prints its path.
 //!
 //! Prints a markdown section (heading, table, notes) on stdout; progress goes to stderr.
 //! Exit status: 0 when every measurement ran, 1 when one failed (a sysbench run with errors
@@ -17,7 +20,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitCode, Stdio};
 use std::time::Duration;
 use tests::benchkit::{self as kit, ChildGuard};
 
@@ -109,6 +112,36 @@ impl Db {
     }
 }
 
+/// Names of the benchmark's databases: `devinprod_bench_<pid>_<millis>`.
+const DB_PREFIX: &str = "devinprod_bench_";
+
+/// Drops the databases of earlier runs that were killed before they could (their `db-bench`
+/// process is gone).
+fn drop_stale_databases(db: &Db) {
+    let Ok(list) = db.admin(&format!(
+        "SHOW DATABASES LIKE '{}%'",
+        DB_PREFIX.replace('_', "\\_")
+    )) else {
+        return;
+    };
+    for name in list.lines().map(str::trim) {
+        let Some(pid) = name
+            .strip_prefix(DB_PREFIX)
+            .and_then(|r| r.split('_').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if kit::proc_name(pid).as_deref() == Some("db-bench") {
+            continue;
+        }
+        eprintln!("db-bench: dropping {name}, left by an earlier run (pid {pid} is gone)");
+        if let Err(e) = db.admin(&format!("DROP DATABASE IF EXISTS `{name}`")) {
+            eprintln!("db-bench: {e}");
+        }
+    }
+}
+
 /// The benchmark's own database, dropped when this goes out of scope (also on error or panic).
 struct BenchDatabase<'a> {
     db: &'a Db,
@@ -126,13 +159,19 @@ impl Drop for BenchDatabase<'_> {
     }
 }
 
-fn main() {
+fn main() -> ExitCode {
     let plan = Plan::new(kit::smoke_flag());
-    let bin = kit::devinprod_binary();
+    let bin = match kit::devinprod_binary() {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("db-bench: {e}");
+            return ExitCode::from(kit::EXIT_SETUP);
+        }
+    };
     for (tool, package) in [("sysbench", "sysbench"), ("mariadb", "mariadb-client")] {
         if !kit::on_path(tool) {
             eprintln!("db-bench: `{tool}` not found (apt-get install -y {package})");
-            std::process::exit(kit::EXIT_SETUP);
+            return ExitCode::from(kit::EXIT_SETUP);
         }
     }
     let url = kit::flag_value("--mysql").unwrap_or_else(|| DEFAULT_MYSQL.to_owned());
@@ -146,12 +185,12 @@ fn main() {
         },
         Err(e) => {
             eprintln!("db-bench: --mysql: {e}");
-            std::process::exit(kit::EXIT_SETUP);
+            return ExitCode::from(kit::EXIT_SETUP);
         }
     };
     if let Err(e) = ensure_mariadb(&db) {
         eprintln!("db-bench: {e}");
-        std::process::exit(kit::EXIT_SETUP);
+        return ExitCode::from(kit::EXIT_SETUP);
     }
 
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -173,8 +212,9 @@ fn main() {
         for f in &report.failures {
             eprintln!("db-bench: FAILED: {f}");
         }
-        std::process::exit(kit::EXIT_FAILED);
+        return ExitCode::from(kit::EXIT_FAILED);
     }
+    ExitCode::SUCCESS
 }
 
 /// Makes sure MariaDB answers at `db`; starts the machine's `mariadbd` when the default local
@@ -229,8 +269,9 @@ async fn bench(plan: &Plan, bin: &Path, db: &Db, report: &mut Report) -> Result<
             .trim()
             .to_owned()
     };
+    drop_stale_databases(db);
     let name = format!(
-        "devinprod_bench_{}_{}",
+        "{DB_PREFIX}{}_{}",
         std::process::id(),
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -258,15 +299,23 @@ async fn bench(plan: &Plan, bin: &Path, db: &Db, report: &mut Report) -> Result<
     }
 
     // The tunnel side: `devinprod up --mysql` and `devinprod connect --mysql-listen`.
-    let tmp = tempfile::Builder::new()
-        .prefix("db-bench-")
-        .tempdir()
-        .map_err(|e| format!("temp dir: {e}"))?;
+    let tmp = kit::RunDir::new("db-bench-")?;
     let state = tmp.path().join("state");
     let up_log = tmp.path().join("up.log");
     let connect_log = tmp.path().join("connect.log");
+    // The session's rate limits are a policy, not tunnel overhead: off, so they cannot cut a
+    // run short (with the defaults, 2000 statements/s and 1M rows/min per session, a 1-thread
+    // oltp_read_only through the tunnel runs into them).
+    let up_config = tmp.path().join("up.toml");
+    std::fs::write(
+        &up_config,
+        "[dbproxy.limits]\nstatements_per_sec = 0\nrows_per_min = 0\n",
+    )
+    .map_err(|e| format!("{}: {e}", up_config.display()))?;
     let mut up = kit::command(bin);
     up.arg("up")
+        .arg("--config")
+        .arg(&up_config)
         .arg("--dir")
         .arg(&state)
         .args(["--mysql", &db.url])
@@ -616,7 +665,10 @@ fn render(plan: &Plan, db: &Db, r: &Report) -> String {
     let notes = [
         format!(
             "Tunnel: `devinprod up --mysql {}` (relay + admin API + edge + the dbproxy in one process: \
-             the relay hands database streams to the dbproxy in process) and `devinprod connect \
+             the relay hands database streams to the dbproxy in process; default dbproxy settings \
+             except the per-session rate limits, off: `[dbproxy.limits] statements_per_sec = 0, \
+             rows_per_min = 0` — with the defaults, 2000 statements/s and 1M rows/min, a 1-thread \
+             `oltp_read_only` through the tunnel fails with error 1226 within a 10 s run) and `devinprod connect \
              --mysql-listen 127.0.0.1:PORT --quiet` (a separate process; one QUIC connection over \
              loopback). Direct: the same MariaDB {} at {}. Every app connection through the tunnel \
              joins the developer's one never-committed transaction.",

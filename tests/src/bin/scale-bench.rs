@@ -15,6 +15,9 @@
 //!   reset the new process sends for connections it does not know).
 //! * A diagnostic: the same memory measurement with `max_streams_per_peer = 100` in relay.toml.
 //!
+//! `--keep` keeps the temporary directory (state, `relay.log`) and prints its path; the relay
+//! inherits `RUST_LOG`.
+//!
 //! Prints a markdown section on stdout; progress goes to stderr. Exit status: 0 when every
 //! client connected and reconnected in time (a missed memory budget is reported, not a
 //! failure), 1 when not, 2 when something it needs is missing.
@@ -24,7 +27,7 @@ use futures_util::StreamExt;
 use proto::AuthToken;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -85,6 +88,8 @@ struct Restart {
     from_back_secs: f64,
     per_client: (f64, f64, f64),
     disconnect_events: usize,
+    /// Reasons the clients were given for lost connections and failed attempts, most first.
+    reasons: Vec<(String, usize)>,
     rss_after_kib: Option<u64>,
 }
 
@@ -101,10 +106,19 @@ struct Report {
     failures: Vec<String>,
 }
 
-fn main() {
+fn main() -> ExitCode {
     let plan = Plan::new(kit::smoke_flag());
-    let bin = kit::devinprod_binary();
-    ensure_nofile(plan.max() as u64 + 256);
+    let bin = match kit::devinprod_binary() {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("scale-bench: {e}");
+            return ExitCode::from(kit::EXIT_SETUP);
+        }
+    };
+    if let Err(e) = ensure_nofile(plan.max() as u64 + 256) {
+        eprintln!("scale-bench: {e}");
+        return ExitCode::from(kit::EXIT_SETUP);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(kit::cpus().clamp(1, 2))
         .enable_all()
@@ -127,13 +141,14 @@ fn main() {
         for f in &report.failures {
             eprintln!("scale-bench: FAILED: {f}");
         }
-        std::process::exit(kit::EXIT_FAILED);
+        return ExitCode::from(kit::EXIT_FAILED);
     }
+    ExitCode::SUCCESS
 }
 
 /// Each client holds a UDP socket: raise the soft open-file limit to `need` when the hard limit
-/// allows (by re-executing under `ulimit -n`), or say why it cannot.
-fn ensure_nofile(need: u64) {
+/// allows (by re-executing under `ulimit -n`, which does not return), or say why it cannot.
+fn ensure_nofile(need: u64) -> Result<(), String> {
     let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
     let Some((soft, hard)) = limits
         .lines()
@@ -148,17 +163,16 @@ fn ensure_nofile(need: u64) {
             Some((parse(f.next())?, parse(f.next())?))
         })
     else {
-        return;
+        return Ok(());
     };
     if soft >= need {
-        return;
+        return Ok(());
     }
     if hard < need || std::env::var_os("SCALE_BENCH_REEXEC").is_some() {
-        eprintln!(
-            "scale-bench: needs {need} open files, the limit is {soft} (hard {hard}); raise it \
+        return Err(format!(
+            "needs {need} open files, the limit is {soft} (hard {hard}); raise it \
              (ulimit -n {need}) and run again"
-        );
-        std::process::exit(kit::EXIT_SETUP);
+        ));
     }
     use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().expect("current exe");
@@ -169,8 +183,9 @@ fn ensure_nofile(need: u64) {
         .args(std::env::args_os().skip(1))
         .env("SCALE_BENCH_REEXEC", "1")
         .exec();
-    eprintln!("scale-bench: cannot re-execute with a higher open-file limit: {err}");
-    std::process::exit(kit::EXIT_SETUP);
+    Err(format!(
+        "cannot re-execute with a higher open-file limit: {err}"
+    ))
 }
 
 /// A relay process and the addresses it listens on.
@@ -300,6 +315,8 @@ struct Fleet {
     ca: PathBuf,
     clients: Vec<Client>,
     disconnects: Arc<AtomicUsize>,
+    /// Why clients lost their connection or failed an attempt, with counts.
+    reasons: Arc<Mutex<std::collections::BTreeMap<String, usize>>>,
 }
 
 impl Fleet {
@@ -309,6 +326,7 @@ impl Fleet {
             ca,
             clients: Vec::new(),
             disconnects: Arc::default(),
+            reasons: Arc::default(),
         }
     }
 
@@ -319,7 +337,11 @@ impl Fleet {
         config.ca = Some(self.ca.clone());
         config.client_name = format!("scale-bench {}", self.clients.len());
         let state = Arc::new(ClientState::default());
-        let (s, d) = (state.clone(), self.disconnects.clone());
+        let (s, d, why) = (
+            state.clone(),
+            self.disconnects.clone(),
+            self.reasons.clone(),
+        );
         let agent = Agent::new(
             config,
             Arc::new(move |e| match e {
@@ -328,9 +350,13 @@ impl Fleet {
                         Some(Instant::now());
                     s.connected.store(true, Ordering::SeqCst);
                 }
-                AgentEvent::Disconnected { .. } => {
+                AgentEvent::Disconnected { reason, .. } => {
                     s.connected.store(false, Ordering::SeqCst);
                     d.fetch_add(1, Ordering::Relaxed);
+                    *why.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .entry(reason)
+                        .or_default() += 1;
                 }
                 AgentEvent::Request(_) => {}
             }),
@@ -493,10 +519,7 @@ async fn create_tokens(http: &Http, admin: SocketAddr, n: usize) -> Result<Vec<A
 }
 
 async fn bench(plan: &Plan, bin: &Path, report: &mut Report) -> Result<(), String> {
-    let tmp = tempfile::Builder::new()
-        .prefix("scale-bench-")
-        .tempdir()
-        .map_err(|e| format!("temp dir: {e}"))?;
+    let tmp = kit::RunDir::new("scale-bench-")?;
     let state = tmp.path().join("state");
     let log = tmp.path().join("relay.log");
     let mut init = kit::command(bin);
@@ -555,6 +578,12 @@ async fn bench(plan: &Plan, bin: &Path, report: &mut Report) -> Result<(), Strin
     let admin_listen = admin.to_string();
     for how in ["graceful stop (SIGTERM)", "crash (SIGKILL)"] {
         let before = fleet.disconnects.load(Ordering::Relaxed);
+        fleet
+            .reasons
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        let old_pid = relay.child.pid();
         let t0 = Instant::now();
         if how.contains("SIGKILL") {
             relay.child.kill();
@@ -565,7 +594,6 @@ async fn bench(plan: &Plan, bin: &Path, report: &mut Report) -> Result<(), Strin
                 return Err(e);
             }
         }
-        let old_pid = relay.child.pid();
         drop(relay);
         relay = start_relay(bin, &state, &listen, &admin_listen, None, &log)?;
         let back = Instant::now();
@@ -603,6 +631,17 @@ async fn bench(plan: &Plan, bin: &Path, report: &mut Report) -> Result<(), Strin
                 each.last().copied().unwrap_or(f64::NAN),
             ),
             disconnect_events: fleet.disconnects.load(Ordering::Relaxed) - before,
+            reasons: {
+                let mut v: Vec<(String, usize)> = fleet
+                    .reasons
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                    .map(|(r, n)| (r.replace(&listen, "RELAY"), *n))
+                    .collect();
+                v.sort_by_key(|x| std::cmp::Reverse(x.1));
+                v
+            },
             rss_after_kib: rss_after,
         };
         eprintln!(
@@ -750,7 +789,7 @@ fn render(plan: &Plan, r: &Report) -> String {
     let mut notes = vec![
         format!(
             "Relay: a real `devinprod relay` process (PKI from `devinprod certs init`, {} tokens from \
-             the admin API `POST /api/createToken` in {:.1} s), default relay.toml \
+             the admin API `POST /api/createToken` in {:.1} s; each rewrites and fsyncs tokens.json), default relay.toml \
              (`max_streams_per_peer = 4096`, keep-alive 10 s, idle timeout 30 s). RSS is the relay \
              process's `VmRSS`, the median of five readings after {} s idle; per client = \
              (RSS_N − RSS_1) / (N − 1). Peak (`VmHWM`) of the last relay process: {}.",
@@ -769,20 +808,17 @@ fn render(plan: &Plan, r: &Report) -> String {
         ),
         "Client policy in play (client/src/agent.rs, `devinprod connect` defaults): after a lost \
          connection or a failed attempt, wait a jittered delay in [b/2, b] with b = 250 ms doubling \
-         to 30 s (reset after a successful connection); QUIC keep-alive every 10 s, idle timeout \
-         30 s. A graceful stop closes every connection at once (clients retry 125–250 ms later and \
-         their QUIC handshake retransmits until the new relay answers); after a crash a client \
-         notices only when its next keep-alive meets the new relay's stateless reset (the relay \
-         keeps `reset.key` in the state directory), so the wait is up to one keep-alive interval \
-         plus the backoff."
+         to 30 s (back to 250 ms after a successful connection); QUIC keep-alive every 10 s, idle \
+         timeout 30 s. A graceful stop closes every connection at once; clients retry 125–250 ms \
+         later, and while the old relay drains (up to 2 s) it refuses new connections, so each \
+         refusal doubles their backoff. After a crash a client notices only when a packet of its \
+         own (the next keep-alive) meets the new relay's stateless reset (the relay keeps \
+         `reset.key` in the state directory) — or, failing that, at its 30 s idle timeout."
             .to_owned(),
     ];
-    if let (Some(d1), Some(dn), Some(m1), Some(mn)) = (
-        diag(1),
-        diag(plan.diag_clients),
-        main_at(1),
-        main_at(plan.diag_clients),
-    ) {
+    if let (Some(d1), Some(dn), Some(mn)) =
+        (diag(1), diag(plan.diag_clients), main_at(plan.diag_clients))
+    {
         let dper = per_client(&r.diag_points, dn).unwrap_or(f64::NAN);
         let mper = per_client(&r.points, mn).unwrap_or(f64::NAN);
         notes.push(format!(
@@ -796,6 +832,43 @@ fn render(plan: &Plan, r: &Report) -> String {
             mib(d1.rss_kib),
             mib(dn.rss_kib),
             dn.clients
+        ));
+    }
+    let timed_out = |x: &Restart| {
+        x.reasons
+            .iter()
+            .filter(|(why, _)| why.ends_with("timed out"))
+            .map(|(_, n)| n)
+            .sum::<usize>()
+    };
+    if let Some(x) = r
+        .restarts
+        .iter()
+        .find(|x| x.how.contains("SIGKILL") && timed_out(x) > 0)
+    {
+        notes.push(format!(
+            "After the crash, {} of {} clients found out only at their idle timeout (\"timed out\" \
+             below) instead of from a stateless reset: quinn's endpoint sends at most one \
+             stateless reset per `min_reset_interval` (`quinn::EndpointConfig`, default 20 ms, \
+             i.e. 50 per second) and ignores the other packets of unknown connections, so with \
+             {} clients keep-alives arrive faster than resets may leave (confirmed with \
+             `RUST_LOG=quinn_proto::endpoint=debug`: \"ignoring unexpected packet within minimum \
+             stateless reset interval\").",
+            timed_out(x),
+            x.clients,
+            x.clients
+        ));
+    }
+    for x in &r.restarts {
+        notes.push(format!(
+            "Disconnect events during the {} (what the agents were told, count): {}.",
+            x.how,
+            x.reasons
+                .iter()
+                .take(4)
+                .map(|(why, n)| format!("\"{why}\" × {n}"))
+                .collect::<Vec<_>>()
+                .join("; ")
         ));
     }
     for n in notes {
