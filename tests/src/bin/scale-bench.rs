@@ -13,7 +13,8 @@
 //!   graceful stop (SIGTERM: the relay closes every connection, telling clients to reconnect),
 //!   once after a crash (SIGKILL: clients learn at their next keep-alive, from the stateless
 //!   reset the new process sends for connections it does not know).
-//! * A diagnostic: the same memory measurement with `max_streams_per_peer = 100` in relay.toml.
+//! * A diagnostic: the same memory measurement with `max_streams_per_developer = 4096` in
+//!   relay.toml (what every client was allowed before the default became 128).
 //!
 //! `--keep` keeps the temporary directory (state, `relay.log`) and prints its path; the relay
 //! inherits `RUST_LOG`.
@@ -39,8 +40,8 @@ use tokio::task::JoinHandle;
 const CONNECT_LIMIT: Duration = Duration::from_secs(120);
 /// Clients started at once while growing a stage.
 const BATCH: usize = 100;
-/// `max_streams_per_peer` of the diagnostic relay (quinn's own default).
-const DIAG_STREAMS: u32 = 100;
+/// `max_streams_per_developer` of the diagnostic relay (the allowance before it was lowered).
+const DIAG_STREAMS: u32 = 4096;
 
 struct Plan {
     smoke: bool,
@@ -659,7 +660,7 @@ async fn bench(plan: &Plan, bin: &Path, report: &mut Report) -> Result<(), Strin
     let diag_config = tmp.path().join("relay-diag.toml");
     std::fs::write(
         &diag_config,
-        format!("max_streams_per_peer = {DIAG_STREAMS}\n"),
+        format!("max_streams_per_developer = {DIAG_STREAMS}\n"),
     )
     .map_err(|e| format!("{}: {e}", diag_config.display()))?;
     let relay = start_relay(
@@ -790,7 +791,7 @@ fn render(plan: &Plan, r: &Report) -> String {
         format!(
             "Relay: a real `devinprod relay` process (PKI from `devinprod certs init`, {} tokens from \
              the admin API `POST /api/createToken` in {:.1} s; each rewrites and fsyncs tokens.json), default relay.toml \
-             (`max_streams_per_peer = 4096`, keep-alive 10 s, idle timeout 30 s). RSS is the relay \
+             (`max_streams_per_developer = 128`, keep-alive 10 s, idle timeout 30 s). RSS is the relay \
              process's `VmRSS`, the median of five readings after {} s idle; per client = \
              (RSS_N − RSS_1) / (N − 1). Peak (`VmHWM`) of the last relay process: {}.",
             r.tokens,
@@ -822,12 +823,13 @@ fn render(plan: &Plan, r: &Report) -> String {
         let dper = per_client(&r.diag_points, dn).unwrap_or(f64::NAN);
         let mper = per_client(&r.points, mn).unwrap_or(f64::NAN);
         notes.push(format!(
-            "Diagnostic: the same relay with `max_streams_per_peer = {DIAG_STREAMS}` in relay.toml: \
-             RSS {} MiB at 0, {} MiB at 1 and {} MiB at {} clients: **{dper:.1} KiB per client**, \
-             against {mper:.1} KiB with the default 4096. quinn-proto preallocates, for every \
-             connection, an entry in its send and receive stream maps for each of the \
-             `max_concurrent_bidi_streams` the peer may open (`StreamsState::new`): with 4096 that \
-             is two hash maps of 4096 entries per connection.",
+            "Diagnostic: the same relay with `max_streams_per_developer = {DIAG_STREAMS}` in relay.toml \
+             (every client's allowance before the default became 128): RSS {} MiB at 0, {} MiB at 1 \
+             and {} MiB at {} clients: **{dper:.1} KiB per client**, against {mper:.1} KiB with the \
+             default. quinn-proto preallocates, for every connection, an entry in its send and \
+             receive stream maps for each of the `max_concurrent_bidi_streams` the peer may open \
+             (`StreamsState::new`); edges and dbproxies are raised to `max_streams_per_peer` after \
+             their certificate is checked.",
             r.diag_baseline_kib.map(mib).unwrap_or_else(|| "—".into()),
             mib(d1.rss_kib),
             mib(dn.rss_kib),
