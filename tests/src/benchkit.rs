@@ -291,8 +291,24 @@ impl Finished {
 }
 
 /// Runs `cmd` to completion, killing it after `timeout`.
-pub fn run(what: &str, mut cmd: Command, timeout: Duration) -> Result<Finished, String> {
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+pub fn run(what: &str, cmd: Command, timeout: Duration) -> Result<Finished, String> {
+    run_with(what, cmd, timeout, false)
+}
+
+/// [`run`], with stderr passed to this process's stderr (for progress output) instead of
+/// captured when `pass_stderr`.
+pub fn run_with(
+    what: &str,
+    mut cmd: Command,
+    timeout: Duration,
+    pass_stderr: bool,
+) -> Result<Finished, String> {
+    cmd.stdout(Stdio::piped());
+    cmd.stderr(if pass_stderr {
+        Stdio::inherit()
+    } else {
+        Stdio::piped()
+    });
     let mut child = cmd
         .spawn()
         .map_err(|e| format!("{what}: cannot start: {e}"))?;
@@ -321,7 +337,11 @@ pub fn run(what: &str, mut cmd: Command, timeout: Duration) -> Result<Finished, 
                     "{what}: did not finish within {timeout:?} (killed)"
                 ));
             }
-            Err(e) => return Err(format!("{what}: {e}")),
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("{what}: {e}"));
+            }
         }
     };
     let collect =

@@ -3,34 +3,20 @@
 //! kills it within a second if the benchmark itself dies without dropping the guard (Ctrl-C,
 //! SIGTERM, SIGKILL). Every wait is bounded.
 
+pub use crate::benchkit::{command, log_tail, tail, Finished};
+
+use crate::benchkit;
 use std::fs::File;
 use std::io::{BufRead, BufReader, LineWriter, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// Lines kept for [`Proc::wait_line`]; later lines go only to the log file, so a chatty
 /// process never grows the benchmark's memory.
 const LINE_BUFFER: usize = 512;
-
-/// A command for `program` wrapped so that it cannot outlive this process: `sh` starts a
-/// watcher loop, then `exec`s the program (same pid). Add arguments, environment and stdio to
-/// the returned command as usual.
-pub fn command(program: impl AsRef<std::ffi::OsStr>) -> Command {
-    const SCRIPT: &str = r#"p=$DEVINPROD_BENCH_PARENT; t=$$
-( while kill -0 "$p" 2>/dev/null && kill -0 "$t" 2>/dev/null; do sleep 1; done
-  kill -0 "$p" 2>/dev/null || kill -9 "$t" 2>/dev/null ) </dev/null >/dev/null 2>&1 &
-exec "$0" "$@""#;
-    let mut c = Command::new("sh");
-    c.arg("-c")
-        .arg(SCRIPT)
-        .arg(program)
-        .env("DEVINPROD_BENCH_PARENT", std::process::id().to_string())
-        .stdin(Stdio::null());
-    c
-}
 
 /// A long-running child (a server, a tunnel). Its stdout and stderr lines go to a log file
 /// and, for the first few hundred, to a channel that [`Proc::wait_line`] reads.
@@ -149,94 +135,14 @@ impl Drop for Proc {
     }
 }
 
-/// What a command run to completion printed.
-pub struct Finished {
-    pub status: ExitStatus,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-impl Finished {
-    /// The exit status and the last lines of stderr (or stdout), for error messages.
-    pub fn describe(&self) -> String {
-        let text = if self.stderr.trim().is_empty() {
-            &self.stdout
-        } else {
-            &self.stderr
-        };
-        format!("{}: {}", self.status, tail(text, 15))
-    }
-}
-
-/// Runs `cmd` to completion, killing it after `timeout`. Stdout is captured; stderr too
-/// unless `pass_stderr` (then it goes to this process's stderr, for progress output).
+/// Runs `cmd` to completion, killing it after `timeout` ([`benchkit::run_with`]).
 pub fn run(
     what: &str,
-    mut cmd: Command,
+    cmd: Command,
     timeout: Duration,
     pass_stderr: bool,
 ) -> Result<Finished, String> {
-    cmd.stdout(Stdio::piped());
-    cmd.stderr(if pass_stderr {
-        Stdio::inherit()
-    } else {
-        Stdio::piped()
-    });
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("{what}: cannot start: {e}"))?;
-    let reader = |r: Option<Box<dyn Read + Send>>| {
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut s = Vec::new();
-            if let Some(mut r) = r {
-                let _ = r.read_to_end(&mut s);
-            }
-            let _ = tx.send(String::from_utf8_lossy(&s).into_owned());
-        });
-        rx
-    };
-    let out = reader(child.stdout.take().map(|s| Box::new(s) as _));
-    let err = reader(child.stderr.take().map(|s| Box::new(s) as _));
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(s)) => break s,
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!(
-                    "{what}: did not finish within {timeout:?} (killed)"
-                ));
-            }
-            Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("{what}: {e}"));
-            }
-        }
-    };
-    let collect =
-        |rx: mpsc::Receiver<String>| rx.recv_timeout(Duration::from_secs(5)).unwrap_or_default();
-    Ok(Finished {
-        status,
-        stdout: collect(out),
-        stderr: collect(err),
-    })
-}
-
-/// The last `n` lines of `text`.
-pub fn tail(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-/// The last lines of a log file, for error messages.
-pub fn log_tail(path: &Path, n: usize) -> String {
-    std::fs::read_to_string(path)
-        .map(|t| tail(&t, n))
-        .unwrap_or_else(|e| format!("({}: {e})", path.display()))
+    benchkit::run_with(what, cmd, timeout, pass_stderr)
 }
 
 /// A TCP port on 127.0.0.1 that was free a moment ago.
