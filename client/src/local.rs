@@ -6,11 +6,12 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Body as _;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use proto::http::{is_upgrade_request, list_to_headers, send_body, strip_hop_by_hop, FrameBody};
-use proto::{read_frame, write_frame, Frame, RequestHead, ResponseHead};
+use proto::http::{is_upgrade_request, list_to_headers, send_message, strip_hop_by_hop, FrameBody};
+use proto::{read_frame, Frame, RequestHead, ResponseHead};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tracing::debug;
@@ -62,14 +63,32 @@ impl LocalApp {
         self.authority.as_str()
     }
 
-    fn request(&self, head: &RequestHead, body: Body) -> Result<Request<Body>, String> {
+    fn request(
+        &self,
+        head: &RequestHead,
+        mut headers: http::HeaderMap,
+        body: Body,
+    ) -> Result<Request<Body>, String> {
         let uri = http::Uri::builder()
             .scheme("http")
             .authority(self.authority.clone())
             .path_and_query(head.path_and_query.as_str())
             .build()
             .map_err(|e| format!("bad request target {:?}: {e}", head.path_and_query))?;
-        let mut headers = list_to_headers(&head.headers).map_err(|e| e.to_string())?;
+        // A body of unknown length (the visitor's `transfer-encoding: chunked`, a hop-by-hop
+        // header the edge dropped, or an HTTP/2 body without content-length) goes to an HTTP/1
+        // app chunked. Said explicitly because hyper would otherwise send a GET's body as
+        // empty; a request whose End has arrived (`is_end_stream`) gets neither header.
+        if !self.h2c
+            && !body.is_end_stream()
+            && !headers.contains_key(http::header::CONTENT_LENGTH)
+            && !headers.contains_key(http::header::TRANSFER_ENCODING)
+        {
+            headers.insert(
+                http::header::TRANSFER_ENCODING,
+                http::HeaderValue::from_static("chunked"),
+            );
+        }
         if !headers.contains_key(http::header::HOST) && !head.authority.is_empty() {
             if let Ok(v) = head.authority.parse() {
                 headers.insert(http::header::HOST, v);
@@ -103,7 +122,16 @@ impl LocalApp {
             status: 0,
             duration: Duration::ZERO,
         };
-        let upgrade = list_to_headers(&head.headers).is_ok_and(|h| is_upgrade_request(&h));
+        let headers = match list_to_headers(&head.headers) {
+            Ok(h) => h,
+            Err(e) => {
+                let msg = format!("devinprod: invalid request header: {e}");
+                return self
+                    .reply_error(&mut send, record, started, StatusCode::BAD_GATEWAY, msg)
+                    .await;
+            }
+        };
+        let upgrade = is_upgrade_request(&headers);
         // The request body, and for an upgrade the rest of the stream (the raw pipe after End).
         let (body, pipe_recv): (Body, Option<quinn::RecvStream>) = if upgrade {
             match read_frame(&mut recv, max_frame_len).await {
@@ -118,13 +146,15 @@ impl LocalApp {
                 }
             }
         } else {
-            let body = FrameBody::new(Box::new(recv), max_frame_len);
+            let mut body = FrameBody::new(Box::new(recv), max_frame_len);
+            // A request whose End came with its head reaches the app without a body.
+            body.look_ahead_now().await;
             (
                 body.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),
                 None,
             )
         };
-        let req = match self.request(&head, body) {
+        let req = match self.request(&head, headers, body) {
             Ok(r) => r,
             Err(e) => {
                 return self
@@ -154,26 +184,32 @@ impl LocalApp {
         let on_upgrade = switching.then(|| hyper::upgrade::on(&mut resp));
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers, switching);
-        if write_frame(
-            &mut send,
-            &Frame::ResponseHead(ResponseHead::from_parts(&parts)),
-        )
-        .await
-        .is_err()
+        let mut head = Vec::with_capacity(256);
+        if Frame::ResponseHead(ResponseHead::from_parts(&parts))
+            .encode(&mut head)
+            .is_err()
         {
+            let _ = send.reset(quinn::VarInt::from_u32(proto::codes::STREAM_PEER_FAILED));
             record.duration = started.elapsed();
             return record;
         }
         match (on_upgrade, pipe_recv) {
-            (Some(on_upgrade), Some(recv)) => match on_upgrade.await {
-                Ok(upgraded) => {
-                    let mut local = TokioIo::new(upgraded);
-                    let mut tunnel = tokio::io::join(recv, send);
-                    let _ = tokio::io::copy_bidirectional(&mut local, &mut tunnel).await;
+            (Some(on_upgrade), Some(recv)) => {
+                if send.write_all(&head).await.is_err() {
+                    record.duration = started.elapsed();
+                    return record;
                 }
-                Err(e) => debug!("local upgrade failed: {e}"),
-            },
-            _ => match send_body(body, &mut send).await {
+                match on_upgrade.await {
+                    Ok(upgraded) => {
+                        let mut local = TokioIo::new(upgraded);
+                        let mut tunnel = tokio::io::join(recv, send);
+                        let _ = tokio::io::copy_bidirectional(&mut local, &mut tunnel).await;
+                    }
+                    Err(e) => debug!("local upgrade failed: {e}"),
+                }
+            }
+            // Head and body in as few writes as the body allows (one, for a small response).
+            _ => match send_message(head, body, &mut send).await {
                 Ok(()) => {
                     let _ = send.shutdown().await;
                 }
@@ -212,9 +248,10 @@ impl LocalApp {
             version: proto::HttpVersion::Http11,
             headers: vec![("content-type".into(), b"text/plain; charset=utf-8".to_vec())],
         };
-        if write_frame(send, &Frame::ResponseHead(head)).await.is_ok() {
+        let mut prefix = Vec::with_capacity(128);
+        if Frame::ResponseHead(head).encode(&mut prefix).is_ok() {
             let body = Full::new(Bytes::from(message + "\n"));
-            if send_body(body, send).await.is_ok() {
+            if send_message(prefix, body, send).await.is_ok() {
                 let _ = send.shutdown().await;
             }
         }

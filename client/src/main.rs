@@ -19,7 +19,20 @@ async fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let result = match cli.command {
+    // The command runs as a task on the runtime's workers rather than on the main thread that
+    // `block_on` parks: hot loops (the client's stream accept loop, the servers' accept loops)
+    // then wake only pool threads, not one more thread outside the pool, once per request.
+    match tokio::spawn(run(cli.command)).await {
+        Ok(result) => exit_code(result),
+        Err(e) => {
+            eprintln!("devinprod: internal error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<i32> {
+    match command {
         Command::Certs {
             command: CertsCommand::Init { dir, relay_names },
         } => commands::certs_init::run(&dir, &relay_names),
@@ -38,7 +51,10 @@ async fn main() -> std::process::ExitCode {
             DbCommand::Status { mysql } => commands::db::status(&mysql).await,
             DbCommand::Reset { mysql } => commands::db::reset(&mysql).await,
         },
-    };
+    }
+}
+
+fn exit_code(result: anyhow::Result<i32>) -> std::process::ExitCode {
     match result {
         Ok(code) => std::process::ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(e) => {

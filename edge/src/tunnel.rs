@@ -3,11 +3,12 @@
 
 use crate::{BoxBody, BoxError};
 use http::{Request, Response};
+use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use proto::http::{is_upgrade_request, list_to_headers, send_body, strip_hop_by_hop, FrameBody};
-use proto::{read_frame, write_frame, Frame, FrameError, RequestHead, StreamHeader, TunnelStream};
+use proto::http::{is_upgrade_request, list_to_headers, send_message, strip_hop_by_hop, FrameBody};
+use proto::{read_frame, Frame, FrameError, RequestHead, StreamHeader, TunnelStream};
 use tokio::io::AsyncWriteExt;
 use tracing::debug;
 
@@ -39,28 +40,40 @@ pub async fn forward(
 ) -> Result<Response<BoxBody>, TunnelError> {
     let TunnelStream { mut send, mut recv } = stream;
     let upgrade = is_upgrade_request(req.headers()).then(|| hyper::upgrade::on(&mut req));
-    write_frame(&mut send, &Frame::StreamHeader(StreamHeader::Http(head)))
-        .await
+    let mut head_frame = Vec::with_capacity(512);
+    Frame::StreamHeader(StreamHeader::Http(head))
+        .encode(&mut head_frame)
         .map_err(developer_failed)?;
 
-    // The request body streams in its own task, so the response can start (and, for gRPC,
-    // stream) while the upload is still going. The task ends with the visitor's body, or when
-    // the stream is stopped by the other side.
     let mut upgrade_send = None;
     if upgrade.is_some() {
         // An upgrade request has no body; after End the stream becomes a raw pipe.
-        write_frame(&mut send, &Frame::End)
-            .await
+        Frame::End
+            .encode(&mut head_frame)
             .map_err(developer_failed)?;
+        send.write_all(&head_frame)
+            .await
+            .map_err(|e| developer_failed(e.into()))?;
         upgrade_send = Some(send);
+    } else if req.body().is_end_stream() {
+        // No body (most GETs): head, End and the stream's end leave together, in one packet,
+        // without a task.
+        send_message(head_frame, req.into_body(), &mut send)
+            .await
+            .map_err(|e| TunnelError::Developer(e.to_string()))?;
+        let _ = send.shutdown().await;
     } else {
+        // The request body streams in its own task, so the response can start (and, for
+        // gRPC, stream) while the upload is still going. The task ends with the visitor's
+        // body, or when the stream is stopped by the other side. A failed head write shows
+        // up below as a failed response read.
         let body = req.into_body();
         tokio::spawn(async move {
-            match send_body(body, &mut send).await {
+            match send_message(head_frame, body, &mut send).await {
                 Ok(()) => {
                     let _ = send.shutdown().await;
                 }
-                Err(e) => debug!("request body not delivered: {e}"),
+                Err(e) => debug!("request not delivered: {e}"),
             }
         });
     }

@@ -12,7 +12,7 @@ use crate::messages::{
     Abort, HeaderList, Hello, Refusal, ResponseHead, RouteReply, RouteRequest, StreamHeader,
     Welcome,
 };
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -36,7 +36,7 @@ const KIND_STREAM_HEADER: u8 = 0x10;
 const KIND_ROUTE: u8 = 0x11;
 const KIND_ROUTE_REPLY: u8 = 0x12;
 const KIND_RESPONSE_HEAD: u8 = 0x20;
-const KIND_DATA: u8 = 0x21;
+pub(crate) const KIND_DATA: u8 = 0x21;
 const KIND_TRAILERS: u8 = 0x22;
 const KIND_END: u8 = 0x23;
 const KIND_ABORT: u8 = 0x24;
@@ -220,6 +220,35 @@ impl Frame {
         }
         let frame = Frame::decode(kind, Bytes::copy_from_slice(&buf[FRAME_HEADER_LEN..total]))?;
         Ok(Some((frame, total)))
+    }
+}
+
+impl Frame {
+    /// Takes one complete frame off the front of `buf`, if `buf` holds one, without copying its
+    /// payload (a DATA frame's bytes share `buf`'s allocation). `Ok(None)`: more bytes needed.
+    pub fn split_from(buf: &mut BytesMut, max_len: usize) -> Result<Option<Frame>, FrameError> {
+        if buf.len() < FRAME_HEADER_LEN {
+            return Ok(None);
+        }
+        let mut header = [0u8; FRAME_HEADER_LEN];
+        header.copy_from_slice(&buf[..FRAME_HEADER_LEN]);
+        let (kind, len) = parse_header(header, max_len)?;
+        if buf.len() < FRAME_HEADER_LEN + len {
+            return Ok(None);
+        }
+        let mut frame = buf.split_to(FRAME_HEADER_LEN + len);
+        frame.advance(FRAME_HEADER_LEN);
+        Frame::decode(kind, frame.freeze()).map(Some)
+    }
+
+    /// How many more bytes `buf` needs before the frame at its front is complete (at least
+    /// the header). The length is not checked here; [`Frame::split_from`] does that.
+    pub fn bytes_missing(buf: &[u8]) -> usize {
+        if buf.len() < FRAME_HEADER_LEN {
+            return FRAME_HEADER_LEN - buf.len();
+        }
+        let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+        (FRAME_HEADER_LEN + len.min(MAX_FRAME_LEN)).saturating_sub(buf.len())
     }
 }
 

@@ -8,16 +8,16 @@
 //! * bodies in: [`FrameBody`] is an `http_body::Body` that yields DATA/Trailers as frames
 //!   arrive and fails — rather than ending cleanly — on Abort or a stream cut before End.
 
-use crate::frame::{read_frame, write_data, write_frame, Frame, FrameError};
+use crate::frame::{Frame, FrameError, MAX_DATA_CHUNK};
 use crate::messages::{Abort, HeaderList, HttpVersion, RequestHead, ResponseHead};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http_body::Body;
 use http_body_util::BodyExt;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Headers that describe one hop, not the message (RFC 9110 §7.6.1), plus those that the
 /// connection named in `Connection`. `te: trailers` is end-to-end in practice (gRPC needs it)
@@ -160,66 +160,214 @@ pub enum BodyError {
 
 /// Pumps `body` into frames on `w` as it arrives: DATA frames, trailers if any, then `End`.
 /// If the body fails, sends `Abort` with the reason and returns the error. Does not finish
-/// the stream (a raw pipe may follow).
+/// the stream (a raw pipe may follow). Same as [`send_message`] with nothing in front.
 pub async fn send_body<B, W>(body: B, w: &mut W) -> Result<(), BodyError>
 where
     B: Body<Data = Bytes>,
     B::Error: std::fmt::Display,
     W: AsyncWrite + Unpin + ?Sized,
 {
+    send_message(Vec::new(), body, w).await
+}
+
+/// A DATA payload at least this long is written straight from the body's buffer instead of
+/// being copied into the pending write.
+const COPY_LIMIT: usize = 16 * 1024;
+
+/// Sends `prefix` (already encoded frames, usually the message's head) followed by `body` as
+/// frames, like [`send_body`], in as few writes as possible.
+///
+/// Why: every write to a QUIC stream wakes the connection's driver, which may send a packet
+/// before the next write arrives. A small response written as head, DATA header, DATA and End
+/// used to leave in two or three packets, each costing a send, a receive, a decryption and a
+/// wake-up on both sides. Here, frames the body yields without waiting accumulate in one buffer
+/// that is written when the body would wait, when it holds [`MAX_DATA_CHUNK`] bytes, or at the
+/// end — so a small message is one write. Nothing is held back waiting for more: as soon as
+/// the body has nothing ready, what is pending goes out.
+pub async fn send_message<B, W>(prefix: Vec<u8>, body: B, w: &mut W) -> Result<(), BodyError>
+where
+    B: Body<Data = Bytes>,
+    B::Error: std::fmt::Display,
+    W: AsyncWrite + Unpin + ?Sized,
+{
     let mut body = std::pin::pin!(body);
+    let mut pending = prefix;
     loop {
-        match body.frame().await {
+        // Poll once without waiting; only if the body has nothing ready is the buffer flushed
+        // before waiting for it.
+        let ready = std::future::poll_fn(|cx| match body.as_mut().poll_frame(cx) {
+            Poll::Ready(item) => Poll::Ready(Some(item)),
+            Poll::Pending => Poll::Ready(None),
+        })
+        .await;
+        let item = match ready {
+            Some(item) => item,
             None => {
-                write_frame(w, &Frame::End).await?;
+                flush(w, &mut pending).await?;
+                body.frame().await
+            }
+        };
+        match item {
+            None => {
+                Frame::End.encode(&mut pending)?;
+                flush(w, &mut pending).await?;
                 return Ok(());
             }
             Some(Ok(frame)) => match frame.into_data() {
-                Ok(data) => write_data(w, &data).await?,
+                Ok(data) => {
+                    for chunk in data.chunks(MAX_DATA_CHUNK) {
+                        push_data_header(&mut pending, chunk.len());
+                        if chunk.len() >= COPY_LIMIT {
+                            flush(w, &mut pending).await?;
+                            w.write_all(chunk).await.map_err(FrameError::Io)?;
+                        } else {
+                            pending.extend_from_slice(chunk);
+                        }
+                    }
+                    if pending.len() >= MAX_DATA_CHUNK {
+                        flush(w, &mut pending).await?;
+                    }
+                }
                 Err(frame) => {
                     if let Ok(trailers) = frame.into_trailers() {
-                        write_frame(w, &Frame::Trailers(headers_to_list(&trailers))).await?;
+                        Frame::Trailers(headers_to_list(&trailers)).encode(&mut pending)?;
                     }
                 }
             },
             Some(Err(e)) => {
                 let reason = e.to_string();
-                // Best effort: the stream may be what failed.
-                let _ = write_frame(
-                    w,
-                    &Frame::Abort(Abort {
-                        reason: reason.clone(),
-                    }),
-                )
-                .await;
+                // Best effort: the stream may be what failed. What was pending goes first, so
+                // the receiver sees the same bytes, then the abort.
+                let abort = Frame::Abort(Abort {
+                    reason: reason.clone(),
+                });
+                if abort.encode(&mut pending).is_ok() {
+                    let _ = flush(w, &mut pending).await;
+                }
                 return Err(BodyError::Source(reason));
             }
         }
     }
 }
 
-type Reader = Box<dyn AsyncRead + Send + Unpin>;
-type ReadFuture = Pin<Box<dyn Future<Output = (Reader, Result<Option<Frame>, FrameError>)> + Send>>;
-
-enum BodyState {
-    Idle(Reader),
-    Reading(ReadFuture),
-    Done,
+fn push_data_header(out: &mut Vec<u8>, len: usize) {
+    out.push(crate::frame::KIND_DATA);
+    // len <= MAX_DATA_CHUNK, far below u32::MAX.
+    out.extend_from_slice(&(len as u32).to_be_bytes());
 }
 
+async fn flush<W: AsyncWrite + Unpin + ?Sized>(
+    w: &mut W,
+    pending: &mut Vec<u8>,
+) -> Result<(), FrameError> {
+    if !pending.is_empty() {
+        w.write_all(pending).await?;
+        pending.clear();
+    }
+    Ok(())
+}
+
+type Reader = Box<dyn AsyncRead + Send + Unpin>;
+
+/// How much a [`FrameBody`] asks its reader for at least, so that a small frame and the
+/// `End` behind it come in one read.
+const READ_AHEAD: usize = 8 * 1024;
+
 /// An HTTP body read from frames: DATA and trailers until `End`. Hand it to hyper as a request
-/// or response body; it streams with backpressure (one frame read per poll).
+/// or response body; it streams with backpressure (at most one frame read ahead).
+///
+/// It reads ahead by one frame for a reason: when the frame after a DATA frame is `End` and
+/// has already arrived, the body reports [`Body::is_end_stream`] at once. hyper then finishes
+/// the message without polling again (it stops after `content-length` bytes anyway), the
+/// stream's own end is read, and the QUIC stream closes cleanly — instead of being dropped
+/// half-read, which makes QUIC send STOP_SENDING, a packet each way per request for nothing.
 pub struct FrameBody {
-    state: BodyState,
+    reader: Reader,
+    /// Bytes read and not yet decoded; DATA payloads are split off it without a copy.
+    buf: BytesMut,
     max_frame_len: usize,
+    /// A frame read ahead and not yet yielded.
+    peeked: Option<Result<Frame, BodyError>>,
+    /// `End` was read (or an error returned): nothing more comes out.
+    done: bool,
 }
 
 impl FrameBody {
     pub fn new(reader: Reader, max_frame_len: usize) -> Self {
         Self {
-            state: BodyState::Idle(reader),
+            reader,
+            buf: BytesMut::new(),
             max_frame_len,
+            peeked: None,
+            done: false,
         }
+    }
+
+    /// Looks at what has already arrived, without waiting: a body whose `End` is there is
+    /// empty from now on ([`Body::is_end_stream`]). The developer's client calls this before
+    /// handing a request to hyper, so that a request without a body goes to the app without
+    /// one (no `transfer-encoding: chunked` added to a body-less POST).
+    pub async fn look_ahead_now(&mut self) {
+        std::future::poll_fn(|cx| {
+            if !self.done && self.peeked.is_none() {
+                self.look_ahead(cx);
+            }
+            Poll::Ready(())
+        })
+        .await
+    }
+
+    /// The next frame: decoded from the buffer, reading more when it holds no whole frame.
+    /// `Ok(None)` is the stream's clean end between frames.
+    fn poll_next_frame(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Frame>, FrameError>> {
+        loop {
+            if let Some(frame) = Frame::split_from(&mut self.buf, self.max_frame_len)? {
+                return Poll::Ready(Ok(Some(frame)));
+            }
+            let wanted = Frame::bytes_missing(&self.buf).max(READ_AHEAD);
+            self.buf.reserve(wanted);
+            let read = {
+                let fut = self.reader.read_buf(&mut self.buf);
+                std::pin::pin!(fut).poll(cx)
+            };
+            match read {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(FrameError::Io(e))),
+                Poll::Ready(Ok(0)) if self.buf.is_empty() => return Poll::Ready(Ok(None)),
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(FrameError::Truncated)),
+                Poll::Ready(Ok(_)) => {}
+            }
+        }
+    }
+
+    /// If the next frame has arrived, takes it: `End` ends the body now, anything else waits
+    /// in `peeked` for the next poll.
+    fn look_ahead(&mut self, cx: &mut Context<'_>) {
+        match self.poll_next_frame(cx) {
+            Poll::Pending => {}
+            Poll::Ready(Ok(Some(Frame::End))) => self.finish(cx),
+            Poll::Ready(other) => self.peeked = Some(body_frame(other)),
+        }
+    }
+
+    /// After `End`: reads the stream's own end if it is already there (it travels with `End`),
+    /// so the stream is closed rather than abandoned. Only one poll: if the end has not arrived
+    /// yet, the body still ends now. Bytes after `End` are not part of the message whatever
+    /// they are; dropping the reader then stops the sender.
+    fn finish(&mut self, cx: &mut Context<'_>) {
+        self.done = true;
+        if self.buf.is_empty() {
+            let _ = self.poll_next_frame(cx);
+        }
+    }
+}
+
+/// A frame inside a body, or why there is none: the stream may not end before `End`.
+fn body_frame(read: Result<Option<Frame>, FrameError>) -> Result<Frame, BodyError> {
+    match read {
+        Ok(Some(frame)) => Ok(frame),
+        Ok(None) => Err(BodyError::Truncated),
+        Err(e) => Err(BodyError::Frame(e)),
     }
 }
 
@@ -228,61 +376,60 @@ impl Body for FrameBody {
     type Error = BodyError;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, BodyError>>> {
-        let max = self.max_frame_len;
+        let this = self.get_mut();
         loop {
-            match std::mem::replace(&mut self.state, BodyState::Done) {
-                BodyState::Done => return Poll::Ready(None),
-                BodyState::Idle(mut r) => {
-                    self.state = BodyState::Reading(Box::pin(async move {
-                        let res = read_frame(&mut r, max).await;
-                        (r, res)
-                    }));
-                }
-                BodyState::Reading(mut fut) => {
-                    let (reader, res) = match fut.as_mut().poll(cx) {
-                        Poll::Pending => {
-                            self.state = BodyState::Reading(fut);
-                            return Poll::Pending;
-                        }
-                        Poll::Ready(r) => r,
-                    };
-                    let out = match res {
-                        Ok(Some(Frame::Data(d))) => {
-                            self.state = BodyState::Idle(reader);
-                            if d.is_empty() {
-                                continue;
-                            }
-                            Ok(http_body::Frame::data(d))
-                        }
-                        Ok(Some(Frame::Trailers(t))) => {
-                            self.state = BodyState::Idle(reader);
-                            list_to_headers(&t)
-                                .map(http_body::Frame::trailers)
-                                .map_err(BodyError::Trailers)
-                        }
-                        Ok(Some(Frame::End)) => return Poll::Ready(None),
-                        Ok(Some(Frame::Abort(a))) => Err(BodyError::Aborted(a.reason)),
-                        Ok(Some(other)) => Err(BodyError::Unexpected(other.name())),
-                        Ok(None) => Err(BodyError::Truncated),
-                        Err(e) => Err(BodyError::Frame(e)),
-                    };
-                    return Poll::Ready(Some(out));
-                }
+            if this.done {
+                return Poll::Ready(None);
             }
+            let frame = match this.peeked.take() {
+                Some(frame) => frame,
+                None => match this.poll_next_frame(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(read) => body_frame(read),
+                },
+            };
+            let out = match frame {
+                Ok(Frame::Data(d)) => {
+                    if d.is_empty() {
+                        continue;
+                    }
+                    this.look_ahead(cx);
+                    Ok(http_body::Frame::data(d))
+                }
+                Ok(Frame::Trailers(t)) => {
+                    this.look_ahead(cx);
+                    list_to_headers(&t)
+                        .map(http_body::Frame::trailers)
+                        .map_err(BodyError::Trailers)
+                }
+                Ok(Frame::End) => {
+                    this.finish(cx);
+                    return Poll::Ready(None);
+                }
+                Ok(Frame::Abort(a)) => Err(BodyError::Aborted(a.reason)),
+                Ok(other) => Err(BodyError::Unexpected(other.name())),
+                Err(e) => Err(e),
+            };
+            if out.is_err() {
+                this.done = true;
+                this.peeked = None;
+            }
+            return Poll::Ready(Some(out));
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        matches!(self.state, BodyState::Done)
+        self.done && self.peeked.is_none()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frame::{write_data, write_frame};
     use crate::MAX_FRAME_LEN;
     use http_body_util::{BodyExt, Full, StreamBody};
 
@@ -339,6 +486,190 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "the sender aborted the message: app crashed"
+        );
+    }
+
+    /// An `AsyncWrite` into a shared buffer that counts its writes.
+    #[derive(Clone, Default)]
+    struct Wire {
+        bytes: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+        writes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl Wire {
+        fn frames(&self) -> Vec<Frame> {
+            let mut buf = BytesMut::from(&self.bytes.lock().unwrap()[..]);
+            let mut out = Vec::new();
+            while let Some(f) = Frame::split_from(&mut buf, MAX_FRAME_LEN).unwrap() {
+                out.push(f);
+            }
+            assert!(buf.is_empty(), "a partial frame is left");
+            out
+        }
+    }
+
+    impl AsyncWrite for Wire {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            data: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            self.writes
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.bytes.lock().unwrap().extend_from_slice(data);
+            Poll::Ready(Ok(data.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_small_message_leaves_in_one_write_head_first() {
+        let mut head = Vec::new();
+        Frame::ResponseHead(ResponseHead {
+            status: 200,
+            version: HttpVersion::Http11,
+            headers: vec![("content-length".into(), b"13".to_vec())],
+        })
+        .encode(&mut head)
+        .unwrap();
+        let mut wire = Wire::default();
+        send_message(
+            head,
+            Full::new(Bytes::from_static(b"Hello, world!")),
+            &mut wire,
+        )
+        .await
+        .unwrap();
+        // One write: one QUIC packet instead of head, DATA header, DATA and End apart.
+        assert_eq!(wire.writes.load(std::sync::atomic::Ordering::SeqCst), 1);
+        let frames = wire.frames();
+        assert!(matches!(&frames[0], Frame::ResponseHead(h) if h.status == 200));
+        assert_eq!(frames[1], Frame::Data(Bytes::from_static(b"Hello, world!")));
+        assert_eq!(frames[2], Frame::End);
+        assert_eq!(frames.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn nothing_is_held_back_while_the_body_waits() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<http_body::Frame<Bytes>, String>>(4);
+        let body = http_body_util::StreamBody::new(futures_util::stream::unfold(
+            rx,
+            |mut rx| async move { rx.recv().await.map(|item| (item, rx)) },
+        ));
+        let wire = Wire::default();
+        let mut writer = wire.clone();
+        let sender =
+            tokio::spawn(async move { send_message(b"HEAD".to_vec(), body, &mut writer).await });
+        tx.send(Ok(http_body::Frame::data(Bytes::from_static(b"first"))))
+            .await
+            .unwrap();
+        // The first chunk must reach the wire while the body has nothing more to give
+        // (a server-sent event, a gRPC message): coalescing never adds latency.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            if wire.bytes.lock().unwrap().ends_with(b"first") {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "first chunk held back"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert!(wire.bytes.lock().unwrap().starts_with(b"HEAD"));
+        tx.send(Ok(http_body::Frame::data(Bytes::from_static(b"second"))))
+            .await
+            .unwrap();
+        drop(tx);
+        sender.await.unwrap().unwrap();
+        let bytes = wire.bytes.lock().unwrap().clone();
+        let mut rest = BytesMut::from(&bytes[4..]);
+        let mut frames = Vec::new();
+        while let Some(f) = Frame::split_from(&mut rest, MAX_FRAME_LEN).unwrap() {
+            frames.push(f);
+        }
+        assert_eq!(
+            frames,
+            vec![
+                Frame::Data(Bytes::from_static(b"first")),
+                Frame::Data(Bytes::from_static(b"second")),
+                Frame::End
+            ]
+        );
+    }
+
+    /// A reader over fixed bytes that remembers whether it reported the end of the stream.
+    struct Ending {
+        data: std::io::Cursor<Vec<u8>>,
+        end_read: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl AsyncRead for Ending {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            let before = buf.filled().len();
+            let r = Pin::new(&mut self.data).poll_read(cx, buf);
+            if buf.filled().len() == before && buf.remaining() > 0 {
+                self.end_read
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            r
+        }
+    }
+
+    #[tokio::test]
+    async fn the_body_ends_with_its_last_data_and_reads_the_stream_to_its_end() {
+        let mut wire = Vec::new();
+        send_body(Full::new(Bytes::from_static(b"Hello, world!")), &mut wire)
+            .await
+            .unwrap();
+        let end_read = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = Ending {
+            data: std::io::Cursor::new(wire),
+            end_read: end_read.clone(),
+        };
+        let mut body = FrameBody::new(Box::new(reader), MAX_FRAME_LEN);
+        assert!(!body.is_end_stream());
+        let first = body.frame().await.unwrap().unwrap();
+        assert_eq!(
+            first.into_data().unwrap(),
+            Bytes::from_static(b"Hello, world!")
+        );
+        // hyper stops polling after content-length bytes: the body must already know it is
+        // complete, and must have read the stream's end, so QUIC closes the stream cleanly
+        // instead of sending STOP_SENDING.
+        assert!(body.is_end_stream());
+        assert!(end_read.load(std::sync::atomic::Ordering::SeqCst));
+        assert!(body.frame().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn look_ahead_makes_a_body_less_request_empty_before_it_is_polled() {
+        let mut wire = Vec::new();
+        Frame::End.encode(&mut wire).unwrap();
+        let mut body = FrameBody::new(Box::new(std::io::Cursor::new(wire)), MAX_FRAME_LEN);
+        body.look_ahead_now().await;
+        assert!(body.is_end_stream());
+
+        // With DATA first, the body is not empty and keeps that frame for its first poll.
+        let mut wire = Vec::new();
+        send_body(Full::new(Bytes::from_static(b"x")), &mut wire)
+            .await
+            .unwrap();
+        let mut body = FrameBody::new(Box::new(std::io::Cursor::new(wire)), MAX_FRAME_LEN);
+        body.look_ahead_now().await;
+        assert!(!body.is_end_stream());
+        assert_eq!(
+            body.collect().await.unwrap().to_bytes(),
+            Bytes::from_static(b"x")
         );
     }
 

@@ -621,3 +621,69 @@ async fn a_visitor_stalling_mid_head_gets_408_and_an_idle_one_is_closed_while_a_
     assert!(text.contains("\"body_len\":6"), "{text}");
     assert!(!text.contains("408"), "{text}");
 }
+
+/// Sends `raw` on a new connection to the edge and returns the response's JSON body (the echo
+/// app's report), read until the connection closes (`connection: close` in `raw`).
+async fn raw_exchange(edge: std::net::SocketAddr, raw: &str) -> serde_json::Value {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(edge).await.unwrap();
+    s.write_all(raw.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .expect("the edge answered and closed")
+        .unwrap();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let body = text.split_once("\r\n\r\n").expect("a response head").1;
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+#[tokio::test]
+async fn body_framing_reaches_the_app_as_the_visitor_sent_it() {
+    init_tracing();
+    let pki = Pki::new();
+    let relay = TestRelay::start(&pki).await;
+    let dev = echo_app("developer").await;
+    let edge = TestEdge::in_process(&relay, None).await;
+    let token = relay.issue_token("framing");
+    let host = format!("www-{}.example.com", token.routing_key());
+    let _client = TestClient::connect(&relay, &pki, token, dev).await;
+
+    // A POST without a body stays without one: no `transfer-encoding: chunked` invented.
+    let seen = raw_exchange(
+        edge.addr,
+        &format!("POST /empty HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(seen["method"], "POST");
+    assert_eq!(seen["body_len"], 0);
+    assert!(seen["headers"].get("transfer-encoding").is_none(), "{seen}");
+
+    // A chunked body on a GET (search APIs do this) arrives whole, still chunked: the edge
+    // drops the hop-by-hop header and the client must not let the body fall to length 0.
+    let seen = raw_exchange(
+        edge.addr,
+        &format!(
+            "GET /search HTTP/1.1\r\nhost: {host}\r\ntransfer-encoding: chunked\r\n\
+             connection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+        ),
+    )
+    .await;
+    assert_eq!(seen["method"], "GET");
+    assert_eq!(seen["body_len"], 11);
+    assert_eq!(seen["body_sha256"], tests::apps::sha256_hex(b"hello world"));
+    assert_eq!(seen["headers"]["transfer-encoding"], "chunked");
+
+    // A body with its length keeps it.
+    let seen = raw_exchange(
+        edge.addr,
+        &format!(
+            "PUT /item HTTP/1.1\r\nhost: {host}\r\ncontent-length: 3\r\nconnection: close\r\n\r\nabc"
+        ),
+    )
+    .await;
+    assert_eq!(seen["body_len"], 3);
+    assert_eq!(seen["headers"]["content-length"], "3");
+    assert!(seen["headers"].get("transfer-encoding").is_none(), "{seen}");
+}
