@@ -3,8 +3,8 @@
 
 use crate::config::EdgeConfig;
 use proto::{
-    handshake, read_frame, write_frame, Frame, Hello, OpenError, OpenFuture, Role, RouteReply,
-    RouteRequest, RoutingKey, StreamOpener, TunnelStream,
+    handshake, read_frame, Frame, Hello, OpenError, OpenFuture, Role, RouteReply, RouteRequest,
+    RoutingKey, StreamOpener, TunnelStream,
 };
 use tokio::sync::Mutex;
 use tracing::{info, warn};
@@ -69,18 +69,28 @@ impl RelayConnector {
         Ok(conn)
     }
 
-    async fn open_stream(&self, key: RoutingKey) -> Result<TunnelStream, OpenError> {
+    async fn open_stream(
+        &self,
+        key: RoutingKey,
+        prelude: Vec<u8>,
+    ) -> Result<TunnelStream, OpenError> {
         let conn = self.connection().await?;
         let (mut send, recv) = conn.open_bi().await.map_err(|e| {
             warn!("relay connection lost: {e}");
             OpenError::RelayUnavailable(format!("relay connection lost: {e}"))
         })?;
-        write_frame(&mut send, &Frame::Route(RouteRequest { key: key.clone() }))
+        // Route and the request's head leave together; the relay passes the head on once the
+        // developer's stream is open, or discards it when the developer is offline.
+        let mut first = Vec::with_capacity(64 + prelude.len());
+        Frame::Route(RouteRequest { key: key.clone() })
+            .encode(&mut first)
+            .map_err(|e| OpenError::RelayUnavailable(e.to_string()))?;
+        first.extend_from_slice(&prelude);
+        send.write_all(&first)
             .await
             .map_err(|e| OpenError::RelayUnavailable(e.to_string()))?;
-        // Wait for the relay's answer (one round trip to a relay that usually sits next to the
-        // edge), so that "offline" is known before any of the request is sent: the edge can
-        // then answer from production instead (`on_missing = "production"`).
+        // The relay's answer tells "offline" apart before the request's body is read, so the
+        // edge can still answer from production (`on_missing = "production"`).
         let mut recv = recv;
         match read_frame(&mut recv, proto::MAX_FRAME_LEN).await {
             Ok(Some(Frame::RouteReply(RouteReply::Connected))) => {}
@@ -106,7 +116,7 @@ impl RelayConnector {
 }
 
 impl StreamOpener for RelayConnector {
-    fn open(&self, key: RoutingKey) -> OpenFuture<'_> {
-        Box::pin(self.open_stream(key))
+    fn open(&self, key: RoutingKey, prelude: Vec<u8>) -> OpenFuture<'_> {
+        Box::pin(self.open_stream(key, prelude))
     }
 }

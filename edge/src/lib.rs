@@ -359,25 +359,39 @@ impl Edge {
                 ),
                 "invalid".to_owned(),
             ),
-            RouteDecision::Developer(key, source) => match self.opener.open(key.clone()).await {
-                Ok(stream) => {
-                    let mut authority = routing::request_authority(&parts).unwrap_or_default();
-                    // The developer's app sees the production host (X-Forwarded-Host keeps the
-                    // visitor's).
-                    if let (KeySource::Host, Some(prefix)) = (source, &self.config.dev_host_prefix)
-                    {
-                        if let Some(prod) = self.router.production_authority(&authority, prefix) {
-                            if let Ok(v) = HeaderValue::from_str(&prod) {
-                                parts.headers.insert(http::header::HOST, v);
-                            }
-                            authority = prod;
+            RouteDecision::Developer(key, source) => {
+                let mut authority = routing::request_authority(&parts).unwrap_or_default();
+                let mut head_headers = None;
+                // The developer's app sees the production host (X-Forwarded-Host keeps the
+                // visitor's). Only the tunnelled head changes: `parts` stays as the visitor
+                // sent it, for production if the developer turns out to be offline.
+                if let (KeySource::Host, Some(prefix)) = (source, &self.config.dev_host_prefix) {
+                    if let Some(prod) = self.router.production_authority(&authority, prefix) {
+                        if let Ok(v) = HeaderValue::from_str(&prod) {
+                            let mut headers = parts.headers.clone();
+                            headers.insert(http::header::HOST, v);
+                            head_headers = Some(headers);
                         }
+                        authority = prod;
                     }
-                    let head = RequestHead::from_parts(&parts, self.scheme, &authority);
-                    let req = Request::from_parts(parts, body);
-                    let max = self.config.max_frame_len as usize;
-                    let timeout = Duration::from_millis(self.config.response_timeout_ms);
-                    let resp = match tokio::time::timeout(timeout, tunnel::forward(stream, req, head, max)).await {
+                }
+                let mut head = RequestHead::from_parts(&parts, self.scheme, &authority);
+                if let Some(headers) = &head_headers {
+                    head.headers = proto::http::headers_to_list(headers);
+                }
+                let req = Request::from_parts(parts, body);
+                let ends = tunnel::ends_with_head(&req);
+                let opened = match tunnel::prelude(head, ends) {
+                    Ok(prelude) => self.opener.open(key.clone(), prelude).await,
+                    Err(e) => Err(OpenError::DeveloperConnectionFailed(e.to_string())),
+                };
+                let (parts, body) = req.into_parts();
+                match opened {
+                    Ok(stream) => {
+                        let req = Request::from_parts(parts, body);
+                        let max = self.config.max_frame_len as usize;
+                        let timeout = Duration::from_millis(self.config.response_timeout_ms);
+                        let resp = match tokio::time::timeout(timeout, tunnel::forward(stream, req, max)).await {
                         Ok(Ok(r)) => r,
                         Ok(Err(e)) => pages::page(
                             StatusCode::BAD_GATEWAY,
@@ -395,39 +409,40 @@ impl Edge {
                             ),
                         ),
                     };
-                    (resp, format!("developer:{key}"))
-                }
-                Err(OpenError::DeveloperOffline(_))
-                    if self.config.on_missing == OnMissing::Production =>
-                {
-                    let resp = self
-                        .to_production(Request::from_parts(parts, body), &req_headers)
-                        .await;
-                    (resp, format!("production (developer {key} offline)"))
-                }
-                Err(OpenError::DeveloperOffline(_)) => (
-                    pages::developer_offline(&req_headers, &key),
-                    format!("offline:{key}"),
-                ),
-                Err(OpenError::RelayUnavailable(e)) => (
-                    pages::page(
-                        StatusCode::BAD_GATEWAY,
-                        &req_headers,
-                        "Relay unavailable",
-                        &format!("The edge cannot reach the DevInProd relay: {e}"),
+                        (resp, format!("developer:{key}"))
+                    }
+                    Err(OpenError::DeveloperOffline(_))
+                        if self.config.on_missing == OnMissing::Production =>
+                    {
+                        let resp = self
+                            .to_production(Request::from_parts(parts, body), &req_headers)
+                            .await;
+                        (resp, format!("production (developer {key} offline)"))
+                    }
+                    Err(OpenError::DeveloperOffline(_)) => (
+                        pages::developer_offline(&req_headers, &key),
+                        format!("offline:{key}"),
                     ),
-                    format!("developer:{key}"),
-                ),
-                Err(e) => (
-                    pages::page(
-                        StatusCode::BAD_GATEWAY,
-                        &req_headers,
-                        "Developer's app failed",
-                        &format!("Routing key {key}: {e}"),
+                    Err(OpenError::RelayUnavailable(e)) => (
+                        pages::page(
+                            StatusCode::BAD_GATEWAY,
+                            &req_headers,
+                            "Relay unavailable",
+                            &format!("The edge cannot reach the DevInProd relay: {e}"),
+                        ),
+                        format!("developer:{key}"),
                     ),
-                    format!("developer:{key}"),
-                ),
-            },
+                    Err(e) => (
+                        pages::page(
+                            StatusCode::BAD_GATEWAY,
+                            &req_headers,
+                            "Developer's app failed",
+                            &format!("Routing key {key}: {e}"),
+                        ),
+                        format!("developer:{key}"),
+                    ),
+                }
+            }
             RouteDecision::Production => {
                 let resp = self
                     .to_production(Request::from_parts(parts, body), &req_headers)

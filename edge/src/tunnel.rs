@@ -31,49 +31,51 @@ fn developer_failed(e: FrameError) -> TunnelError {
     }
 }
 
-/// Sends `req` (with `head` already prepared by the edge) on `stream`, opened to the developer.
+/// The frames that open a request's stream: its head, and `End` when nothing follows — no body,
+/// or an upgrade (after which the stream is a raw pipe). Given to the opener as its prelude.
+pub fn prelude(head: RequestHead, ends: bool) -> Result<Vec<u8>, FrameError> {
+    let mut out = Vec::with_capacity(512);
+    Frame::StreamHeader(StreamHeader::Http(head)).encode(&mut out)?;
+    if ends {
+        Frame::End.encode(&mut out)?;
+    }
+    Ok(out)
+}
+
+/// Whether a request's prelude ends it: see [`prelude`].
+pub fn ends_with_head(req: &Request<Incoming>) -> bool {
+    is_upgrade_request(req.headers()) || req.body().is_end_stream()
+}
+
+/// Sends the rest of `req` on `stream`, whose [`prelude`] the opener has sent (with `End` when
+/// [`ends_with_head`]), and turns the frames that come back into a response.
 pub async fn forward(
     stream: TunnelStream,
     mut req: Request<Incoming>,
-    head: RequestHead,
     max_frame_len: usize,
 ) -> Result<Response<BoxBody>, TunnelError> {
     let TunnelStream { mut send, mut recv } = stream;
     let upgrade = is_upgrade_request(req.headers()).then(|| hyper::upgrade::on(&mut req));
-    let mut head_frame = Vec::with_capacity(512);
-    Frame::StreamHeader(StreamHeader::Http(head))
-        .encode(&mut head_frame)
-        .map_err(developer_failed)?;
 
     let mut upgrade_send = None;
     if upgrade.is_some() {
-        // An upgrade request has no body; after End the stream becomes a raw pipe.
-        Frame::End
-            .encode(&mut head_frame)
-            .map_err(developer_failed)?;
-        send.write_all(&head_frame)
-            .await
-            .map_err(|e| developer_failed(e.into()))?;
+        // After End the stream becomes a raw pipe.
         upgrade_send = Some(send);
     } else if req.body().is_end_stream() {
-        // No body (most GETs): head, End and the stream's end leave together, in one packet,
-        // without a task.
-        send_message(head_frame, req.into_body(), &mut send)
-            .await
-            .map_err(|e| TunnelError::Developer(e.to_string()))?;
+        // No body (most GETs): the prelude was the whole request; the stream's end follows it
+        // at once, usually in the same packet.
         let _ = send.shutdown().await;
     } else {
         // The request body streams in its own task, so the response can start (and, for
         // gRPC, stream) while the upload is still going. The task ends with the visitor's
-        // body, or when the stream is stopped by the other side. A failed head write shows
-        // up below as a failed response read.
+        // body, or when the stream is stopped by the other side.
         let body = req.into_body();
         tokio::spawn(async move {
-            match send_message(head_frame, body, &mut send).await {
+            match send_message(Vec::new(), body, &mut send).await {
                 Ok(()) => {
                     let _ = send.shutdown().await;
                 }
-                Err(e) => debug!("request not delivered: {e}"),
+                Err(e) => debug!("request body not delivered: {e}"),
             }
         });
     }

@@ -6,7 +6,13 @@
 //!
 //! A [`TunnelStream`] speaks the HTTP framing of [`crate::frame`] end to end with the
 //! developer's client: an opener through a remote relay has already consumed the relay's
-//! [`crate::RouteReply`], so "offline" is an [`OpenError`] before any request byte is sent.
+//! [`crate::RouteReply`], so "offline" is an [`OpenError`] before the request reaches anyone.
+//!
+//! The request's first frames (its head, and `End` when it has no body) are handed to
+//! [`StreamOpener::open`] as a *prelude*: a remote opener sends them in the same packet as its
+//! `Route` frame instead of waiting a round trip for the relay's answer first. A relay that
+//! answers "offline" discards them; the request's body has not been read yet, so the edge can
+//! still send the whole request to production.
 
 use crate::ids::RoutingKey;
 use std::future::Future;
@@ -37,9 +43,10 @@ pub enum OpenError {
 pub type OpenFuture<'a> =
     Pin<Box<dyn Future<Output = Result<TunnelStream, OpenError>> + Send + 'a>>;
 
-/// Opens one stream per HTTP request toward the developer holding `key`.
+/// Opens one stream per HTTP request toward the developer holding `key`, and sends `prelude`
+/// (encoded frames) on it first.
 pub trait StreamOpener: Send + Sync + 'static {
-    fn open(&self, key: RoutingKey) -> OpenFuture<'_>;
+    fn open(&self, key: RoutingKey, prelude: Vec<u8>) -> OpenFuture<'_>;
 }
 
 /// Where the relay hands a developer's database stream: the in-process dbproxy of

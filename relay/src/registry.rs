@@ -106,9 +106,12 @@ impl SessionRegistry {
 
 /// The all-in-one path: the edge asks the registry directly, no QUIC hop to the relay.
 impl StreamOpener for SessionRegistry {
-    fn open(&self, key: RoutingKey) -> OpenFuture<'_> {
+    fn open(&self, key: RoutingKey, prelude: Vec<u8>) -> OpenFuture<'_> {
         Box::pin(async move {
-            let (send, recv) = self.open_stream(&key).await?;
+            let (mut send, recv) = self.open_stream(&key).await?;
+            send.write_all(&prelude)
+                .await
+                .map_err(|e| OpenError::DeveloperConnectionFailed(e.to_string()))?;
             Ok(TunnelStream {
                 send: Box::new(send),
                 recv: Box::new(recv),
