@@ -164,7 +164,20 @@ pub fn cookie(headers: &http::HeaderMap, name: &str) -> Option<String> {
 /// Removes the edge's own cookies (routing, staff) and the staff header, so they never reach
 /// an app: a developer's app must not collect staff credentials.
 pub fn strip_edge_credentials(headers: &mut http::HeaderMap, cookie_names: &[&str]) {
-    headers.remove(STAFF_HEADER);
+    headers.remove(http::HeaderName::from_static(STAFF_HEADER));
+    // Nothing to rewrite (the common case): one Cookie header, or none, naming none of ours.
+    let cookies = headers.get_all(http::header::COOKIE);
+    let mut values = cookies.iter();
+    if let (first, None) = (values.next(), values.next()) {
+        let ours = first.and_then(|v| v.to_str().ok()).is_some_and(|v| {
+            v.split(';')
+                .any(|c| cookie_names.contains(&c.trim().split('=').next().unwrap_or("")))
+        });
+        // An unreadable value is left to the rewrite below, which drops it as before.
+        if !ours && first.is_none_or(|v| v.to_str().is_ok()) {
+            return;
+        }
+    }
     let kept: Vec<String> = headers
         .get_all(http::header::COOKIE)
         .iter()

@@ -33,7 +33,7 @@ pub use config::{EdgeConfig, OnMissing};
 pub use connector::{ConnectorError, RelayConnector};
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -556,29 +556,33 @@ impl Edge {
     fn set_forwarded(&self, headers: &mut http::HeaderMap, peer: SocketAddr, host: &str) {
         let ip = peer.ip().to_canonical();
         let trusted = self.config.trusted_proxies.iter().any(|n| n.contains(&ip));
-        let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+        const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+        const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+        const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+        let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
             Some(prev) if trusted => format!("{prev}, {ip}"),
             _ => ip.to_string(),
         };
         if !trusted {
             for name in [
-                "forwarded",
-                "x-forwarded-proto",
-                "x-forwarded-host",
-                "x-real-ip",
+                &http::header::FORWARDED,
+                &X_FORWARDED_PROTO,
+                &X_FORWARDED_HOST,
+                &X_REAL_IP,
             ] {
                 headers.remove(name);
             }
         }
         if let Ok(v) = HeaderValue::from_str(&xff) {
-            headers.insert("x-forwarded-for", v);
+            headers.insert(X_FORWARDED_FOR, v);
         }
-        if !headers.contains_key("x-forwarded-proto") {
-            headers.insert("x-forwarded-proto", HeaderValue::from_static(self.scheme));
+        if !headers.contains_key(&X_FORWARDED_PROTO) {
+            headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(self.scheme));
         }
-        if !headers.contains_key("x-forwarded-host") {
+        if !headers.contains_key(&X_FORWARDED_HOST) {
             if let Ok(v) = HeaderValue::from_str(host) {
-                headers.insert("x-forwarded-host", v);
+                headers.insert(X_FORWARDED_HOST, v);
             }
         }
     }

@@ -34,14 +34,17 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     for name in named {
         headers.remove(name);
     }
-    for name in [
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "trailer",
-        "transfer-encoding",
-    ] {
+    // Names as constants: removing by `&str` parses the name again on every call, which was
+    // a few percent of the edge's instructions per request.
+    const HOP_BY_HOP: [HeaderName; 6] = [
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+        http::header::PROXY_AUTHENTICATE,
+        http::header::PROXY_AUTHORIZATION,
+        http::header::TRAILER,
+        http::header::TRANSFER_ENCODING,
+    ];
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
     let te_trailers = headers
