@@ -5,12 +5,6 @@ use client::cli::{CertsCommand, Cli, Command, DbCommand, TokenCommand};
 use client::commands;
 use tracing_subscriber::EnvFilter;
 
-/// mimalloc rather than the system allocator: every request allocates and frees many small
-/// buffers on several threads, and glibc's malloc (with its arena consolidation) was about a
-/// tenth of the relay's and the client's CPU in profiles (BENCHMARKS.md).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
