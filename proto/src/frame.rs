@@ -36,7 +36,7 @@ const KIND_STREAM_HEADER: u8 = 0x10;
 const KIND_ROUTE: u8 = 0x11;
 const KIND_ROUTE_REPLY: u8 = 0x12;
 const KIND_RESPONSE_HEAD: u8 = 0x20;
-pub(crate) const KIND_DATA: u8 = 0x21;
+const KIND_DATA: u8 = 0x21;
 const KIND_TRAILERS: u8 = 0x22;
 const KIND_END: u8 = 0x23;
 const KIND_ABORT: u8 = 0x24;
@@ -208,16 +208,10 @@ impl Frame {
     /// Decodes one complete frame from the front of `buf`, if `buf` holds one. Returns the frame
     /// and how many bytes it used; `Ok(None)` means more bytes are needed.
     pub fn decode_from(buf: &[u8], max_len: usize) -> Result<Option<(Frame, usize)>, FrameError> {
-        if buf.len() < FRAME_HEADER_LEN {
+        let Some((kind, len)) = complete_frame(buf, max_len)? else {
             return Ok(None);
-        }
-        let mut header = [0u8; FRAME_HEADER_LEN];
-        header.copy_from_slice(&buf[..FRAME_HEADER_LEN]);
-        let (kind, len) = parse_header(header, max_len)?;
+        };
         let total = FRAME_HEADER_LEN + len;
-        if buf.len() < total {
-            return Ok(None);
-        }
         let frame = Frame::decode(kind, Bytes::copy_from_slice(&buf[FRAME_HEADER_LEN..total]))?;
         Ok(Some((frame, total)))
     }
@@ -227,15 +221,9 @@ impl Frame {
     /// Takes one complete frame off the front of `buf`, if `buf` holds one, without copying its
     /// payload (a DATA frame's bytes share `buf`'s allocation). `Ok(None)`: more bytes needed.
     pub fn split_from(buf: &mut BytesMut, max_len: usize) -> Result<Option<Frame>, FrameError> {
-        if buf.len() < FRAME_HEADER_LEN {
+        let Some((kind, len)) = complete_frame(buf, max_len)? else {
             return Ok(None);
-        }
-        let mut header = [0u8; FRAME_HEADER_LEN];
-        header.copy_from_slice(&buf[..FRAME_HEADER_LEN]);
-        let (kind, len) = parse_header(header, max_len)?;
-        if buf.len() < FRAME_HEADER_LEN + len {
-            return Ok(None);
-        }
+        };
         let mut frame = buf.split_to(FRAME_HEADER_LEN + len);
         frame.advance(FRAME_HEADER_LEN);
         Frame::decode(kind, frame.freeze()).map(Some)
@@ -250,6 +238,25 @@ impl Frame {
         let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
         (FRAME_HEADER_LEN + len.min(MAX_FRAME_LEN)).saturating_sub(buf.len())
     }
+}
+
+/// The kind and payload length of the frame at the front of `buf`, once `buf` holds all of it
+/// (the length is checked against `max_len` as soon as the header is there).
+fn complete_frame(buf: &[u8], max_len: usize) -> Result<Option<(u8, usize)>, FrameError> {
+    let Some(header) = buf.first_chunk::<FRAME_HEADER_LEN>() else {
+        return Ok(None);
+    };
+    let (kind, len) = parse_header(*header, max_len)?;
+    Ok((buf.len() >= FRAME_HEADER_LEN + len).then_some((kind, len)))
+}
+
+/// The header of a DATA frame of `len` bytes (`len` at most [`MAX_DATA_CHUNK`]).
+pub(crate) fn data_header(len: usize) -> [u8; FRAME_HEADER_LEN] {
+    let mut header = [0u8; FRAME_HEADER_LEN];
+    header[0] = KIND_DATA;
+    // len <= MAX_DATA_CHUNK, far below u32::MAX.
+    header[1..].copy_from_slice(&(len as u32).to_be_bytes());
+    header
 }
 
 fn parse_header(h: [u8; FRAME_HEADER_LEN], max_len: usize) -> Result<(u8, usize), FrameError> {
@@ -350,11 +357,7 @@ pub async fn write_data<W: AsyncWrite + Unpin + ?Sized>(
     data: &[u8],
 ) -> Result<(), FrameError> {
     for chunk in data.chunks(MAX_DATA_CHUNK) {
-        let mut header = [0u8; FRAME_HEADER_LEN];
-        header[0] = KIND_DATA;
-        // chunk.len() <= MAX_DATA_CHUNK, far below u32::MAX.
-        header[1..].copy_from_slice(&(chunk.len() as u32).to_be_bytes());
-        w.write_all(&header).await?;
+        w.write_all(&data_header(chunk.len())).await?;
         w.write_all(chunk).await?;
     }
     Ok(())

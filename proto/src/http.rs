@@ -219,7 +219,7 @@ where
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) => {
                     for chunk in data.chunks(MAX_DATA_CHUNK) {
-                        push_data_header(&mut pending, chunk.len());
+                        pending.extend_from_slice(&crate::frame::data_header(chunk.len()));
                         if chunk.len() >= COPY_LIMIT {
                             flush(w, &mut pending).await?;
                             w.write_all(chunk).await.map_err(FrameError::Io)?;
@@ -251,12 +251,6 @@ where
             }
         }
     }
-}
-
-fn push_data_header(out: &mut Vec<u8>, len: usize) {
-    out.push(crate::frame::KIND_DATA);
-    // len <= MAX_DATA_CHUNK, far below u32::MAX.
-    out.extend_from_slice(&(len as u32).to_be_bytes());
 }
 
 async fn flush<W: AsyncWrite + Unpin + ?Sized>(
