@@ -78,6 +78,27 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// Sets `name` (lower case) to `value` in a head's header list as `HeaderMap::insert` would:
+/// the first entry keeps its place, repeats are dropped, a missing header is appended.
+fn set_header(list: &mut proto::HeaderList, name: &str, value: Vec<u8>) {
+    let mut value = Some(value);
+    list.retain_mut(|(n, v)| {
+        if n != name {
+            return true;
+        }
+        match value.take() {
+            Some(new) => {
+                *v = new;
+                true
+            }
+            None => false,
+        }
+    });
+    if let Some(new) = value {
+        list.push((name.to_owned(), new));
+    }
+}
+
 fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -361,31 +382,31 @@ impl Edge {
             ),
             RouteDecision::Developer(key, source) => {
                 let mut authority = routing::request_authority(&parts).unwrap_or_default();
-                let mut head_headers = None;
-                // The developer's app sees the production host (X-Forwarded-Host keeps the
-                // visitor's). Only the tunnelled head changes: `parts` stays as the visitor
-                // sent it, for production if the developer turns out to be offline.
+                let mut production_host = None;
                 if let (KeySource::Host, Some(prefix)) = (source, &self.config.dev_host_prefix) {
                     if let Some(prod) = self.router.production_authority(&authority, prefix) {
-                        if let Ok(v) = HeaderValue::from_str(&prod) {
-                            let mut headers = parts.headers.clone();
-                            headers.insert(http::header::HOST, v);
-                            head_headers = Some(headers);
+                        if HeaderValue::from_str(&prod).is_ok() {
+                            production_host = Some(prod.clone());
                         }
                         authority = prod;
                     }
                 }
                 let mut head = RequestHead::from_parts(&parts, self.scheme, &authority);
-                if let Some(headers) = &head_headers {
-                    head.headers = proto::http::headers_to_list(headers);
+                // The developer's app sees the production host (X-Forwarded-Host keeps the
+                // visitor's). Only the tunnelled head changes: `parts` stays as the visitor
+                // sent it, for production if the developer turns out to be offline.
+                if let Some(host) = production_host {
+                    set_header(
+                        &mut head.headers,
+                        http::header::HOST.as_str(),
+                        host.into_bytes(),
+                    );
                 }
-                let req = Request::from_parts(parts, body);
-                let ends = tunnel::ends_with_head(&req);
+                let ends = tunnel::ends_with_head(&parts.headers, &body);
                 let opened = match tunnel::prelude(head, ends) {
                     Ok(prelude) => self.opener.open(key.clone(), prelude).await,
                     Err(e) => Err(OpenError::DeveloperConnectionFailed(e.to_string())),
                 };
-                let (parts, body) = req.into_parts();
                 match opened {
                     Ok(stream) => {
                         let req = Request::from_parts(parts, body);
@@ -585,5 +606,36 @@ impl Edge {
                 headers.insert(X_FORWARDED_HOST, v);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::set_header;
+
+    #[test]
+    fn set_header_replaces_in_place_drops_repeats_and_appends_when_missing() {
+        let entry = |n: &str, v: &str| (n.to_owned(), v.as_bytes().to_vec());
+        let mut list = vec![
+            entry("accept", "*/*"),
+            entry("host", "www-k3yx9q.example.com"),
+            entry("x-a", "1"),
+            entry("host", "again"),
+        ];
+        set_header(&mut list, "host", b"www.example.com".to_vec());
+        assert_eq!(
+            list,
+            vec![
+                entry("accept", "*/*"),
+                entry("host", "www.example.com"),
+                entry("x-a", "1"),
+            ]
+        );
+        let mut h2 = vec![entry("accept", "*/*")];
+        set_header(&mut h2, "host", b"www.example.com".to_vec());
+        assert_eq!(
+            h2,
+            vec![entry("accept", "*/*"), entry("host", "www.example.com")]
+        );
     }
 }

@@ -43,8 +43,8 @@ pub fn prelude(head: RequestHead, ends: bool) -> Result<Vec<u8>, FrameError> {
 }
 
 /// Whether a request's prelude ends it: see [`prelude`].
-pub fn ends_with_head(req: &Request<Incoming>) -> bool {
-    is_upgrade_request(req.headers()) || req.body().is_end_stream()
+pub fn ends_with_head(headers: &http::HeaderMap, body: &Incoming) -> bool {
+    is_upgrade_request(headers) || body.is_end_stream()
 }
 
 /// Sends the rest of `req` on `stream`, whose [`prelude`] the opener has sent (with `End` when
