@@ -97,6 +97,10 @@ pub struct RelayArgs {
     /// Network allowed to use the admin API (CIDR); repeatable [default: loopback only].
     #[arg(long = "admin-allow")]
     pub admin_allow: Vec<ipnet::IpNet>,
+    /// Worker threads of this server [default: one per CPU core]. 1 runs it on a single
+    /// thread, which costs the least CPU per request when other busy processes share the cores.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub threads: Option<u16>,
 }
 
 #[derive(Args, Debug, Default)]
@@ -129,6 +133,10 @@ pub struct EdgeArgs {
     /// staff (staff_secret in edge.toml). Required, here or in the file.
     #[arg(long, value_enum)]
     pub access: Option<AccessArg>,
+    /// Worker threads of this server [default: one per CPU core]. 1 runs it on a single
+    /// thread, which costs the least CPU per request when other busy processes share the cores.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub threads: Option<u16>,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy)]
@@ -162,6 +170,10 @@ pub struct DbproxyArgs {
     /// Directory of ca.pem, dbproxy.pem and dbproxy.key [default: ./.devinprod].
     #[arg(long = "state-dir")]
     pub state_dir: Option<PathBuf>,
+    /// Worker threads of this server [default: one per CPU core]. 1 runs it on a single
+    /// thread, which costs the least CPU per request when other busy processes share the cores.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub threads: Option<u16>,
 }
 
 #[derive(Args, Debug, Default, Clone)]
@@ -191,6 +203,10 @@ pub struct UpArgs {
     /// Preview URL template sent to developers, `{key}` is the routing key; repeatable.
     #[arg(long = "public-url")]
     pub public_urls: Vec<String>,
+    /// Worker threads of this server [default: one per CPU core]. 1 runs it on a single
+    /// thread, which costs the least CPU per request when other busy processes share the cores.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub threads: Option<u16>,
 }
 
 #[derive(Args, Debug, Default)]

@@ -10,7 +10,7 @@ use hyper::body::Body as _;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use proto::http::{is_upgrade_request, list_to_headers, send_message, strip_hop_by_hop, FrameBody};
+use proto::http::{is_upgrade_request, send_message, strip_hop_by_hop, FrameBody};
 use proto::{read_frame, Frame, RequestHead, ResponseHead};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
@@ -110,7 +110,7 @@ impl LocalApp {
     /// Serves one stream whose `StreamHeader::Http(head)` has been read.
     pub async fn serve(
         &self,
-        head: RequestHead,
+        mut head: RequestHead,
         mut send: quinn::SendStream,
         mut recv: quinn::RecvStream,
         max_frame_len: usize,
@@ -122,15 +122,7 @@ impl LocalApp {
             status: 0,
             duration: Duration::ZERO,
         };
-        let headers = match list_to_headers(&head.headers) {
-            Ok(h) => h,
-            Err(e) => {
-                let msg = format!("devinprod: invalid request header: {e}");
-                return self
-                    .reply_error(&mut send, record, started, StatusCode::BAD_GATEWAY, msg)
-                    .await;
-            }
-        };
+        let headers = std::mem::take(&mut head.headers).into_map();
         let upgrade = is_upgrade_request(&headers);
         // The request body, and for an upgrade the rest of the stream (the raw pipe after End).
         let (body, pipe_recv): (Body, Option<quinn::RecvStream>) = if upgrade {
@@ -246,7 +238,10 @@ impl LocalApp {
         let head = ResponseHead {
             status: status.as_u16(),
             version: proto::HttpVersion::Http11,
-            headers: vec![("content-type".into(), b"text/plain; charset=utf-8".to_vec())],
+            headers: proto::Headers(http::HeaderMap::from_iter([(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; charset=utf-8"),
+            )])),
         };
         let mut prefix = Vec::with_capacity(128);
         if Frame::ResponseHead(head).encode(&mut prefix).is_ok() {

@@ -5,8 +5,7 @@ use client::cli::{CertsCommand, Cli, Command, DbCommand, TokenCommand};
 use client::commands;
 use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // Servers log at info by default; the developer's terminal stays for the request log.
     let default_level = match cli.command {
@@ -19,15 +18,52 @@ async fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    let runtime = match runtime_for(&cli.command).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("devinprod: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     // The command runs as a task on the runtime's workers rather than on the main thread that
     // `block_on` parks: hot loops (the client's stream accept loop, the servers' accept loops)
     // then wake only pool threads, not one more thread outside the pool, once per request.
-    match tokio::spawn(run(cli.command)).await {
-        Ok(result) => exit_code(result),
-        Err(e) => {
-            eprintln!("devinprod: internal error: {e}");
-            std::process::ExitCode::FAILURE
+    runtime.block_on(async {
+        match tokio::spawn(run(cli.command)).await {
+            Ok(result) => exit_code(result),
+            Err(e) => {
+                eprintln!("devinprod: internal error: {e}");
+                std::process::ExitCode::FAILURE
+            }
         }
+    })
+}
+
+/// The runtime a command runs on. The developer's client (`connect`) and the one-shot commands
+/// run on one thread: the client carries one QUIC connection, whose driver is a single task
+/// anyway, and on one thread no request pays for waking a second one (measured: a third less
+/// CPU per request than two worker threads, BENCHMARKS.md). Servers default to one worker per
+/// core; `--threads` sets the count, 1 meaning a single-threaded runtime.
+fn runtime_for(command: &Command) -> tokio::runtime::Builder {
+    let threads = match command {
+        Command::Relay(a) => a.threads,
+        Command::Edge(a) => a.threads,
+        Command::Dbproxy(a) => a.threads,
+        Command::Up(a) => a.threads,
+        Command::Demo(_) => None,
+        Command::Certs { .. }
+        | Command::Token { .. }
+        | Command::Connect(_)
+        | Command::Db { .. } => Some(1),
+    };
+    match threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n.into());
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
     }
 }
 

@@ -78,27 +78,6 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// Sets `name` (lower case) to `value` in a head's header list as `HeaderMap::insert` would:
-/// the first entry keeps its place, repeats are dropped, a missing header is appended.
-fn set_header(list: &mut proto::HeaderList, name: &str, value: Vec<u8>) {
-    let mut value = Some(value);
-    list.retain_mut(|(n, v)| {
-        if n != name {
-            return true;
-        }
-        match value.take() {
-            Some(new) => {
-                *v = new;
-                true
-            }
-            None => false,
-        }
-    });
-    if let Some(new) = value {
-        list.push((name.to_owned(), new));
-    }
-}
-
 fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -309,14 +288,14 @@ impl Edge {
             &[access::STAFF_COOKIE, routing::COOKIE],
         );
         self.set_forwarded(&mut parts.headers, peer, &host);
-        let req_headers = parts.headers.clone();
+        let format = pages::PageFormat::of(&parts.headers);
 
         // Limits of developer routes: the declared body size, and requests in flight (the
         // guard counts this request until its response head is out).
         let mut early = None;
         let mut _in_flight = None;
         if let (RouteDecision::Developer(key, _), None) = (&decision, &refused) {
-            if self.too_large(&req_headers) {
+            if self.too_large(&parts.headers) {
                 let detail = format!(
                     "Requests to a developer's copy may carry at most {} bytes.",
                     self.config.max_request_body_bytes
@@ -324,7 +303,7 @@ impl Edge {
                 early = Some((
                     pages::page(
                         StatusCode::PAYLOAD_TOO_LARGE,
-                        &req_headers,
+                        format,
                         "Request too large",
                         &detail,
                     ),
@@ -341,7 +320,7 @@ impl Edge {
                         early = Some((
                             pages::page(
                                 StatusCode::SERVICE_UNAVAILABLE,
-                                &req_headers,
+                                format,
                                 "Developer busy",
                                 &detail,
                             ),
@@ -364,7 +343,7 @@ impl Edge {
                 (
                     pages::page(
                         StatusCode::FORBIDDEN,
-                        &req_headers,
+                        format,
                         "Developer route refused",
                         &format!("This address leads to a developer's copy of the site (routing key {key}): {why}."),
                     ),
@@ -372,12 +351,7 @@ impl Edge {
                 )
             }
             RouteDecision::Invalid(reason) => (
-                pages::page(
-                    StatusCode::BAD_REQUEST,
-                    &req_headers,
-                    "Bad routing key",
-                    &reason,
-                ),
+                pages::page(StatusCode::BAD_REQUEST, format, "Bad routing key", &reason),
                 "invalid".to_owned(),
             ),
             RouteDecision::Developer(key, source) => {
@@ -385,9 +359,7 @@ impl Edge {
                 let mut production_host = None;
                 if let (KeySource::Host, Some(prefix)) = (source, &self.config.dev_host_prefix) {
                     if let Some(prod) = self.router.production_authority(&authority, prefix) {
-                        if HeaderValue::from_str(&prod).is_ok() {
-                            production_host = Some(prod.clone());
-                        }
+                        production_host = HeaderValue::from_str(&prod).ok();
                         authority = prod;
                     }
                 }
@@ -396,11 +368,7 @@ impl Edge {
                 // visitor's). Only the tunnelled head changes: `parts` stays as the visitor
                 // sent it, for production if the developer turns out to be offline.
                 if let Some(host) = production_host {
-                    set_header(
-                        &mut head.headers,
-                        http::header::HOST.as_str(),
-                        host.into_bytes(),
-                    );
+                    head.headers.0.insert(http::header::HOST, host);
                 }
                 let ends = tunnel::ends_with_head(&parts.headers, &body);
                 let opened = match tunnel::prelude(head, ends) {
@@ -416,13 +384,13 @@ impl Edge {
                         Ok(Ok(r)) => r,
                         Ok(Err(e)) => pages::page(
                             StatusCode::BAD_GATEWAY,
-                            &req_headers,
+                            format,
                             "Developer's app failed",
                             &format!("Routing key {key}: {e}"),
                         ),
                         Err(_) => pages::page(
                             StatusCode::GATEWAY_TIMEOUT,
-                            &req_headers,
+                            format,
                             "Developer's app too slow",
                             &format!(
                                 "The developer's app for routing key {key} did not start answering within {} ms.",
@@ -436,18 +404,18 @@ impl Edge {
                         if self.config.on_missing == OnMissing::Production =>
                     {
                         let resp = self
-                            .to_production(Request::from_parts(parts, body), &req_headers)
+                            .to_production(Request::from_parts(parts, body), format)
                             .await;
                         (resp, format!("production (developer {key} offline)"))
                     }
                     Err(OpenError::DeveloperOffline(_)) => (
-                        pages::developer_offline(&req_headers, &key),
+                        pages::developer_offline(format, &key),
                         format!("offline:{key}"),
                     ),
                     Err(OpenError::RelayUnavailable(e)) => (
                         pages::page(
                             StatusCode::BAD_GATEWAY,
-                            &req_headers,
+                            format,
                             "Relay unavailable",
                             &format!("The edge cannot reach the DevInProd relay: {e}"),
                         ),
@@ -456,7 +424,7 @@ impl Edge {
                     Err(e) => (
                         pages::page(
                             StatusCode::BAD_GATEWAY,
-                            &req_headers,
+                            format,
                             "Developer's app failed",
                             &format!("Routing key {key}: {e}"),
                         ),
@@ -466,7 +434,7 @@ impl Edge {
             }
             RouteDecision::Production => {
                 let resp = self
-                    .to_production(Request::from_parts(parts, body), &req_headers)
+                    .to_production(Request::from_parts(parts, body), format)
                     .await;
                 (resp, "production".to_owned())
             }
@@ -541,12 +509,17 @@ impl Edge {
         } else {
             return Some(pages::page(
                 StatusCode::NOT_FOUND,
-                &parts.headers,
+                pages::PageFormat::of(&parts.headers),
                 "No staff sign-in",
                 "This edge does not use staff sign-in (access is not \"staff\").",
             ));
         };
-        let mut resp = pages::page(StatusCode::OK, &parts.headers, title, &detail);
+        let mut resp = pages::page(
+            StatusCode::OK,
+            pages::PageFormat::of(&parts.headers),
+            title,
+            &detail,
+        );
         if let Ok(v) = HeaderValue::from_str(&cookie) {
             resp.headers_mut().insert(http::header::SET_COOKIE, v);
         }
@@ -556,18 +529,18 @@ impl Edge {
     async fn to_production(
         &self,
         req: Request<Incoming>,
-        req_headers: &http::HeaderMap,
+        format: pages::PageFormat,
     ) -> Response<BoxBody> {
         match &self.production {
             None => pages::page(
                 StatusCode::BAD_GATEWAY,
-                req_headers,
+                format,
                 "No production upstream",
                 "This edge has no production upstream configured and the request names no developer.",
             ),
             Some(p) => match p.forward(req).await {
                 Ok(r) => r,
-                Err(e) => pages::page(StatusCode::BAD_GATEWAY, req_headers, "Production failed", &e.to_string()),
+                Err(e) => pages::page(StatusCode::BAD_GATEWAY, format, "Production failed", &e.to_string()),
             },
         }
     }
@@ -586,13 +559,17 @@ impl Edge {
             _ => ip.to_string(),
         };
         if !trusted {
-            for name in [
+            let claims = [
                 &http::header::FORWARDED,
                 &X_FORWARDED_PROTO,
                 &X_FORWARDED_HOST,
                 &X_REAL_IP,
-            ] {
-                headers.remove(name);
+            ];
+            // A visitor rarely sends any: look once rather than hash each name (hot path).
+            if headers.keys().any(|n| claims.contains(&n)) {
+                for name in claims {
+                    headers.remove(name);
+                }
             }
         }
         if let Ok(v) = HeaderValue::from_str(&xff) {
@@ -606,36 +583,5 @@ impl Edge {
                 headers.insert(X_FORWARDED_HOST, v);
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::set_header;
-
-    #[test]
-    fn set_header_replaces_in_place_drops_repeats_and_appends_when_missing() {
-        let entry = |n: &str, v: &str| (n.to_owned(), v.as_bytes().to_vec());
-        let mut list = vec![
-            entry("accept", "*/*"),
-            entry("host", "www-k3yx9q.example.com"),
-            entry("x-a", "1"),
-            entry("host", "again"),
-        ];
-        set_header(&mut list, "host", b"www.example.com".to_vec());
-        assert_eq!(
-            list,
-            vec![
-                entry("accept", "*/*"),
-                entry("host", "www.example.com"),
-                entry("x-a", "1"),
-            ]
-        );
-        let mut h2 = vec![entry("accept", "*/*")];
-        set_header(&mut h2, "host", b"www.example.com".to_vec());
-        assert_eq!(
-            h2,
-            vec![entry("accept", "*/*"), entry("host", "www.example.com")]
-        );
     }
 }

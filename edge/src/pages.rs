@@ -8,11 +8,22 @@ use crate::BoxBody;
 /// Seconds between reloads of the "developer offline" page.
 pub const OFFLINE_REFRESH_SECS: u32 = 5;
 
-fn wants_html(headers: &HeaderMap) -> bool {
-    headers
-        .get(http::header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("text/html"))
+/// How a visitor wants the edge's own pages: HTML for a browser (its `Accept` names
+/// `text/html`), plain text otherwise. Read once from the request, so the request's headers
+/// need not be kept (cloned) for a page that is rarely written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageFormat {
+    html: bool,
+}
+
+impl PageFormat {
+    pub fn of(request_headers: &HeaderMap) -> Self {
+        let html = request_headers
+            .get(http::header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("text/html"));
+        Self { html }
+    }
 }
 
 fn escape(s: &str) -> String {
@@ -25,16 +36,16 @@ fn escape(s: &str) -> String {
 /// A page with `status`, a title and a sentence, as HTML for browsers and plain text otherwise.
 pub fn page(
     status: StatusCode,
-    request_headers: &HeaderMap,
+    format: PageFormat,
     title: &str,
     detail: &str,
 ) -> Response<BoxBody> {
-    page_with_refresh(status, request_headers, title, detail, None)
+    page_with_refresh(status, format, title, detail, None)
 }
 
 fn page_with_refresh(
     status: StatusCode,
-    request_headers: &HeaderMap,
+    format: PageFormat,
     title: &str,
     detail: &str,
     refresh_secs: Option<u32>,
@@ -42,7 +53,7 @@ fn page_with_refresh(
     let refresh = refresh_secs
         .map(|s| format!("<meta http-equiv=\"refresh\" content=\"{s}\">"))
         .unwrap_or_default();
-    let (body, content_type) = if wants_html(request_headers) {
+    let (body, content_type) = if format.html {
         (
             format!(
                 "<!doctype html>\n<html><head><meta charset=\"utf-8\">{refresh}<title>{t}</title></head>\
@@ -74,13 +85,10 @@ fn page_with_refresh(
 
 /// 502 for a routing key whose developer is not connected; in a browser it reloads itself
 /// every few seconds, so it turns into the developer's app as soon as they reconnect.
-pub fn developer_offline(
-    request_headers: &HeaderMap,
-    key: &proto::RoutingKey,
-) -> Response<BoxBody> {
+pub fn developer_offline(format: PageFormat, key: &proto::RoutingKey) -> Response<BoxBody> {
     page_with_refresh(
         StatusCode::BAD_GATEWAY,
-        request_headers,
+        format,
         "Developer offline",
         &format!(
             "No developer is connected for routing key {key}. The developer must run \

@@ -7,7 +7,7 @@ use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use proto::http::{is_upgrade_request, list_to_headers, send_message, strip_hop_by_hop, FrameBody};
+use proto::http::{is_upgrade_request, send_message, strip_hop_by_hop, FrameBody};
 use proto::{read_frame, Frame, FrameError, RequestHead, StreamHeader, TunnelStream};
 use tokio::io::AsyncWriteExt;
 use tracing::debug;
@@ -101,8 +101,7 @@ pub async fn forward(
 
     let status = http::StatusCode::from_u16(head.status)
         .map_err(|_| TunnelError::BadResponse(format!("status {} is not valid", head.status)))?;
-    let mut headers =
-        list_to_headers(&head.headers).map_err(|e| TunnelError::BadResponse(e.to_string()))?;
+    let mut headers = head.headers.into_map();
     let switching = status == http::StatusCode::SWITCHING_PROTOCOLS;
     strip_hop_by_hop(&mut headers, switching);
 

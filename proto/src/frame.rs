@@ -9,8 +9,7 @@
 //! before any payload byte is read, and bincode itself runs with the same ceiling.
 
 use crate::messages::{
-    Abort, HeaderList, Hello, Refusal, ResponseHead, RouteReply, RouteRequest, StreamHeader,
-    Welcome,
+    Abort, Headers, Hello, Refusal, ResponseHead, RouteReply, RouteRequest, StreamHeader, Welcome,
 };
 use bytes::{Buf, Bytes, BytesMut};
 use serde::{de::DeserializeOwned, Serialize};
@@ -65,7 +64,7 @@ pub enum Frame {
     /// A piece of an HTTP body.
     Data(Bytes),
     /// HTTP trailers (gRPC's `grpc-status`), after the last DATA frame.
-    Trailers(HeaderList),
+    Trailers(Headers),
     /// The HTTP message is complete.
     End,
     /// The sender gives up on this message; the receiver must not treat it as complete.
@@ -285,7 +284,12 @@ fn decode_body<T: DeserializeOwned>(payload: &[u8], kind: &'static str) -> Resul
         bincode::serde::decode_from_slice(payload, config()).map_err(|e| {
             FrameError::Malformed {
                 kind,
-                detail: e.to_string(),
+                // A message's own check (an invalid header name) reads better without bincode's
+                // `OtherString("…")` around it.
+                detail: match e {
+                    bincode::error::DecodeError::OtherString(s) => s,
+                    e => e.to_string(),
+                },
             }
         })?;
     if used != payload.len() {

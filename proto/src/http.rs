@@ -9,7 +9,7 @@
 //!   arrive and fails — rather than ending cleanly — on Abort or a stream cut before End.
 
 use crate::frame::{Frame, FrameError, MAX_DATA_CHUNK};
-use crate::messages::{Abort, HeaderList, HttpVersion, RequestHead, ResponseHead};
+use crate::messages::{Abort, Headers, HttpVersion, RequestHead, ResponseHead};
 use bytes::{Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http_body::Body;
@@ -19,10 +19,33 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+/// Names as constants: removing by `&str` parses the name again on every call, which was a few
+/// percent of the edge's instructions per request.
+const HOP_BY_HOP: [HeaderName; 6] = [
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    http::header::PROXY_AUTHENTICATE,
+    http::header::PROXY_AUTHORIZATION,
+    http::header::TRAILER,
+    http::header::TRANSFER_ENCODING,
+];
+
 /// Headers that describe one hop, not the message (RFC 9110 §7.6.1), plus those that the
 /// connection named in `Connection`. `te: trailers` is end-to-end in practice (gRPC needs it)
 /// and is kept; `upgrade`/`connection: upgrade` are kept when `keep_upgrade` (WebSocket).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry none of these: one pass over the (few) names present is far cheaper
+    // than hashing and probing for each of the eight, twice per request at the edge.
+    if !keep_upgrade
+        && !headers.keys().any(|n| {
+            n == http::header::CONNECTION
+                || n == http::header::UPGRADE
+                || n == http::header::TE
+                || HOP_BY_HOP.contains(n)
+        })
+    {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(http::header::CONNECTION)
         .iter()
@@ -34,16 +57,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     for name in named {
         headers.remove(name);
     }
-    // Names as constants: removing by `&str` parses the name again on every call, which was
-    // a few percent of the edge's instructions per request.
-    const HOP_BY_HOP: [HeaderName; 6] = [
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
-        http::header::PROXY_AUTHENTICATE,
-        http::header::PROXY_AUTHORIZATION,
-        http::header::TRAILER,
-        http::header::TRANSFER_ENCODING,
-    ];
     for name in &HOP_BY_HOP {
         headers.remove(name);
     }
@@ -75,31 +88,6 @@ pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
-pub fn headers_to_list(headers: &HeaderMap) -> HeaderList {
-    headers
-        .iter()
-        .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
-        .collect()
-}
-
-/// A header from the peer that is not a valid HTTP header.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid header {name:?} from the peer")]
-pub struct InvalidHeader {
-    pub name: String,
-}
-
-pub fn list_to_headers(list: &HeaderList) -> Result<HeaderMap, InvalidHeader> {
-    let mut map = HeaderMap::with_capacity(list.len());
-    for (name, value) in list {
-        let bad = || InvalidHeader { name: name.clone() };
-        let n = HeaderName::from_bytes(name.as_bytes()).map_err(|_| bad())?;
-        let v = HeaderValue::from_bytes(value).map_err(|_| bad())?;
-        map.append(n, v);
-    }
-    Ok(map)
-}
-
 pub fn version_to_wire(v: http::Version) -> HttpVersion {
     match v {
         http::Version::HTTP_09 | http::Version::HTTP_10 => HttpVersion::Http10,
@@ -121,7 +109,7 @@ impl ResponseHead {
         ResponseHead {
             status: parts.status.as_u16(),
             version: version_to_wire(parts.version),
-            headers: headers_to_list(&parts.headers),
+            headers: Headers(parts.headers.clone()),
         }
     }
 }
@@ -139,7 +127,7 @@ impl RequestHead {
                 .map(|p| p.as_str().to_owned())
                 .unwrap_or_else(|| "/".into()),
             version: version_to_wire(parts.version),
-            headers: headers_to_list(&parts.headers),
+            headers: Headers(parts.headers.clone()),
         }
     }
 }
@@ -153,8 +141,6 @@ pub enum BodyError {
     Truncated,
     #[error("unexpected {0} frame inside a message body")]
     Unexpected(&'static str),
-    #[error("invalid trailers: {0}")]
-    Trailers(InvalidHeader),
     #[error(transparent)]
     Frame(#[from] FrameError),
     #[error("the body's source failed: {0}")]
@@ -233,7 +219,7 @@ where
                 }
                 Err(frame) => {
                     if let Ok(trailers) = frame.into_trailers() {
-                        Frame::Trailers(headers_to_list(&trailers)).encode(&mut pending)?;
+                        Frame::Trailers(Headers(trailers)).encode(&mut pending)?;
                     }
                 }
             },
@@ -398,9 +384,7 @@ impl Body for FrameBody {
                 }
                 Ok(Frame::Trailers(t)) => {
                     this.look_ahead(cx);
-                    list_to_headers(&t)
-                        .map(http_body::Frame::trailers)
-                        .map_err(BodyError::Trailers)
+                    Ok(http_body::Frame::trailers(t.0))
                 }
                 Ok(Frame::End) => {
                     this.finish(cx);
@@ -530,7 +514,10 @@ mod tests {
         Frame::ResponseHead(ResponseHead {
             status: 200,
             version: HttpVersion::Http11,
-            headers: vec![("content-length".into(), b"13".to_vec())],
+            headers: Headers(HeaderMap::from_iter([(
+                http::header::CONTENT_LENGTH,
+                HeaderValue::from_static("13"),
+            )])),
         })
         .encode(&mut head)
         .unwrap();

@@ -41,6 +41,7 @@
 pub mod codes;
 pub mod frame;
 pub mod handshake;
+pub mod headers;
 pub mod http;
 pub mod ids;
 pub mod messages;

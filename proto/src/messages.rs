@@ -116,8 +116,7 @@ pub enum HttpVersion {
     Http2,
 }
 
-/// Header name (lowercase) and raw value bytes, in order; repeated names stay repeated.
-pub type HeaderList = Vec<(String, Vec<u8>)>;
+pub use crate::headers::Headers;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RequestHead {
@@ -129,14 +128,14 @@ pub struct RequestHead {
     /// Path and query, e.g. `/search?q=1`.
     pub path_and_query: String,
     pub version: HttpVersion,
-    pub headers: HeaderList,
+    pub headers: Headers,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResponseHead {
     pub status: u16,
     pub version: HttpVersion,
-    pub headers: HeaderList,
+    pub headers: Headers,
 }
 
 /// Why the sender of an HTTP stream gives up mid-message. The receiver turns it into the

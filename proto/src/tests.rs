@@ -13,6 +13,14 @@ fn hex(frame: &Frame) -> String {
     out.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+fn headers(fields: &[(&'static str, &'static str)]) -> Headers {
+    let mut map = ::http::HeaderMap::new();
+    for (n, v) in fields {
+        map.append(*n, ::http::HeaderValue::from_static(v));
+    }
+    Headers(map)
+}
+
 fn round_trip(frame: Frame) {
     let mut out = Vec::new();
     frame.encode(&mut out).unwrap();
@@ -49,7 +57,7 @@ fn all_frames() -> Vec<Frame> {
             authority: "example.com".into(),
             path_and_query: "/a?b=1".into(),
             version: HttpVersion::Http11,
-            headers: vec![("x-a".into(), b"1".to_vec())],
+            headers: headers(&[("x-a", "1")]),
         })),
         Frame::Route(RouteRequest {
             key: RoutingKey::parse("k3yx9q").unwrap(),
@@ -58,10 +66,10 @@ fn all_frames() -> Vec<Frame> {
         Frame::ResponseHead(ResponseHead {
             status: 200,
             version: HttpVersion::Http2,
-            headers: vec![],
+            headers: Headers::default(),
         }),
         Frame::Data(Bytes::from_static(b"hi")),
-        Frame::Trailers(vec![("grpc-status".into(), b"0".to_vec())]),
+        Frame::Trailers(headers(&[("grpc-status", "0")])),
         Frame::End,
         Frame::Abort(Abort {
             reason: "app died".into(),
