@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod agent;
+mod app_pool;
 pub mod local;
 pub mod mysql;
 

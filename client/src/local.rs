@@ -2,6 +2,7 @@
 //! local app, send the response back as frames. Streams both ways; a 101 becomes a raw pipe;
 //! a visitor who leaves (STOP_SENDING) cancels the local request.
 
+use crate::app_pool::{Http1Conn, Http1Pool};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
@@ -17,13 +18,20 @@ use tokio::io::AsyncWriteExt;
 use tracing::debug;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-type Body = UnsyncBoxBody<Bytes, BoxError>;
+pub(crate) type Body = UnsyncBoxBody<Bytes, BoxError>;
 
 /// The developer's local app and a connection pool to it.
 pub struct LocalApp {
     authority: http::uri::Authority,
     h2c: bool,
-    client: Client<HttpConnector, Body>,
+    transport: Transport,
+}
+
+/// How requests reach the app: pooled HTTP/1.1 connections, or HTTP/2 without TLS (`--h2c`),
+/// one multiplexed connection, through hyper-util's client.
+enum Transport {
+    Http1(Http1Pool),
+    H2c(Box<Client<HttpConnector, Body>>),
 }
 
 /// One finished request, for the terminal's access log.
@@ -45,17 +53,20 @@ impl LocalApp {
         if authority.port_u16().is_none() {
             return Err(format!("--http {addr:?} needs a port, e.g. 127.0.0.1:3000"));
         }
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder
-            .set_host(false)
-            .pool_idle_timeout(Duration::from_secs(30));
-        if h2c {
-            builder.http2_only(true);
-        }
+        let transport = if h2c {
+            let mut builder = Client::builder(TokioExecutor::new());
+            builder
+                .set_host(false)
+                .pool_idle_timeout(Duration::from_secs(30))
+                .http2_only(true);
+            Transport::H2c(Box::new(builder.build_http()))
+        } else {
+            Transport::Http1(Http1Pool::new(authority.to_string()))
+        };
         Ok(Self {
             authority,
             h2c,
-            client: builder.build_http(),
+            transport,
         })
     }
 
@@ -69,12 +80,20 @@ impl LocalApp {
         mut headers: http::HeaderMap,
         body: Body,
     ) -> Result<Request<Body>, String> {
-        let uri = http::Uri::builder()
-            .scheme("http")
-            .authority(self.authority.clone())
-            .path_and_query(head.path_and_query.as_str())
-            .build()
-            .map_err(|e| format!("bad request target {:?}: {e}", head.path_and_query))?;
+        // HTTP/1.1 to the app takes the origin form (`/path?q`); hyper-util's HTTP/2 client
+        // wants the absolute form.
+        let uri = if self.h2c {
+            http::Uri::builder()
+                .scheme("http")
+                .authority(self.authority.clone())
+                .path_and_query(head.path_and_query.as_str())
+                .build()
+        } else {
+            http::Uri::builder()
+                .path_and_query(head.path_and_query.as_str())
+                .build()
+        }
+        .map_err(|e| format!("bad request target {:?}: {e}", head.path_and_query))?;
         // A body of unknown length (the visitor's `transfer-encoding: chunked`, a hop-by-hop
         // header the edge dropped, or an HTTP/2 body without content-length) goes to an HTTP/1
         // app chunked. Said explicitly because hyper would otherwise send a GET's body as
@@ -154,7 +173,7 @@ impl LocalApp {
                     .await
             }
         };
-        let mut resp = match self.send_watching(req, &send).await {
+        let (mut resp, conn) = match self.send_watching(req, &send).await {
             Some(Ok(r)) => r,
             Some(Err(e)) => {
                 let msg = format!(
@@ -204,6 +223,12 @@ impl LocalApp {
             _ => match send_message(head, body, &mut send).await {
                 Ok(()) => {
                     let _ = send.shutdown().await;
+                    record.duration = started.elapsed();
+                    // Read to its end: the connection can carry the next request.
+                    if let (Some(conn), Transport::Http1(pool)) = (conn, &self.transport) {
+                        pool.give_back(conn).await;
+                    }
+                    return record;
                 }
                 Err(e) => debug!("response body cut: {e}"),
             },
@@ -218,10 +243,24 @@ impl LocalApp {
         &self,
         req: Request<Body>,
         send: &quinn::SendStream,
-    ) -> Option<Result<Response<hyper::body::Incoming>, String>> {
+    ) -> Option<Result<(Response<hyper::body::Incoming>, Option<Http1Conn>), String>> {
         let stopped = send.stopped();
+        let exchange = async {
+            match &self.transport {
+                Transport::Http1(pool) => pool
+                    .send(req)
+                    .await
+                    .map(|(resp, conn)| (resp, Some(conn)))
+                    .map_err(|e| e.to_string()),
+                Transport::H2c(client) => client
+                    .request(req)
+                    .await
+                    .map(|resp| (resp, None))
+                    .map_err(|e| error_chain(&e)),
+            }
+        };
         tokio::select! {
-            r = self.client.request(req) => Some(r.map_err(|e| error_chain(&e))),
+            r = exchange => Some(r),
             _ = stopped => None,
         }
     }

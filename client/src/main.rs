@@ -50,7 +50,7 @@ fn runtime_for(command: &Command) -> tokio::runtime::Builder {
         Command::Edge(a) => a.threads,
         Command::Dbproxy(a) => a.threads,
         Command::Up(a) => a.threads,
-        Command::Demo(_) => None,
+        Command::Demo(a) => a.up.threads,
         Command::Certs { .. }
         | Command::Token { .. }
         | Command::Connect(_)
