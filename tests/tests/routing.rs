@@ -687,3 +687,64 @@ async fn body_framing_reaches_the_app_as_the_visitor_sent_it() {
     assert_eq!(seen["headers"]["content-length"], "3");
     assert!(seen["headers"].get("transfer-encoding").is_none(), "{seen}");
 }
+
+/// A local app that answers each request with the number of the connection it came on, and
+/// closes a connection after it has been idle for `idle_close`.
+async fn numbered_connections_app(idle_close: std::time::Duration) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut n = 0u32;
+        while let Ok((mut s, _)) = listener.accept().await {
+            n += 1;
+            let conn = n;
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let read = tokio::time::timeout(idle_close, s.read(&mut chunk)).await;
+                    let Ok(Ok(got)) = read else { return }; // idle too long, or an error: close
+                    if got == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..got]);
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        let body = format!("conn-{conn}");
+                        let resp = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if s.write_all(resp.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn the_client_reuses_app_connections_and_replaces_ones_the_app_closed() {
+    init_tracing();
+    let pki = Pki::new();
+    let relay = TestRelay::start(&pki).await;
+    let edge = TestEdge::in_process(&relay, None).await;
+    let app = numbered_connections_app(std::time::Duration::from_millis(800)).await;
+    let token = relay.issue_token("alice");
+    let host = format!("www-{}.example.com", token.routing_key());
+    let _client = TestClient::connect(&relay, &pki, token, app).await;
+
+    let first = get(edge.addr, &host, "/").await;
+    assert_eq!((first.status, first.text()), (200, "conn-1".to_owned()));
+    // Kept alive and reused: the next request comes on the same connection.
+    let second = get(edge.addr, &host, "/").await;
+    assert_eq!((second.status, second.text()), (200, "conn-1".to_owned()));
+    // The app closes the idle connection; the next request gets a new one, not an error.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let third = get(edge.addr, &host, "/").await;
+    assert_eq!((third.status, third.text()), (200, "conn-2".to_owned()));
+}
