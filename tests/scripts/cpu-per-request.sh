@@ -63,7 +63,7 @@ wait_for "$work/up.log" '^ *admin '
 edge=$(awk '$1=="edge"{print $2; exit}' "$work/up.log" | sed 's#http://##')
 relay=$(awk '$1=="relay"{print $2; exit}' "$work/up.log")
 admin=$(awk '$1=="admin"{print $2; exit}' "$work/up.log")
-token=$("$bin/devinprod" token create --admin "$admin" --name cpu-per-request)
+token=$("$bin/devinprod" token create --admin "$admin" --name cpu-per-request 2>/dev/null)
 DEVINPROD_TOKEN=$token "$bin/devinprod" connect --relay "$relay" --quiet --ca "$work/up/ca.pem" \
   --http "$app" > "$work/conn.log" 2>&1 & conn_pid=$!; pids+=($!)
 wait_for "$work/conn.log" 'Routing key'
