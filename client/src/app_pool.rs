@@ -65,9 +65,8 @@ impl Http1Pool {
     /// to be handed back with [`Http1Pool::give_back`] once the response body has been read.
     pub async fn send(
         &self,
-        req: hyper::Request<Body>,
+        mut req: hyper::Request<Body>,
     ) -> Result<(hyper::Response<Incoming>, SendRequest<Body>), AppError> {
-        let mut req = req;
         if let Some(mut conn) = self.checkout() {
             match conn.try_send_request(req).await {
                 Ok(resp) => return Ok((resp, conn)),

@@ -23,7 +23,6 @@ pub(crate) type Body = UnsyncBoxBody<Bytes, BoxError>;
 /// The developer's local app and a connection pool to it.
 pub struct LocalApp {
     authority: http::uri::Authority,
-    h2c: bool,
     transport: Transport,
 }
 
@@ -65,9 +64,13 @@ impl LocalApp {
         };
         Ok(Self {
             authority,
-            h2c,
             transport,
         })
+    }
+
+    /// Whether requests go to the app as HTTP/2 without TLS (`--h2c`).
+    fn h2c(&self) -> bool {
+        matches!(self.transport, Transport::H2c(_))
     }
 
     pub fn authority(&self) -> &str {
@@ -82,7 +85,7 @@ impl LocalApp {
     ) -> Result<Request<Body>, String> {
         // HTTP/1.1 to the app takes the origin form (`/path?q`); hyper-util's HTTP/2 client
         // wants the absolute form.
-        let uri = if self.h2c {
+        let uri = if self.h2c() {
             http::Uri::builder()
                 .scheme("http")
                 .authority(self.authority.clone())
@@ -98,7 +101,7 @@ impl LocalApp {
         // header the edge dropped, or an HTTP/2 body without content-length) goes to an HTTP/1
         // app chunked. Said explicitly because hyper would otherwise send a GET's body as
         // empty; a request whose End has arrived (`is_end_stream`) gets neither header.
-        if !self.h2c
+        if !self.h2c()
             && !body.is_end_stream()
             && !headers.contains_key(http::header::CONTENT_LENGTH)
             && !headers.contains_key(http::header::TRANSFER_ENCODING)
@@ -117,7 +120,7 @@ impl LocalApp {
         *req.method_mut() = http::Method::from_bytes(head.method.as_bytes())
             .map_err(|_| format!("bad method {:?}", head.method))?;
         *req.uri_mut() = uri;
-        *req.version_mut() = if self.h2c {
+        *req.version_mut() = if self.h2c() {
             http::Version::HTTP_2
         } else {
             http::Version::HTTP_11

@@ -23,18 +23,8 @@ pub struct Headers(pub HeaderMap);
 const MAX_FIELDS: usize = 1 << 15;
 
 impl Headers {
-    pub fn new(map: HeaderMap) -> Self {
-        Self(map)
-    }
-
     pub fn into_map(self) -> HeaderMap {
         self.0
-    }
-}
-
-impl From<HeaderMap> for Headers {
-    fn from(map: HeaderMap) -> Self {
-        Self(map)
     }
 }
 
