@@ -97,8 +97,8 @@ pub struct RelayArgs {
     /// Network allowed to use the admin API (CIDR); repeatable [default: loopback only].
     #[arg(long = "admin-allow")]
     pub admin_allow: Vec<ipnet::IpNet>,
-    /// Worker threads of this server [default: one per CPU core]. 1 runs it on a single
-    /// thread, which costs the least CPU per request when other busy processes share the cores.
+    /// Worker threads of this server [default: one per CPU core on hosts with more than two
+    /// cores, else 1]. 1 runs it on a single thread: the least CPU per request.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub threads: Option<u16>,
 }
@@ -133,8 +133,8 @@ pub struct EdgeArgs {
     /// staff (staff_secret in edge.toml). Required, here or in the file.
     #[arg(long, value_enum)]
     pub access: Option<AccessArg>,
-    /// Worker threads of this server [default: one per CPU core]. 1 runs it on a single
-    /// thread, which costs the least CPU per request when other busy processes share the cores.
+    /// Worker threads of this server [default: one per CPU core on hosts with more than two
+    /// cores, else 1]. 1 runs it on a single thread: the least CPU per request.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub threads: Option<u16>,
 }
@@ -170,8 +170,8 @@ pub struct DbproxyArgs {
     /// Directory of ca.pem, dbproxy.pem and dbproxy.key [default: ./.devinprod].
     #[arg(long = "state-dir")]
     pub state_dir: Option<PathBuf>,
-    /// Worker threads of this server [default: one per CPU core]. 1 runs it on a single
-    /// thread, which costs the least CPU per request when other busy processes share the cores.
+    /// Worker threads of this server [default: one per CPU core on hosts with more than two
+    /// cores, else 1]. 1 runs it on a single thread: the least CPU per request.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub threads: Option<u16>,
 }
@@ -203,8 +203,8 @@ pub struct UpArgs {
     /// Preview URL template sent to developers, `{key}` is the routing key; repeatable.
     #[arg(long = "public-url")]
     pub public_urls: Vec<String>,
-    /// Worker threads of this server [default: one per CPU core]. 1 runs it on a single
-    /// thread, which costs the least CPU per request when other busy processes share the cores.
+    /// Worker threads of the all-in-one stack [default: 1, the least CPU per request]. More
+    /// spreads many connections over cores at a higher cost per request.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub threads: Option<u16>,
 }

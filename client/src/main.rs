@@ -39,31 +39,41 @@ fn main() -> std::process::ExitCode {
     })
 }
 
-/// The runtime a command runs on. The developer's client (`connect`) and the one-shot commands
-/// run on one thread: the client carries one QUIC connection, whose driver is a single task
-/// anyway, and on one thread no request pays for waking a second one (measured: a third less
-/// CPU per request than two worker threads, BENCHMARKS.md). Servers default to one worker per
-/// core; `--threads` sets the count, 1 meaning a single-threaded runtime.
+/// The runtime a command runs on. `--threads N` sets a server's worker threads, 1 meaning a
+/// single-threaded runtime; without it:
+///
+/// * the developer's client (`connect`), the one-shot commands and the all-in-one stack (`up`,
+///   `demo`) run on one thread. A request crosses several tasks (visitor connection, QUIC
+///   connection driver, stream); on one thread they run back to back and the QUIC driver sends
+///   the frames of every request that became ready in one pass, where worker threads wake each
+///   other (futex, a context switch) and send a packet per write. Measured (BENCHMARKS.md,
+///   round 3): `up` at 32 connections 17–21 instead of 27–35 µs CPU per request, 0.14 instead
+///   of 1.25 UDP sends per request;
+/// * `relay`, `edge` and `dbproxy` take one worker per core on hosts with more than two cores,
+///   where they have cores to spread many developers' or visitors' connections over, and one
+///   thread on smaller hosts, where a second worker costs more than it gives (measured on two
+///   cores: the edge in front of production 40–42k instead of 31–36k requests/s, the relay a
+///   third of the CPU per tunnelled request).
 fn runtime_for(command: &Command) -> tokio::runtime::Builder {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let server_default = if cores > 2 { cores } else { 1 };
     let threads = match command {
-        Command::Relay(a) => a.threads,
-        Command::Edge(a) => a.threads,
-        Command::Dbproxy(a) => a.threads,
-        Command::Up(a) => a.threads,
-        Command::Demo(a) => a.up.threads,
+        Command::Relay(a) => a.threads.map_or(server_default, usize::from),
+        Command::Edge(a) => a.threads.map_or(server_default, usize::from),
+        Command::Dbproxy(a) => a.threads.map_or(server_default, usize::from),
+        Command::Up(a) => a.threads.map_or(1, usize::from),
+        Command::Demo(a) => a.up.threads.map_or(1, usize::from),
         Command::Certs { .. }
         | Command::Token { .. }
         | Command::Connect(_)
-        | Command::Db { .. } => Some(1),
+        | Command::Db { .. } => 1,
     };
-    match threads {
-        Some(1) => tokio::runtime::Builder::new_current_thread(),
-        Some(n) => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            b.worker_threads(n.into());
-            b
-        }
-        None => tokio::runtime::Builder::new_multi_thread(),
+    if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
     }
 }
 
