@@ -5,6 +5,12 @@ use client::cli::{CertsCommand, Cli, Command, DbCommand, TokenCommand};
 use client::commands;
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc instead of glibc's allocator: a tunnelled request allocates and frees many small
+/// buffers (heads, frames, hyper's messages) across tasks, and glibc's malloc, free and
+/// consolidation were about a tenth of each process's CPU per request (BENCHMARKS.md, round 3).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // Servers log at info by default; the developer's terminal stays for the request log.
