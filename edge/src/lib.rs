@@ -278,7 +278,7 @@ impl Edge {
         }
 
         // Phase 2: prepare.
-        let host = routing::request_host(&parts).unwrap_or_default();
+        let host = routing::request_host(&parts).unwrap_or_default().to_owned();
         let upgrade = proto::http::is_upgrade_request(&parts.headers);
         proto::http::strip_hop_by_hop(&mut parts.headers, upgrade);
         parts.headers.remove(self.router.key_header());
@@ -355,7 +355,9 @@ impl Edge {
                 "invalid".to_owned(),
             ),
             RouteDecision::Developer(key, source) => {
-                let mut authority = routing::request_authority(&parts).unwrap_or_default();
+                let mut authority = routing::request_authority(&parts)
+                    .unwrap_or_default()
+                    .to_owned();
                 let mut production_host = None;
                 if let (KeySource::Host, Some(prefix)) = (source, &self.config.dev_host_prefix) {
                     if let Some(prod) = self.router.production_authority(&authority, prefix) {
@@ -548,6 +550,8 @@ impl Edge {
     /// `X-Forwarded-For/-Proto/-Host`: appended to when the peer is a trusted proxy, replaced
     /// otherwise (a visitor cannot claim another address).
     fn set_forwarded(&self, headers: &mut http::HeaderMap, peer: SocketAddr, host: &str) {
+        // Room for the three headers added below, so the map grows at most once.
+        headers.reserve(3);
         let ip = peer.ip().to_canonical();
         let trusted = self.config.trusted_proxies.iter().any(|n| n.contains(&ip));
         const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");

@@ -192,29 +192,36 @@ pub fn set_cookie(action: &CookieAction) -> String {
 }
 
 /// The authority the visitor asked for (`host[:port]`): `:authority` (HTTP/2, absolute-form)
-/// first, then the `Host` header.
-pub fn request_authority(parts: &Parts) -> Option<String> {
-    parts
-        .uri
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| {
-            parts
-                .headers
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_owned)
-        })
+/// first, then the `Host` header. Borrowed: this runs several times per request.
+pub fn request_authority(parts: &Parts) -> Option<&str> {
+    parts.uri.authority().map(|a| a.as_str()).or_else(|| {
+        parts
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+    })
 }
 
-/// The host the visitor asked for, without port.
-pub fn request_host(parts: &Parts) -> Option<String> {
-    let authority = request_authority(parts)?;
-    let host = match authority.parse::<http::uri::Authority>() {
-        Ok(a) => a.host().to_owned(),
-        Err(_) => authority,
-    };
-    Some(host)
+/// The host the visitor asked for, without port (or user info): what
+/// `http::uri::Authority::host` gives for a valid authority, without parsing one per request.
+/// Anything else is returned whole.
+pub fn request_host(parts: &Parts) -> Option<&str> {
+    request_authority(parts).map(host_of)
+}
+
+fn host_of(authority: &str) -> &str {
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if host_port.starts_with('[') {
+        // An IPv6 literal keeps its brackets, as in `Authority::host`.
+        return match host_port.find(']') {
+            Some(end) => &host_port[..=end],
+            None => authority,
+        };
+    }
+    match host_port.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => host_port,
+    }
 }
 
 #[cfg(test)]
@@ -231,6 +238,27 @@ mod tests {
 
     fn finder() -> RouteFinder {
         RouteFinder::new("^www-(?P<key>[a-z0-9]{6})[.-]", "x-devinprod-key").unwrap()
+    }
+
+    #[test]
+    fn request_host_matches_what_authority_parsing_gives() {
+        for authority in [
+            "www-abc123.example.com",
+            "www-abc123.example.com:8080",
+            "WWW-AbC123.Example.com:443",
+            "user:pw@example.com:80",
+            "[::1]",
+            "[::1]:8443",
+            "127.0.0.1:3000",
+            "example.com:",
+        ] {
+            let parsed: http::uri::Authority = authority.parse().unwrap();
+            let p = parts("/", &[("host", authority)]);
+            assert_eq!(request_host(&p), Some(parsed.host()), "{authority}");
+        }
+        let absolute = parts("http://www-abc123.example.com:81/x", &[("host", "other")]);
+        assert_eq!(request_host(&absolute), Some("www-abc123.example.com"));
+        assert_eq!(request_host(&parts("/", &[])), None);
     }
 
     #[test]
