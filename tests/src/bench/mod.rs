@@ -389,11 +389,19 @@ fn header(opts: &Options, plan: &Plan, m: &tools::Machine, versions: &str) -> St
          `devinprod connect`; DevInProd separate = `devinprod relay` + `devinprod edge` + \
          `devinprod connect` (QUIC between them, on 127.0.0.1); rathole = `rathole --server` + \
          `rathole --client`. Idle paths stay up while another is measured; rounds interleave the paths.\n\
+         - Threads: every DevInProd process runs with its default runtime (README, `--threads`): \
+         `up` and `connect` on one thread, `relay` and `edge` {server_threads}; rathole on tokio's \
+         default runtime, one worker per core.\n\
          - Log level of DevInProd and rathole: `RUST_LOG={log}`.\n\
          - Tools: {versions}\n\
          - A run with a failed request, a socket error or a non-2xx answer is not a result: its row \
          says FAILED and the benchmark exits non-zero.\n\n",
         date = m.date,
+        server_threads = if m.nproc > 2 {
+            format!("with one worker per core ({})", m.nproc)
+        } else {
+            "on one thread (2 cores or fewer)".to_owned()
+        },
         cpu = m.cpu_model,
         nproc = m.nproc,
         mem = m.mem_gib,
