@@ -53,7 +53,7 @@ fn main() -> std::process::ExitCode {
 ///   connection driver, stream); on one thread they run back to back and the QUIC driver sends
 ///   the frames of every request that became ready in one pass, where worker threads wake each
 ///   other (futex, a context switch) and send a packet per write. Measured (BENCHMARKS.md,
-///   round 3): `up` at 32 connections 17–21 instead of 27–35 µs CPU per request, 0.14 instead
+///   round 3): `up` at 32 connections 17–22 instead of 27–35 µs CPU per request, 0.13 instead
 ///   of 1.25 UDP sends per request;
 /// * `relay`, `edge` and `dbproxy` take one worker per core on hosts with more than two cores,
 ///   where they have cores to spread many developers' or visitors' connections over, and one
