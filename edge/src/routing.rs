@@ -130,7 +130,7 @@ impl RouteFinder {
     /// Host and header only.
     pub fn decide(&self, parts: &Parts) -> RouteDecision {
         let host = request_host(parts);
-        if let Some(caps) = host.as_deref().and_then(|h| self.host_pattern.captures(h)) {
+        if let Some(caps) = host.and_then(|h| self.host_pattern.captures(h)) {
             if let Some(m) = caps.name("key") {
                 return match RoutingKey::parse(m.as_str()) {
                     Ok(k) => RouteDecision::Developer(k, KeySource::Host),
