@@ -199,7 +199,7 @@ impl LocalApp {
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers, switching);
         let mut head = Vec::with_capacity(256);
-        if Frame::ResponseHead(ResponseHead::from_parts(&parts))
+        if Frame::ResponseHead(ResponseHead::from_parts(parts))
             .encode(&mut head)
             .is_err()
         {

@@ -105,11 +105,12 @@ pub fn version_from_wire(v: HttpVersion) -> http::Version {
 }
 
 impl ResponseHead {
-    pub fn from_parts(parts: &http::response::Parts) -> Self {
+    /// Takes the response's parts: their header map becomes the head's, uncopied.
+    pub fn from_parts(parts: http::response::Parts) -> Self {
         ResponseHead {
             status: parts.status.as_u16(),
             version: version_to_wire(parts.version),
-            headers: Headers(parts.headers.clone()),
+            headers: Headers(parts.headers),
         }
     }
 }
