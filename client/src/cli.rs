@@ -97,10 +97,8 @@ pub struct RelayArgs {
     /// Network allowed to use the admin API (CIDR); repeatable [default: loopback only].
     #[arg(long = "admin-allow")]
     pub admin_allow: Vec<ipnet::IpNet>,
-    /// Worker threads of this server [default: one per CPU core on hosts with more than two
-    /// cores, else 1]. 1 runs it on a single thread: the least CPU per request.
-    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
-    pub threads: Option<u16>,
+    #[command(flatten)]
+    pub runtime: ServerThreads,
 }
 
 #[derive(Args, Debug, Default)]
@@ -133,6 +131,13 @@ pub struct EdgeArgs {
     /// staff (staff_secret in edge.toml). Required, here or in the file.
     #[arg(long, value_enum)]
     pub access: Option<AccessArg>,
+    #[command(flatten)]
+    pub runtime: ServerThreads,
+}
+
+/// `--threads` of `relay`, `edge` and `dbproxy` (the default is `main.rs`'s `runtime_for`).
+#[derive(Args, Debug, Default)]
+pub struct ServerThreads {
     /// Worker threads of this server [default: one per CPU core on hosts with more than two
     /// cores, else 1]. 1 runs it on a single thread: the least CPU per request.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
@@ -170,10 +175,8 @@ pub struct DbproxyArgs {
     /// Directory of ca.pem, dbproxy.pem and dbproxy.key [default: ./.devinprod].
     #[arg(long = "state-dir")]
     pub state_dir: Option<PathBuf>,
-    /// Worker threads of this server [default: one per CPU core on hosts with more than two
-    /// cores, else 1]. 1 runs it on a single thread: the least CPU per request.
-    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
-    pub threads: Option<u16>,
+    #[command(flatten)]
+    pub runtime: ServerThreads,
 }
 
 #[derive(Args, Debug, Default, Clone)]

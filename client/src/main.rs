@@ -63,17 +63,18 @@ fn main() -> std::process::ExitCode {
 fn runtime_for(command: &Command) -> tokio::runtime::Builder {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let server_default = if cores > 2 { cores } else { 1 };
-    let threads = match command {
-        Command::Relay(a) => a.threads.map_or(server_default, usize::from),
-        Command::Edge(a) => a.threads.map_or(server_default, usize::from),
-        Command::Dbproxy(a) => a.threads.map_or(server_default, usize::from),
-        Command::Up(a) => a.threads.map_or(1, usize::from),
-        Command::Demo(a) => a.up.threads.map_or(1, usize::from),
+    let (asked, default) = match command {
+        Command::Relay(a) => (a.runtime.threads, server_default),
+        Command::Edge(a) => (a.runtime.threads, server_default),
+        Command::Dbproxy(a) => (a.runtime.threads, server_default),
+        Command::Up(a) => (a.threads, 1),
+        Command::Demo(a) => (a.up.threads, 1),
         Command::Certs { .. }
         | Command::Token { .. }
         | Command::Connect(_)
-        | Command::Db { .. } => 1,
+        | Command::Db { .. } => (None, 1),
     };
+    let threads = asked.map_or(default, usize::from);
     if threads == 1 {
         tokio::runtime::Builder::new_current_thread()
     } else {
