@@ -78,14 +78,17 @@ impl RouteFinder {
     /// The production host for a request routed by host: the matched `www-<key>.` part
     /// replaced by `prefix` (the port, if any, kept). `None` if the host did not match.
     pub fn production_authority(&self, authority: &str, prefix: &str) -> Option<String> {
-        let parsed: http::uri::Authority = authority.parse().ok()?;
-        let host = parsed.host();
+        let (host, port) = host_and_port(authority);
         let m = self.host_pattern.find(host)?;
-        let rewritten = format!("{}{prefix}{}", &host[..m.start()], &host[m.end()..]);
-        Some(match parsed.port_u16() {
-            Some(port) => format!("{rewritten}:{port}"),
-            None => rewritten,
-        })
+        let mut out = String::with_capacity(authority.len() + prefix.len());
+        out.push_str(&host[..m.start()]);
+        out.push_str(prefix);
+        out.push_str(&host[m.end()..]);
+        if let Some(port) = port {
+            out.push(':');
+            out.push_str(port);
+        }
+        Some(out)
     }
 
     pub fn key_header(&self) -> &http::HeaderName {
@@ -206,21 +209,30 @@ pub fn request_authority(parts: &Parts) -> Option<&str> {
 /// `http::uri::Authority::host` gives for a valid authority, without parsing one per request.
 /// Anything else is returned whole.
 pub fn request_host(parts: &Parts) -> Option<&str> {
-    request_authority(parts).map(host_of)
+    request_authority(parts).map(|a| host_and_port(a).0)
 }
 
-fn host_of(authority: &str) -> &str {
+/// `authority` split as `Authority::host` and `Authority::port_u16` would (an empty port is
+/// none), borrowed. Anything that is not `[user@]host[:port]` is returned whole as the host.
+fn host_and_port(authority: &str) -> (&str, Option<&str>) {
     let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    if host_port.starts_with('[') {
+    let (host, rest) = if host_port.starts_with('[') {
         // An IPv6 literal keeps its brackets, as in `Authority::host`.
-        return match host_port.find(']') {
-            Some(end) => &host_port[..=end],
-            None => authority,
-        };
-    }
-    match host_port.rsplit_once(':') {
-        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
-        _ => host_port,
+        match host_port.find(']') {
+            Some(end) => host_port.split_at(end + 1),
+            None => return (authority, None),
+        }
+    } else {
+        match host_port.rsplit_once(':') {
+            Some((host, _)) => host_port.split_at(host.len()),
+            None => (host_port, ""),
+        }
+    };
+    match rest.strip_prefix(':') {
+        None if rest.is_empty() => (host, None),
+        Some("") => (host, None),
+        Some(port) if port.bytes().all(|b| b.is_ascii_digit()) => (host, Some(port)),
+        _ => (host_port, None),
     }
 }
 
@@ -255,6 +267,10 @@ mod tests {
             let parsed: http::uri::Authority = authority.parse().unwrap();
             let p = parts("/", &[("host", authority)]);
             assert_eq!(request_host(&p), Some(parsed.host()), "{authority}");
+            let port = host_and_port(authority)
+                .1
+                .map(|p| p.parse::<u16>().unwrap());
+            assert_eq!(port, parsed.port_u16(), "{authority}");
         }
         let absolute = parts("http://www-abc123.example.com:81/x", &[("host", "other")]);
         assert_eq!(request_host(&absolute), Some("www-abc123.example.com"));

@@ -100,11 +100,15 @@ impl<B: Body<Data = Bytes> + Unpin> Body for PhaseBody<B> {
     }
 }
 
+/// Which clock runs. Both use the connection's one timer, reset rather than created anew
+/// for each request (a timer per phase was an allocation and two timer-wheel updates per
+/// request; a reset to a later deadline only records it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Clock {
     /// Between requests, nothing read yet: the idle clock.
-    Idle(Pin<Box<Sleep>>),
+    Idle,
     /// Part of a head has arrived: the head clock.
-    Head(Pin<Box<Sleep>>),
+    Head,
     None,
 }
 
@@ -132,6 +136,8 @@ pub struct VisitorIo<T> {
     header_timeout: Duration,
     idle_timeout: Duration,
     clock: Clock,
+    /// The running clock's deadline (meaningless while `clock` is `None`).
+    timer: Pin<Box<Sleep>>,
     state: State,
     /// The first bytes of the connection, until we know whether it is HTTP/2.
     preface: Vec<u8>,
@@ -151,7 +157,8 @@ impl<T> VisitorIo<T> {
             idle_timeout,
             // A new connection gets the header time for its first request, as nginx does; if
             // nothing at all arrives by then it is closed without a word.
-            clock: Clock::Idle(Box::pin(tokio::time::sleep(header_timeout))),
+            clock: Clock::Idle,
+            timer: Box::pin(tokio::time::sleep(header_timeout)),
             state: State::Serving,
             preface: Vec::with_capacity(3),
         }
@@ -159,19 +166,26 @@ impl<T> VisitorIo<T> {
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin> VisitorIo<T> {
+    fn start(&mut self, clock: Clock, limit: Duration) {
+        self.timer
+            .as_mut()
+            .reset(tokio::time::Instant::now() + limit);
+        self.clock = clock;
+    }
+
     /// Keeps the clock in step with the phase; `Ready` when a clock has run out.
     fn poll_clock(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         self.phase.reader.register(cx.waker());
         match self.phase.get() {
             BETWEEN => {
-                if matches!(self.clock, Clock::None) {
-                    self.clock = Clock::Idle(Box::pin(tokio::time::sleep(self.idle_timeout)));
+                if self.clock == Clock::None {
+                    self.start(Clock::Idle, self.idle_timeout);
                 }
             }
             _ => self.clock = Clock::None,
         }
-        match &mut self.clock {
-            Clock::Idle(sleep) | Clock::Head(sleep) => sleep.as_mut().poll(cx),
+        match self.clock {
+            Clock::Idle | Clock::Head => self.timer.as_mut().poll(cx),
             Clock::None => Poll::Pending,
         }
     }
@@ -187,8 +201,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> VisitorIo<T> {
             }
         }
         if self.phase.get() == BETWEEN {
-            if let Clock::Idle(_) | Clock::None = self.clock {
-                self.clock = Clock::Head(Box::pin(tokio::time::sleep(self.header_timeout)));
+            if let Clock::Idle | Clock::None = self.clock {
+                self.start(Clock::Head, self.header_timeout);
             }
         }
     }
@@ -229,7 +243,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for VisitorIo<T> {
             }
             if this.poll_clock(cx).is_ready() {
                 match std::mem::replace(&mut this.clock, Clock::None) {
-                    Clock::Head(_) => {
+                    Clock::Head => {
                         tracing::debug!("visitor's request head timed out: 408");
                         this.state = State::Refusing { written: 0 };
                     }

@@ -51,6 +51,7 @@ requests() {
   [ "$codes" = " $1 200" ] || { echo "profile-requests: answers were $codes" >&2; exit 1; }
 }
 
+if [ -z "${SKIP_CG:-}" ]; then
 echo "== instructions per request (callgrind, $n keep-alive GETs on 1 connection)"
 start callgrind valgrind --tool=callgrind --callgrind-out-file="$work/cg.%p.out" --log-file="$work/vg.%p.log"
 requests 30
@@ -65,6 +66,7 @@ for which in up:$UP_PID connect:$CONN_PID; do
   printf '  devinprod %-8s %8d instructions/request\n' "$name" $((ir / n))
 done
 kill "$UP_PID" "$CONN_PID" 2>/dev/null || true
+fi
 
 echo "== system calls per request (strace -c -f, $n keep-alive GETs on 1 connection)"
 start strace
