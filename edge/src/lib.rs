@@ -105,6 +105,34 @@ pub enum EdgeError {
     TlsHalfConfigured,
 }
 
+/// Where a request went, for its access-log line: formatted only when that line is logged.
+enum Target {
+    Developer(proto::RoutingKey),
+    /// The developer was offline and `on_missing = "production"` answered.
+    ProductionFallback(proto::RoutingKey),
+    Offline(proto::RoutingKey),
+    Refused(proto::RoutingKey),
+    TooLarge(proto::RoutingKey),
+    Busy(proto::RoutingKey),
+    Invalid,
+    Production,
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Developer(key) => write!(f, "developer:{key}"),
+            Target::ProductionFallback(key) => write!(f, "production (developer {key} offline)"),
+            Target::Offline(key) => write!(f, "offline:{key}"),
+            Target::Refused(key) => write!(f, "refused:{key}"),
+            Target::TooLarge(key) => write!(f, "too-large:{key}"),
+            Target::Busy(key) => write!(f, "busy:{key}"),
+            Target::Invalid => f.write_str("invalid"),
+            Target::Production => f.write_str("production"),
+        }
+    }
+}
+
 /// A visitor's connection as the edge sees it, worked out once per connection rather than
 /// once per request (formatting the address was a few percent of the edge's instructions).
 #[derive(Debug, Clone)]
@@ -342,7 +370,7 @@ impl Edge {
                         "Request too large",
                         &detail,
                     ),
-                    format!("too-large:{key}"),
+                    Target::TooLarge(key.clone()),
                 ));
             } else {
                 match self.enter(key) {
@@ -359,7 +387,7 @@ impl Edge {
                                 "Developer busy",
                                 &detail,
                             ),
-                            format!("busy:{key}"),
+                            Target::Busy(key.clone()),
                         ));
                     }
                 }
@@ -382,12 +410,12 @@ impl Edge {
                         "Developer route refused",
                         &format!("This address leads to a developer's copy of the site (routing key {key}): {why}."),
                     ),
-                    format!("refused:{key}"),
+                    Target::Refused(key),
                 )
             }
             RouteDecision::Invalid(reason) => (
                 pages::page(StatusCode::BAD_REQUEST, format, "Bad routing key", &reason),
-                "invalid".to_owned(),
+                Target::Invalid,
             ),
             RouteDecision::Developer(key, source) => {
                 let mut authority = routing::request_authority(&parts)
@@ -435,7 +463,7 @@ impl Edge {
                             ),
                         ),
                     };
-                        (resp, format!("developer:{key}"))
+                        (resp, Target::Developer(key))
                     }
                     Err(OpenError::DeveloperOffline(_))
                         if self.config.on_missing == OnMissing::Production =>
@@ -443,12 +471,11 @@ impl Edge {
                         let resp = self
                             .to_production(Request::from_parts(parts, body), format)
                             .await;
-                        (resp, format!("production (developer {key} offline)"))
+                        (resp, Target::ProductionFallback(key))
                     }
-                    Err(OpenError::DeveloperOffline(_)) => (
-                        pages::developer_offline(format, &key),
-                        format!("offline:{key}"),
-                    ),
+                    Err(OpenError::DeveloperOffline(_)) => {
+                        (pages::developer_offline(format, &key), Target::Offline(key))
+                    }
                     Err(OpenError::RelayUnavailable(e)) => (
                         pages::page(
                             StatusCode::BAD_GATEWAY,
@@ -456,7 +483,7 @@ impl Edge {
                             "Relay unavailable",
                             &format!("The edge cannot reach the DevInProd relay: {e}"),
                         ),
-                        format!("developer:{key}"),
+                        Target::Developer(key),
                     ),
                     Err(e) => (
                         pages::page(
@@ -465,7 +492,7 @@ impl Edge {
                             "Developer's app failed",
                             &format!("Routing key {key}: {e}"),
                         ),
-                        format!("developer:{key}"),
+                        Target::Developer(key),
                     ),
                 }
             }
@@ -473,7 +500,7 @@ impl Edge {
                 let resp = self
                     .to_production(Request::from_parts(parts, body), format)
                     .await;
-                (resp, "production".to_owned())
+                (resp, Target::Production)
             }
         };
         if let Some(action) = cookie {

@@ -89,10 +89,13 @@ impl SessionRegistry {
         &self,
         key: &RoutingKey,
     ) -> Result<(quinn::SendStream, quinn::RecvStream), OpenError> {
-        let session = self
+        // Only the connection is cloned (a reference count): this runs for every request.
+        let conn = self
+            .lock()
             .get(key)
+            .map(|s| s.conn.clone())
             .ok_or_else(|| OpenError::DeveloperOffline(key.clone()))?;
-        session.conn.open_bi().await.map_err(|e| match e {
+        conn.open_bi().await.map_err(|e| match e {
             // The developer left between the lookup and the open: to the visitor, offline.
             quinn::ConnectionError::ApplicationClosed(_)
             | quinn::ConnectionError::ConnectionClosed(_)
