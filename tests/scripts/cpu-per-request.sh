@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # CPU time per request of each process of a path, under wrk load (BENCHMARKS.md, "Profiles"):
 # user + system time the kernel accounted to each process during the run, divided by the
-# requests wrk completed. On a 2-core machine shared by every process this is what bounds
-# requests/s, and it moves much less with the machine's load than requests/s do.
+# requests wrk completed, shown as USER+SYSTEM µs. On a 2-core machine shared by every process
+# this is what bounds requests/s, and it moves much less with the machine's load than
+# requests/s do. The last column is the whole machine during the run: busy CPU µs per request
+# (every process, wrk and the kernel included) and the share of CPU time left idle, which is
+# what requests/s lose when the processes wait on each other rather than on the CPU.
 #
 # Paths: direct (the bench app alone), DevInProd all-in-one (`up` + `connect`) and rathole in
 # its Noise transport (server + client), one after the other, each ending at the same bench app.
@@ -23,8 +26,10 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 export RUST_LOG=warn
 
-# CPU ticks (user + system, in 1/100 s) a process has used so far.
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# CPU ticks (in 1/100 s) a process has used so far: "USER SYSTEM".
+ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
+# The machine's CPU ticks so far: "BUSY IDLE" (idle includes waiting for I/O).
+machine_ticks() { awk '/^cpu /{print $2 + $3 + $4 + $7 + $8 + $9, $5 + $6}' /proc/stat; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_for() { for _ in $(seq 600); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done; echo "cpu-per-request: timed out waiting for $2 in $1" >&2; exit 1; }
 
@@ -32,25 +37,31 @@ wait_for() { for _ in $(seq 600); do grep -q "$2" "$1" 2>/dev/null && return 0; 
 wait_for "$work/app.log" 'listening on'
 app=$(grep -o 'listening on [0-9.:]*' "$work/app.log" | awk '{print $3}')
 
-printf '%-14s %10s %9s %9s   %s\n' path "req/s" p50 p99 "CPU µs per request: each tunnel process, then the app"
+printf '%-14s %10s %9s %9s   %s\n' path "req/s" p50 p99 "CPU µs per request (user+system): each tunnel process, the app; machine"
 # measure NAME URL HOST PID...: a 1 s warm-up, then the measured run; fails on any non-2xx.
 measure() {
   local name=$1 url=$2 host=$3; shift 3
   wrk -t1 -c"$conns" -d1s -H "Host: $host" "$url" > /dev/null
-  local before=() p
+  local before=() p m0 m1
   for p in "$@" "$app_pid"; do before+=("$(ticks "$p")"); done
+  m0=$(machine_ticks)
   local out
   out=$(wrk --latency -t1 -c"$conns" -d"${secs}s" -H "Host: $host" "$url")
   if grep -q 'Non-2xx\|Socket errors' <<< "$out"; then echo "cpu-per-request: $name: $out" >&2; exit 1; fi
+  m1=$(machine_ticks)
   local reqs rps p50 p99 i=0 cpu=""
   reqs=$(awk '/requests in/{print $1}' <<< "$out")
   rps=$(awk '/Requests\/sec/{print $2}' <<< "$out")
   p50=$(awk '$1=="50%"{print $2}' <<< "$out")
   p99=$(awk '$1=="99%"{print $2}' <<< "$out")
   for p in "$@" "$app_pid"; do
-    cpu+=$(awk -v t="$(( $(ticks "$p") - ${before[$i]} ))" -v n="$reqs" 'BEGIN{printf "%7.1f", t * 10000 / n}')
+    cpu+=$(awk -v a="${before[$i]}" -v b="$(ticks "$p")" -v n="$reqs" \
+      'BEGIN{split(a, x, " "); split(b, y, " "); printf " %5.1f+%-5.1f", (y[1] - x[1]) * 10000 / n, (y[2] - x[2]) * 10000 / n}')
     i=$((i + 1))
   done
+  cpu+=$(awk -v a="$m0" -v b="$m1" -v n="$reqs" 'BEGIN{split(a, x, " "); split(b, y, " ");
+    busy = y[1] - x[1]; idle = y[2] - x[2];
+    printf "   machine %5.1f µs, idle %2.0f%%", busy * 10000 / n, 100 * idle / (busy + idle)}')
   printf '%-14s %10s %9s %9s   %s\n' "$name" "$rps" "$p50" "$p99" "$cpu"
 }
 

@@ -6,6 +6,7 @@
 #   - system calls per request in each (strace -c -f), e.g. sendmsg = QUIC packets sent.
 #
 # usage: tests/scripts/profile-requests.sh [BIN_DIR (default target/release)] [REQUESTS (default 300)]
+#   SKIP_CALLGRIND=1 in the environment skips the (slow) instruction counts, system calls only.
 # Needs valgrind, strace and curl, and release builds of devinprod and bench-app
 # (cargo build --release -p client --bin devinprod -p tests --bin bench-app).
 # Every process it starts is stopped at the end; nothing outside a temporary directory is written.
@@ -51,7 +52,7 @@ requests() {
   [ "$codes" = " $1 200" ] || { echo "profile-requests: answers were $codes" >&2; exit 1; }
 }
 
-if [ -z "${SKIP_CG:-}" ]; then
+if [ -z "${SKIP_CALLGRIND:-}" ]; then
 echo "== instructions per request (callgrind, $n keep-alive GETs on 1 connection)"
 start callgrind valgrind --tool=callgrind --callgrind-out-file="$work/cg.%p.out" --log-file="$work/vg.%p.log"
 requests 30
