@@ -39,7 +39,8 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use production::Production;
-use proto::{OpenError, RequestHead, StreamOpener};
+use proto::http::RequestHeadRef;
+use proto::{OpenError, StreamOpener};
 use routing::{KeySource, RouteDecision, RouteFinder};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -418,25 +419,28 @@ impl Edge {
                 Target::Invalid,
             ),
             RouteDecision::Developer(key, source) => {
-                let mut authority = routing::request_authority(&parts)
-                    .unwrap_or_default()
-                    .to_owned();
-                let mut production_host = None;
+                let visitor_authority = routing::request_authority(&parts).unwrap_or_default();
+                let mut production = None;
                 if let (KeySource::Host, Some(prefix)) = (source, &self.config.dev_host_prefix) {
-                    if let Some(prod) = self.router.production_authority(&authority, prefix) {
-                        production_host = HeaderValue::from_str(&prod).ok();
-                        authority = prod;
-                    }
+                    production = self
+                        .router
+                        .production_authority(visitor_authority, prefix)
+                        .and_then(|prod| Some((HeaderValue::from_str(&prod).ok()?, prod)));
                 }
-                let mut head = RequestHead::from_parts(&parts, self.scheme, &authority);
                 // The developer's app sees the production host (X-Forwarded-Host keeps the
                 // visitor's). Only the tunnelled head changes: `parts` stays as the visitor
-                // sent it, for production if the developer turns out to be offline.
-                if let Some(host) = production_host {
-                    head.headers.0.insert(http::header::HOST, host);
-                }
+                // sent it, for production if the developer turns out to be offline. The head
+                // is encoded from `parts` as they are, without a copy (`RequestHeadRef`).
+                let head = RequestHeadRef {
+                    parts: &parts,
+                    scheme: self.scheme,
+                    authority: production
+                        .as_ref()
+                        .map_or(visitor_authority, |(_, prod)| prod.as_str()),
+                    host: production.as_ref().map(|(value, _)| value),
+                };
                 let ends = tunnel::ends_with_head(&parts.headers, &body);
-                let opened = match tunnel::prelude(head, ends) {
+                let opened = match tunnel::prelude(&head, ends) {
                     Ok(prelude) => self.opener.open(key.clone(), prelude).await,
                     Err(e) => Err(OpenError::DeveloperConnectionFailed(e.to_string())),
                 };

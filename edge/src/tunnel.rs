@@ -7,8 +7,8 @@ use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use proto::http::{is_upgrade_request, send_message, strip_hop_by_hop, FrameBody};
-use proto::{read_frame, Frame, FrameError, RequestHead, StreamHeader, TunnelStream};
+use proto::http::{is_upgrade_request, send_message, strip_hop_by_hop, FrameBody, RequestHeadRef};
+use proto::{read_frame, Frame, FrameError, TunnelStream};
 use tokio::io::AsyncWriteExt;
 use tracing::debug;
 
@@ -33,9 +33,9 @@ fn developer_failed(e: FrameError) -> TunnelError {
 
 /// The frames that open a request's stream: its head, and `End` when nothing follows — no body,
 /// or an upgrade (after which the stream is a raw pipe). Given to the opener as its prelude.
-pub fn prelude(head: RequestHead, ends: bool) -> Result<Vec<u8>, FrameError> {
+pub fn prelude(head: &RequestHeadRef<'_>, ends: bool) -> Result<Vec<u8>, FrameError> {
     let mut out = Vec::with_capacity(512);
-    Frame::StreamHeader(StreamHeader::Http(head)).encode(&mut out)?;
+    head.encode(&mut out)?;
     if ends {
         Frame::End.encode(&mut out)?;
     }

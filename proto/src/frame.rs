@@ -150,17 +150,24 @@ impl Frame {
             Frame::End => {}
             Frame::Abort(m) => encode_body(m, out, "Abort")?,
         }
-        let len = out.len() - start - FRAME_HEADER_LEN;
-        if len > MAX_FRAME_LEN {
+        finish_frame(out, start)
+    }
+
+    /// Appends a `StreamHeader` frame whose payload is `header`: any value that serializes
+    /// as a [`StreamHeader`] does (the edge's borrowed request head,
+    /// [`crate::http::RequestHeadRef`]).
+    pub(crate) fn encode_stream_header<T: Serialize>(
+        header: &T,
+        out: &mut Vec<u8>,
+    ) -> Result<(), FrameError> {
+        let start = out.len();
+        out.push(KIND_STREAM_HEADER);
+        out.extend_from_slice(&[0; 4]);
+        if let Err(e) = encode_body(header, out, "StreamHeader") {
             out.truncate(start);
-            return Err(FrameError::TooLong {
-                len,
-                max: MAX_FRAME_LEN,
-            });
+            return Err(e);
         }
-        // `len <= MAX_FRAME_LEN < u32::MAX`, checked just above.
-        out[start + 1..start + FRAME_HEADER_LEN].copy_from_slice(&(len as u32).to_be_bytes());
-        Ok(())
+        finish_frame(out, start)
     }
 
     /// Decodes one frame's payload given its kind. The whole payload must be consumed.
@@ -265,6 +272,22 @@ fn parse_header(h: [u8; FRAME_HEADER_LEN], max_len: usize) -> Result<(u8, usize)
         return Err(FrameError::TooLong { len, max });
     }
     Ok((h[0], len))
+}
+
+/// Writes the length of the frame that starts at `start` into its header, or removes the frame
+/// if it is longer than any reader accepts.
+fn finish_frame(out: &mut Vec<u8>, start: usize) -> Result<(), FrameError> {
+    let len = out.len() - start - FRAME_HEADER_LEN;
+    if len > MAX_FRAME_LEN {
+        out.truncate(start);
+        return Err(FrameError::TooLong {
+            len,
+            max: MAX_FRAME_LEN,
+        });
+    }
+    // `len <= MAX_FRAME_LEN < u32::MAX`, checked just above.
+    out[start + 1..start + FRAME_HEADER_LEN].copy_from_slice(&(len as u32).to_be_bytes());
+    Ok(())
 }
 
 fn encode_body<T: Serialize>(

@@ -30,9 +30,48 @@ impl Headers {
 
 impl Serialize for Headers {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut seq = s.serialize_seq(Some(self.0.len()))?;
-        for (name, value) in &self.0 {
+        Headers::serialize_map(&self.0, s)
+    }
+}
+
+impl Headers {
+    fn serialize_map<S: Serializer>(map: &HeaderMap, s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(map.len()))?;
+        for (name, value) in map {
             seq.serialize_element(&Field(name, value))?;
+        }
+        seq.end()
+    }
+}
+
+/// A borrowed header map encoded as [`Headers`] is, except that `host`, when given, stands in
+/// for the map's `Host` exactly as `HeaderMap::insert(HOST, host)` would have put it: in place
+/// of the first `Host` field (the others dropped), or last when there is none.
+pub(crate) struct HeadersWithHost<'a> {
+    pub map: &'a HeaderMap,
+    pub host: Option<&'a HeaderValue>,
+}
+
+impl Serialize for HeadersWithHost<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let Some(host) = self.host else {
+            return Headers::serialize_map(self.map, s);
+        };
+        let present = self.map.get_all(http::header::HOST).iter().count();
+        let mut seq = s.serialize_seq(Some(self.map.len() - present + 1))?;
+        let mut host_written = false;
+        for (name, value) in self.map {
+            if name == http::header::HOST {
+                if !host_written {
+                    seq.serialize_element(&Field(name, host))?;
+                    host_written = true;
+                }
+            } else {
+                seq.serialize_element(&Field(name, value))?;
+            }
+        }
+        if !host_written {
+            seq.serialize_element(&Field(&http::header::HOST, host))?;
         }
         seq.end()
     }

@@ -133,6 +133,64 @@ impl RequestHead {
     }
 }
 
+/// A request head borrowed from the visitor's request, for the edge's hot path: it encodes to
+/// the very bytes of `Frame::StreamHeader(StreamHeader::Http(head))` for the [`RequestHead`]
+/// that [`RequestHead::from_parts`] (with `host` inserted) would give — a test pins that — but
+/// without copying the request's strings and header map into one first.
+pub struct RequestHeadRef<'a> {
+    pub parts: &'a http::request::Parts,
+    /// `http` or `https`, as the visitor used it.
+    pub scheme: &'a str,
+    /// The host the visitor asked for (`Host` or `:authority`), or its production name.
+    pub authority: &'a str,
+    /// Replaces the request's `Host` header in the head (the developer's app sees the
+    /// production host), as `HeaderMap::insert` would.
+    pub host: Option<&'a HeaderValue>,
+}
+
+impl RequestHeadRef<'_> {
+    /// Appends the `StreamHeader` frame that opens the request's stream.
+    pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), FrameError> {
+        Frame::encode_stream_header(&HttpStreamHeader(self), out)
+    }
+}
+
+/// `StreamHeader::Http(RequestHead { .. })` as serde's derive writes it: variant 0 of
+/// `StreamHeader`, then the head's fields in declaration order.
+struct HttpStreamHeader<'h, 'a>(&'h RequestHeadRef<'a>);
+
+impl serde::Serialize for HttpStreamHeader<'_, '_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_newtype_variant("StreamHeader", 0, "Http", &RequestHeadFields(self.0))
+    }
+}
+
+struct RequestHeadFields<'h, 'a>(&'h RequestHeadRef<'a>);
+
+impl serde::Serialize for RequestHeadFields<'_, '_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let head = self.0;
+        let mut st = s.serialize_struct("RequestHead", 6)?;
+        st.serialize_field("method", head.parts.method.as_str())?;
+        st.serialize_field("scheme", head.scheme)?;
+        st.serialize_field("authority", head.authority)?;
+        st.serialize_field(
+            "path_and_query",
+            head.parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+        )?;
+        st.serialize_field("version", &version_to_wire(head.parts.version))?;
+        st.serialize_field(
+            "headers",
+            &crate::headers::HeadersWithHost {
+                map: &head.parts.headers,
+                host: head.host,
+            },
+        )?;
+        st.end()
+    }
+}
+
 /// Why a body could not be sent or received in full.
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
@@ -414,6 +472,58 @@ mod tests {
     use crate::frame::{write_data, write_frame};
     use crate::MAX_FRAME_LEN;
     use http_body_util::{BodyExt, Full, StreamBody};
+
+    /// The borrowed head must be byte for byte the owned one: the developer's client decodes
+    /// it as a `StreamHeader`, and older clients must keep reading it.
+    #[test]
+    fn borrowed_request_head_encodes_as_the_owned_one() {
+        let production = HeaderValue::from_static("www.example.com:8443");
+        let requests = [
+            http::Request::builder()
+                .method("POST")
+                .uri("/shop?a=1&b=2")
+                .version(http::Version::HTTP_10)
+                .header("host", "www-abc123.example.com:8443")
+                .header("accept", "text/html")
+                .header("set-cookie", "a=1")
+                .header("set-cookie", "b=2")
+                .header("x-bin", HeaderValue::from_bytes(b"\xffok").unwrap()),
+            // Host repeated (hyper lets it through), and not first.
+            http::Request::builder()
+                .uri("http://www-abc123.example.com/")
+                .header("accept", "*/*")
+                .header("host", "one")
+                .header("host", "two")
+                .header("x-after", "1"),
+            // No Host at all (HTTP/2 with :authority only), no path.
+            http::Request::builder()
+                .uri("http://www-abc123.example.com")
+                .version(http::Version::HTTP_2),
+        ];
+        for (i, builder) in requests.into_iter().enumerate() {
+            let (parts, ()) = builder.body(()).unwrap().into_parts();
+            for host in [None, Some(&production)] {
+                let mut owned = RequestHead::from_parts(&parts, "https", "www-abc123.example.com");
+                if let Some(h) = host {
+                    owned.headers.0.insert(http::header::HOST, h.clone());
+                }
+                let mut want = Vec::new();
+                Frame::StreamHeader(crate::StreamHeader::Http(owned))
+                    .encode(&mut want)
+                    .unwrap();
+                let mut got = vec![0xAA]; // appends after what is there
+                RequestHeadRef {
+                    parts: &parts,
+                    scheme: "https",
+                    authority: "www-abc123.example.com",
+                    host,
+                }
+                .encode(&mut got)
+                .unwrap();
+                assert_eq!(got[1..], want[..], "request {i}, host override {host:?}");
+            }
+        }
+    }
 
     #[tokio::test]
     async fn body_with_trailers_survives_the_round_trip() {
