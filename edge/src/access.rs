@@ -164,7 +164,9 @@ pub fn cookie(headers: &http::HeaderMap, name: &str) -> Option<String> {
 /// Removes the edge's own cookies (routing, staff) and the staff header, so they never reach
 /// an app: a developer's app must not collect staff credentials.
 pub fn strip_edge_credentials(headers: &mut http::HeaderMap, cookie_names: &[&str]) {
-    headers.remove(http::HeaderName::from_static(STAFF_HEADER));
+    // A constant: `from_static` outside a const context validates the name on every call.
+    const STAFF: http::HeaderName = http::HeaderName::from_static(STAFF_HEADER);
+    headers.remove(STAFF);
     // Nothing to rewrite (the common case): one Cookie header, or none, naming none of ours.
     let cookies = headers.get_all(http::header::COOKIE);
     let mut values = cookies.iter();
