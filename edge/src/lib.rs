@@ -623,34 +623,42 @@ impl Edge {
         const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
         const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
         const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
-        let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-            Some(prev) if trusted => HeaderValue::from_str(&format!("{prev}, {}", visitor.ip)).ok(),
-            _ => Some(visitor.ip_value.clone()),
-        };
-        if !trusted {
-            let claims = [
-                &http::header::FORWARDED,
-                &X_FORWARDED_PROTO,
-                &X_FORWARDED_HOST,
-                &X_REAL_IP,
-            ];
-            // A visitor rarely sends any: look once rather than hash each name (hot path).
-            if headers.keys().any(|n| claims.contains(&n)) {
-                for name in claims {
-                    headers.remove(name);
+        if trusted {
+            // A proxy we trust: its claims stand, and the chain gets this hop.
+            let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+                Some(prev) => HeaderValue::from_str(&format!("{prev}, {}", visitor.ip)).ok(),
+                None => Some(visitor.ip_value.clone()),
+            };
+            if let Some(v) = xff {
+                headers.insert(X_FORWARDED_FOR, v);
+            }
+            if !headers.contains_key(&X_FORWARDED_PROTO) {
+                headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(self.scheme));
+            }
+            if !headers.contains_key(&X_FORWARDED_HOST) {
+                if let Ok(v) = HeaderValue::from_str(host) {
+                    headers.insert(X_FORWARDED_HOST, v);
                 }
             }
+            return;
         }
-        if let Some(v) = xff {
-            headers.insert(X_FORWARDED_FOR, v);
-        }
-        if !headers.contains_key(&X_FORWARDED_PROTO) {
-            headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(self.scheme));
-        }
-        if !headers.contains_key(&X_FORWARDED_HOST) {
-            if let Ok(v) = HeaderValue::from_str(host) {
-                headers.insert(X_FORWARDED_HOST, v);
+        // Anyone else: whatever the visitor claimed goes, ours replace it.
+        let claims = [
+            &http::header::FORWARDED,
+            &X_FORWARDED_PROTO,
+            &X_FORWARDED_HOST,
+            &X_REAL_IP,
+        ];
+        // A visitor rarely sends any: look once rather than hash each name (hot path).
+        if headers.keys().any(|n| claims.contains(&n)) {
+            for name in claims {
+                headers.remove(name);
             }
+        }
+        headers.insert(X_FORWARDED_FOR, visitor.ip_value.clone());
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(self.scheme));
+        if let Ok(v) = HeaderValue::from_str(host) {
+            headers.insert(X_FORWARDED_HOST, v);
         }
     }
 }

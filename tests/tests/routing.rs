@@ -105,6 +105,64 @@ async fn routing_header_reaches_the_developer_and_is_removed() {
     assert_eq!(reply.status, 400, "{}", reply.text());
 }
 
+/// Behind a load balancer listed in `trusted_proxies`, the edge keeps what it says about the
+/// visitor and adds its own hop; from anyone else, those claims are replaced.
+#[tokio::test]
+async fn a_trusted_proxy_forwarding_chain_is_extended_and_a_visitors_is_replaced() {
+    init_tracing();
+    let pki = Pki::new();
+    let relay = TestRelay::start(&pki).await;
+    let dev = echo_app("developer").await;
+    let mut config = tests::TestEdge::config(None);
+    config.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
+    let trusting = tests::TestEdge::start(config, relay.relay.registry()).await;
+    let untrusting = TestEdge::in_process(&relay, None).await;
+    let token = relay.issue_token("alice");
+    let key = token.routing_key().to_string();
+    let _client = TestClient::connect(&relay, &pki, token, dev).await;
+
+    let claims = [
+        ("x-forwarded-for", "203.0.113.7"),
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "shop.example.com"),
+        ("x-real-ip", "203.0.113.7"),
+    ];
+    let host = format!("www-{key}.example.com");
+    let seen = send(
+        &client(),
+        trusting.addr,
+        "GET",
+        &host,
+        "/",
+        &claims,
+        Bytes::new(),
+    )
+    .await
+    .json();
+    assert_eq!(seen["app"], "developer");
+    assert_eq!(seen["headers"]["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
+    assert_eq!(seen["headers"]["x-forwarded-proto"], "https");
+    assert_eq!(seen["headers"]["x-forwarded-host"], "shop.example.com");
+    assert_eq!(seen["headers"]["x-real-ip"], "203.0.113.7");
+
+    let seen = send(
+        &client(),
+        untrusting.addr,
+        "GET",
+        &host,
+        "/",
+        &claims,
+        Bytes::new(),
+    )
+    .await
+    .json();
+    assert_eq!(seen["app"], "developer");
+    assert_eq!(seen["headers"]["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(seen["headers"]["x-forwarded-proto"], "http");
+    assert_eq!(seen["headers"]["x-forwarded-host"], host);
+    assert!(seen["headers"].get("x-real-ip").is_none(), "{seen}");
+}
+
 #[tokio::test]
 async fn two_developers_each_receive_only_their_own_requests() {
     init_tracing();
