@@ -327,11 +327,7 @@ impl Edge {
         // Phase 1: find key (and what to do with the routing cookie), and whether this visitor
         // may reach a developer route at all.
         let (mut decision, mut cookie) = self.router.route(&parts);
-        let client = if visitor.trusted {
-            access::client_ip(peer.ip(), &parts.headers, &self.config.trusted_proxies)
-        } else {
-            visitor.ip
-        };
+        let client = access::client_ip(peer.ip(), &parts.headers, &self.config.trusted_proxies);
         let mut refused = None;
         if let RouteDecision::Developer(key, _) = &decision {
             if let Err(why) = self.access.check(client, &parts.headers, unix_now()) {

@@ -128,34 +128,23 @@ async fn a_trusted_proxy_forwarding_chain_is_extended_and_a_visitors_is_replaced
         ("x-real-ip", "203.0.113.7"),
     ];
     let host = format!("www-{key}.example.com");
-    let seen = send(
-        &client(),
-        trusting.addr,
-        "GET",
-        &host,
-        "/",
-        &claims,
-        Bytes::new(),
-    )
-    .await
-    .json();
+    // What the developer's app saw of a request with those claims, through `edge`.
+    let seen_through = |edge| {
+        let (host, claims) = (&host, &claims);
+        async move {
+            send(&client(), edge, "GET", host, "/", claims, Bytes::new())
+                .await
+                .json()
+        }
+    };
+    let seen = seen_through(trusting.addr).await;
     assert_eq!(seen["app"], "developer");
     assert_eq!(seen["headers"]["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
     assert_eq!(seen["headers"]["x-forwarded-proto"], "https");
     assert_eq!(seen["headers"]["x-forwarded-host"], "shop.example.com");
     assert_eq!(seen["headers"]["x-real-ip"], "203.0.113.7");
 
-    let seen = send(
-        &client(),
-        untrusting.addr,
-        "GET",
-        &host,
-        "/",
-        &claims,
-        Bytes::new(),
-    )
-    .await
-    .json();
+    let seen = seen_through(untrusting.addr).await;
     assert_eq!(seen["app"], "developer");
     assert_eq!(seen["headers"]["x-forwarded-for"], "127.0.0.1");
     assert_eq!(seen["headers"]["x-forwarded-proto"], "http");
