@@ -36,9 +36,36 @@ fn cargo_build(root: &Path, args: &[&str]) -> Result<bool, String> {
     cmd.current_dir(root)
         .args(["build", "--release"])
         .args(args);
+    // `cargo run` describes the benchmark's own package to it in these variables; passed on,
+    // they reach build scripts that watch them (ring's reruns when `CARGO_MANIFEST_DIR`
+    // changes), and everything above ring would be built again here, then once more by the
+    // next `cargo build` from a shell. The build should see the environment a shell gives it.
+    for (name, _) in std::env::vars_os() {
+        if let Some(name) = name.to_str() {
+            if is_set_by_cargo_run(name) {
+                cmd.env_remove(name);
+            }
+        }
+    }
     eprintln!("== cargo build --release {}", args.join(" "));
     let done = proc::run("cargo build", cmd, Duration::from_secs(3600), true)?;
     Ok(done.status.success())
+}
+
+/// The variables `cargo run` sets for the program it runs (the Cargo book, "Environment
+/// variables Cargo sets for crates"), as opposed to the user's own `CARGO_*` settings
+/// (`CARGO_TARGET_DIR`, `CARGO_HOME`, `CARGO_PROFILE_*`…), which the build must keep.
+fn is_set_by_cargo_run(name: &str) -> bool {
+    name.starts_with("CARGO_PKG_")
+        || matches!(
+            name,
+            "CARGO_MANIFEST_DIR"
+                | "CARGO_MANIFEST_PATH"
+                | "CARGO_MANIFEST_LINKS"
+                | "CARGO_CRATE_NAME"
+                | "CARGO_BIN_NAME"
+                | "CARGO_PRIMARY_PACKAGE"
+        )
 }
 
 /// How the release build went.
@@ -283,5 +310,27 @@ mod tests {
             short_version("rathole \nBuild Timestamp:     x\nBuild Version:       0.5.0\n"),
             "rathole 0.5.0"
         );
+    }
+
+    #[test]
+    fn the_release_build_drops_only_what_cargo_run_describes_the_package_with() {
+        use super::is_set_by_cargo_run;
+        for set in [
+            "CARGO_MANIFEST_DIR",
+            "CARGO_PKG_NAME",
+            "CARGO_PKG_VERSION",
+            "CARGO_BIN_NAME",
+        ] {
+            assert!(is_set_by_cargo_run(set), "{set}");
+        }
+        for kept in [
+            "CARGO",
+            "CARGO_TARGET_DIR",
+            "CARGO_HOME",
+            "CARGO_PROFILE_RELEASE_LTO",
+            "PATH",
+        ] {
+            assert!(!is_set_by_cargo_run(kept), "{kept}");
+        }
     }
 }

@@ -851,9 +851,11 @@ fn render(plan: &Plan, r: &Report) -> String {
         notes.push(format!(
             "After the crash, {} of {} clients found out only at their idle timeout (\"timed out\" \
              below) instead of from a stateless reset: quinn's endpoint sends at most one \
-             stateless reset per `min_reset_interval` (`quinn::EndpointConfig`; quinn's default is 20 ms, the relay sets 1 ms, \
-             i.e. 50 per second) and ignores the other packets of unknown connections, so with \
-             {} clients keep-alives arrive faster than resets may leave (confirmed with \
+             stateless reset per `min_reset_interval` (`quinn::EndpointConfig`; quinn's default of 20 ms \
+             allows 50 per second, the relay sets 1 ms: 1,000 per second) and ignores the other \
+             packets of unknown connections, so when the keep-alives of {} clients, started \
+             within a second of each other, arrive in a burst, some come faster than resets may \
+             leave (confirmed with \
              `RUST_LOG=quinn_proto::endpoint=debug`: \"ignoring unexpected packet within minimum \
              stateless reset interval\").",
             timed_out(x),
