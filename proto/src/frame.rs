@@ -131,26 +131,25 @@ impl Frame {
 
     /// Appends the encoded frame (header and payload) to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), FrameError> {
-        let start = out.len();
-        out.push(self.kind());
-        out.extend_from_slice(&[0; 4]);
-        match self {
+        encode_frame(out, self.kind(), |out| match self {
             Frame::Hello(m) => {
                 out.extend_from_slice(&PROTOCOL_VERSION.to_be_bytes());
-                encode_body(m, out, "Hello")?
+                encode_body(m, out, "Hello")
             }
-            Frame::Welcome(m) => encode_body(m, out, "Welcome")?,
-            Frame::Refusal(m) => encode_body(m, out, "Refusal")?,
-            Frame::StreamHeader(m) => encode_body(m, out, "StreamHeader")?,
-            Frame::Route(m) => encode_body(m, out, "Route")?,
-            Frame::RouteReply(m) => encode_body(m, out, "RouteReply")?,
-            Frame::ResponseHead(m) => encode_body(m, out, "ResponseHead")?,
-            Frame::Data(b) => out.extend_from_slice(b),
-            Frame::Trailers(m) => encode_body(m, out, "Trailers")?,
-            Frame::End => {}
-            Frame::Abort(m) => encode_body(m, out, "Abort")?,
-        }
-        finish_frame(out, start)
+            Frame::Welcome(m) => encode_body(m, out, "Welcome"),
+            Frame::Refusal(m) => encode_body(m, out, "Refusal"),
+            Frame::StreamHeader(m) => encode_body(m, out, "StreamHeader"),
+            Frame::Route(m) => encode_body(m, out, "Route"),
+            Frame::RouteReply(m) => encode_body(m, out, "RouteReply"),
+            Frame::ResponseHead(m) => encode_body(m, out, "ResponseHead"),
+            Frame::Data(b) => {
+                out.extend_from_slice(b);
+                Ok(())
+            }
+            Frame::Trailers(m) => encode_body(m, out, "Trailers"),
+            Frame::End => Ok(()),
+            Frame::Abort(m) => encode_body(m, out, "Abort"),
+        })
     }
 
     /// Appends a `StreamHeader` frame whose payload is `header`: any value that serializes
@@ -160,14 +159,9 @@ impl Frame {
         header: &T,
         out: &mut Vec<u8>,
     ) -> Result<(), FrameError> {
-        let start = out.len();
-        out.push(KIND_STREAM_HEADER);
-        out.extend_from_slice(&[0; 4]);
-        if let Err(e) = encode_body(header, out, "StreamHeader") {
-            out.truncate(start);
-            return Err(e);
-        }
-        finish_frame(out, start)
+        encode_frame(out, KIND_STREAM_HEADER, |out| {
+            encode_body(header, out, "StreamHeader")
+        })
     }
 
     /// Decodes one frame's payload given its kind. The whole payload must be consumed.
@@ -274,9 +268,21 @@ fn parse_header(h: [u8; FRAME_HEADER_LEN], max_len: usize) -> Result<(u8, usize)
     Ok((h[0], len))
 }
 
-/// Writes the length of the frame that starts at `start` into its header, or removes the frame
-/// if it is longer than any reader accepts.
-fn finish_frame(out: &mut Vec<u8>, start: usize) -> Result<(), FrameError> {
+/// Appends one frame of `kind`: its header, the payload `payload` appends, then the length in
+/// the header. A payload that fails to encode, or is longer than any reader accepts, leaves
+/// nothing of the frame in `out`.
+fn encode_frame(
+    out: &mut Vec<u8>,
+    kind: u8,
+    payload: impl FnOnce(&mut Vec<u8>) -> Result<(), FrameError>,
+) -> Result<(), FrameError> {
+    let start = out.len();
+    out.push(kind);
+    out.extend_from_slice(&[0; 4]);
+    if let Err(e) = payload(out) {
+        out.truncate(start);
+        return Err(e);
+    }
     let len = out.len() - start - FRAME_HEADER_LEN;
     if len > MAX_FRAME_LEN {
         out.truncate(start);
