@@ -32,6 +32,7 @@ pub mod peer;
 pub mod policy;
 pub mod privileges;
 pub mod session;
+pub mod sql;
 pub mod txn;
 pub mod upstream;
 pub mod watchdog;

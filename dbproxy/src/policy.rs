@@ -11,8 +11,6 @@ use sqlparser::ast::{
     visit_expressions, visit_relations, ContextModifier, Expr, ObjectName, ObjectType, Set,
     SetExpr, Statement, Use,
 };
-use sqlparser::dialect::MySqlDialect;
-use sqlparser::parser::Parser;
 use std::ops::ControlFlow;
 
 /// A table as written in a statement: optional schema and name (unquoted).
@@ -269,7 +267,7 @@ fn functions(st: &Statement) -> Vec<String> {
 /// tree, such as masking).
 pub fn parse_statement(sql: &str) -> Option<Statement> {
     let trimmed = sql.trim().trim_end_matches(';').trim();
-    let mut statements = Parser::parse_sql(&MySqlDialect {}, trimmed).ok()?;
+    let mut statements = crate::sql::parse(trimmed).ok()?;
     (statements.len() == 1).then(|| statements.remove(0))
 }
 
@@ -330,8 +328,14 @@ pub fn classify(sql: &str) -> Classified {
             "/*! … */ and /*M! … */ comments are run by the server and cannot be classified safely; remove them",
         );
     }
-    let statements = match Parser::parse_sql(&MySqlDialect {}, trimmed) {
+    let statements = match crate::sql::parse(trimmed) {
         Ok(s) => s,
+        Err(e @ crate::sql::SqlError::TooDeep { .. }) => {
+            return refuse(
+                leading_words(trimmed),
+                format!("the statement is too complex: {e}"),
+            )
+        }
         Err(e) => {
             return refuse(
                 leading_words(trimmed),

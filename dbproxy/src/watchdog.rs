@@ -37,8 +37,6 @@ use crate::session::Session;
 use crate::upstream::{Upstream, UpstreamError};
 use crate::DbProxy;
 use sqlparser::ast::{visit_relations, ObjectName, ObjectType, Statement};
-use sqlparser::dialect::MySqlDialect;
-use sqlparser::parser::Parser;
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::ops::ControlFlow;
@@ -685,7 +683,7 @@ fn describe(sql: Option<&str>) -> (String, Option<Vec<NamedTable>>) {
 /// The tables a statement names, as (schema if written, table); `None` if it does not parse,
 /// empty if the parser found no table in it.
 fn tables_of(sql: &str) -> Option<Vec<NamedTable>> {
-    let statements = Parser::parse_sql(&MySqlDialect {}, sql).ok()?;
+    let statements = crate::sql::parse(sql).ok()?;
     let mut out: Vec<NamedTable> = Vec::new();
     let mut push = |n: &ObjectName| {
         let parts: Vec<String> =
