@@ -26,7 +26,7 @@ pub use pki::{
 };
 pub use tls::{
     load_certs, load_key, load_roots, peer_client_config, peer_role, provider, relay_server_config,
-    web_server_config, Identity,
+    server_names, web_server_config, Identity,
 };
 
 use std::path::{Path, PathBuf};

@@ -177,6 +177,9 @@ pub struct DbproxyArgs {
     pub state_dir: Option<PathBuf>,
     #[command(flatten)]
     pub runtime: ServerThreads,
+    /// Stop when standard input closes (how `up` runs its dbproxy as a child process).
+    #[arg(long = "stop-with-stdin", hide = true)]
+    pub stop_with_stdin: bool,
 }
 
 #[derive(Args, Debug, Default, Clone)]
@@ -188,7 +191,7 @@ pub struct UpArgs {
     #[arg(long)]
     pub production: Option<String>,
     /// The database for developer sessions, mysql://user:password@host:3306: runs the dbproxy
-    /// in this process.
+    /// as a child process of this one (its crash never takes the edge or the relay with it).
     #[arg(long)]
     pub mysql: Option<String>,
     /// Public HTTP listener [default: 127.0.0.1:8080].

@@ -93,6 +93,8 @@ pub fn encode(mut seq: u8, payload: &[u8], out: &mut BytesMut) -> u8 {
 pub struct PacketWriter<W> {
     inner: W,
     buf: BytesMut,
+    /// Packets queued since the writer was made (whether they are sent yet or not).
+    packets: u64,
 }
 
 impl<W: AsyncWrite + Unpin> PacketWriter<W> {
@@ -100,11 +102,19 @@ impl<W: AsyncWrite + Unpin> PacketWriter<W> {
         Self {
             inner,
             buf: BytesMut::with_capacity(16 * 1024),
+            packets: 0,
         }
+    }
+
+    /// How many packets were queued so far: a statement that failed before this moved has
+    /// told the app nothing yet, and may be tried again.
+    pub fn packets(&self) -> u64 {
+        self.packets
     }
 
     /// Queues `payload` with sequence id `seq`; returns the next sequence id.
     pub fn queue(&mut self, seq: u8, payload: &[u8]) -> u8 {
+        self.packets += 1;
         encode(seq, payload, &mut self.buf)
     }
 

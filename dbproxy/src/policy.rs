@@ -195,13 +195,21 @@ fn has_executable_comment(sql: &str) -> bool {
     lower.contains("/*!") || lower.contains("/*m!")
 }
 
-/// The first words of a statement, for naming what was refused when it does not parse.
+/// The first words of a statement, for naming what was refused when it does not parse (each
+/// cut to a few dozen characters: the message must not echo a megabyte of the statement).
 fn leading_words(sql: &str) -> String {
+    const MAX_WORD_CHARS: usize = 32;
     let words: Vec<String> = sql
         .split(|c: char| c.is_whitespace() || c == '(' || c == ';')
         .filter(|w| !w.is_empty())
         .take(2)
-        .map(|w| w.to_ascii_uppercase())
+        .map(|w| {
+            let mut word: String = w.chars().take(MAX_WORD_CHARS).collect();
+            if word.len() < w.len() {
+                word.push('…');
+            }
+            word.to_ascii_uppercase()
+        })
         .collect();
     if words.is_empty() {
         "an empty statement".into()

@@ -18,7 +18,9 @@ use crate::policy::{
     classify, parse_statement, AdminCommand, Forward, Reach, TableName, TxControl, Verdict,
 };
 use crate::txn::{AppTransaction, Plan};
-use crate::upstream::{relay_response, Position, ResponseTracker, Upstream, UpstreamError};
+use crate::upstream::{
+    relay_response, Collected, Position, ResponseTracker, Upstream, UpstreamError,
+};
 use crate::wire;
 use proto::RoutingKey;
 use std::collections::{HashMap, HashSet};
@@ -39,6 +41,12 @@ pub struct AppConn {
     vars: Vec<(String, String)>,
     pub tx: AppTransaction,
     generation: u64,
+    /// Whether a statement of its own has reached the upstream yet. A connection that has
+    /// not loses nothing when the session ends: it is not told of a reset, and a statement that
+    /// finds the upstream dead is run again on a new session (a brand-new connection must not
+    /// fail inside its own connect because the watchdog or `db reset` ended the session a
+    /// moment before).
+    used: bool,
     /// Its prepared statements: the id the app knows → the upstream's.
     stmts: HashMap<u32, PreparedStatement>,
     next_stmt: u32,
@@ -93,6 +101,7 @@ impl AppConn {
             last_insert_id: 0,
             tx: AppTransaction::new(id),
             generation,
+            used: false,
             stmts: HashMap::new(),
             next_stmt: 1,
             report: StatementReport::default(),
@@ -539,6 +548,9 @@ impl Session {
 
     /// If the session was reset since `conn` last ran something, the error to give it.
     fn reset_notice(&self, inner: &Inner, conn: &mut AppConn) -> Option<String> {
+        if !conn.used {
+            conn.generation = inner.generation;
+        }
         if conn.generation == inner.generation {
             return None;
         }
@@ -653,19 +665,32 @@ impl Session {
                 return reply(app, wire::err(wire::ER_LOCK_WAIT_TIMEOUT, b"HY000", &msg)).await
             }
         };
-        let r = self
-            .serve(
-                &mut inner,
-                conn,
-                &classified.verdict,
-                &classified.reach,
-                payload,
-                app,
-            )
-            .await;
-        match r {
-            Ok(outcome) => outcome,
-            Err(e) => self.failed(&mut inner, conn, e, app).await,
+        let mut retried = false;
+        loop {
+            let before = app.packets();
+            let r = self
+                .serve(
+                    &mut inner,
+                    conn,
+                    &classified.verdict,
+                    &classified.reach,
+                    payload,
+                    app,
+                )
+                .await;
+            match r {
+                Ok(outcome) => {
+                    conn.used = true;
+                    return outcome;
+                }
+                Err(ServeError::Upstream(e))
+                    if !conn.used && !retried && app.packets() == before =>
+                {
+                    retried = true;
+                    self.lose(&mut inner, format!("the database connection failed: {e}"));
+                }
+                Err(e) => return self.failed(&mut inner, conn, e, app).await,
+            }
         }
     }
 
@@ -801,6 +826,7 @@ impl Session {
     ) -> Outcome {
         match e {
             ServeError::App => Outcome::AppGone,
+            ServeError::Catalog(e) => reply(app, self.refusal(conn, &catalog_refusal(&e))).await,
             ServeError::Upstream(e) => {
                 let protected = self.protection();
                 self.lose(inner, format!("the database connection failed: {e}"));
@@ -890,12 +916,25 @@ impl Session {
             }
         };
         let mut inner = self.inner.lock().await;
-        let r = self
-            .prepare_in(&mut inner, conn, &f, &reach, payload, app)
-            .await;
-        match r {
-            Ok(o) => o,
-            Err(e) => self.failed(&mut inner, conn, e, app).await,
+        let mut retried = false;
+        loop {
+            let before = app.packets();
+            let r = self
+                .prepare_in(&mut inner, conn, &f, &reach, payload, app)
+                .await;
+            match r {
+                Ok(o) => {
+                    conn.used = true;
+                    return o;
+                }
+                Err(ServeError::Upstream(e))
+                    if !conn.used && !retried && app.packets() == before =>
+                {
+                    retried = true;
+                    self.lose(&mut inner, format!("the database connection failed: {e}"));
+                }
+                Err(e) => return self.failed(&mut inner, conn, e, app).await,
+            }
         }
     }
 
@@ -1583,24 +1622,57 @@ impl Session {
         Ok(None)
     }
 
-    /// The catalog connection, opened on first use.
-    async fn catalog<'a>(&self, inner: &'a mut Inner) -> Result<&'a mut Upstream, ServeError> {
-        if inner.catalog.is_none() {
-            let mut up =
-                Upstream::connect(&self.config.upstream, self.config.max_packet_bytes).await?;
-            if let Err((code, msg)) = up.run("SET NAMES utf8mb4").await? {
-                return Err(ServeError::Upstream(UpstreamError::Protocol(format!(
-                    "catalog connection setup failed: {code} {msg}"
-                ))));
+    /// Runs a catalog query on the session's catalog connection, opened on first use. A
+    /// connection that failed (the server restarted, or its `wait_timeout` closed it while
+    /// idle) is dropped and the query retried once on a new one; if that fails too, the
+    /// statement being checked is refused ([`ServeError::Catalog`]) — the session's own
+    /// transaction is untouched either way, and the next statement tries again.
+    async fn catalog_query(
+        &self,
+        inner: &mut Inner,
+        sql: &str,
+    ) -> Result<Result<Collected, (u16, String)>, ServeError> {
+        let mut last = String::new();
+        for _attempt in 0..2 {
+            if inner.catalog.is_none() {
+                match self.open_catalog().await {
+                    Ok(up) => {
+                        self.watch
+                            .catalog_id
+                            .store(up.connection_id, Ordering::Relaxed);
+                        inner.catalog = Some(up);
+                    }
+                    Err(e) => {
+                        last = e;
+                        continue;
+                    }
+                }
             }
-            self.watch
-                .catalog_id
-                .store(up.connection_id, Ordering::Relaxed);
-            inner.catalog = Some(up);
+            let Some(up) = inner.catalog.as_mut() else {
+                continue;
+            };
+            match up.run(sql).await {
+                Ok(result) => return Ok(result),
+                Err(e) => {
+                    warn!(key = %self.key, "catalog connection failed: {e}; opening a new one");
+                    last = e.to_string();
+                    self.watch.catalog_id.store(0, Ordering::Relaxed);
+                    inner.catalog = None;
+                }
+            }
         }
-        inner.catalog.as_mut().ok_or_else(|| {
-            ServeError::Upstream(UpstreamError::Protocol("no catalog connection".into()))
-        })
+        Err(ServeError::Catalog(last))
+    }
+
+    async fn open_catalog(&self) -> Result<Upstream, String> {
+        let mut up = Upstream::connect(&self.config.upstream, self.config.max_packet_bytes)
+            .await
+            .map_err(|e| e.to_string())?;
+        match up.run("SET NAMES utf8mb4").await {
+            Ok(Ok(_)) => Ok(up),
+            Ok(Err((code, msg))) => Err(format!("catalog connection setup failed: {code} {msg}")),
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     /// Stored functions (information_schema.ROUTINES) and UDFs (mysql.func, when readable).
@@ -1610,16 +1682,18 @@ impl Session {
                 return Ok(set.clone());
             }
         }
-        let up = self.catalog(inner).await?;
-        let rows = match up
-            .run("SELECT ROUTINE_NAME FROM information_schema.ROUTINES WHERE ROUTINE_TYPE = 'FUNCTION'")
+        let rows = match self
+            .catalog_query(
+                inner,
+                "SELECT ROUTINE_NAME FROM information_schema.ROUTINES WHERE ROUTINE_TYPE = 'FUNCTION'",
+            )
             .await?
         {
             Ok(c) => c.rows(),
             Err((code, msg)) => {
-                return Err(ServeError::Upstream(UpstreamError::Protocol(format!(
+                return Err(ServeError::Catalog(format!(
                     "catalog query failed: {code} {msg}"
-                ))))
+                )))
             }
         };
         let mut set: HashSet<String> = rows
@@ -1629,7 +1703,10 @@ impl Session {
             .collect();
         // UDFs live in mysql.func; a dbproxy user without SELECT on it cannot see them (the
         // README asks for that grant).
-        if let Ok(c) = up.run("SELECT name FROM mysql.func").await? {
+        if let Ok(c) = self
+            .catalog_query(inner, "SELECT name FROM mysql.func")
+            .await?
+        {
             set.extend(
                 c.rows()
                     .into_iter()
@@ -1668,13 +1745,12 @@ impl Session {
             hex(schema),
             hex(name)
         );
-        let up = self.catalog(inner).await?;
-        let rows = match up.run(&sql).await? {
+        let rows = match self.catalog_query(inner, &sql).await? {
             Ok(c) => c.rows(),
             Err((code, msg)) => {
-                return Err(ServeError::Upstream(UpstreamError::Protocol(format!(
+                return Err(ServeError::Catalog(format!(
                     "catalog query failed: {code} {msg}"
-                ))))
+                )))
             }
         };
         let rows = rows
@@ -1707,16 +1783,15 @@ impl Session {
         seq: u8,
     ) -> Outcome {
         let mut inner = self.inner.lock().await;
-        let result = async {
-            self.protect_now(&mut inner).await;
-            self.ensure_upstream(&mut inner).await?;
-            let up = inner
-                .upstream
-                .as_mut()
-                .ok_or_else(|| UpstreamError::Protocol("no upstream".into()))?;
-            up.query(&format!("USE `{}`", db.replace('`', "``"))).await
+        let mut result = self.use_db_upstream(&mut inner, db).await;
+        if let Err(e) = &result {
+            // A dead upstream ends the session (told to the connections that used it); this
+            // one tries again on a new session if it has lost nothing.
+            self.lose(&mut inner, format!("the database connection failed: {e}"));
+            if !conn.used {
+                result = self.use_db_upstream(&mut inner, db).await;
+            }
         }
-        .await;
         let packet = match result {
             Ok(c) => match c.error {
                 None => {
@@ -1745,6 +1820,20 @@ impl Session {
         }
     }
 
+    async fn use_db_upstream(
+        &self,
+        inner: &mut Inner,
+        db: &str,
+    ) -> Result<Collected, UpstreamError> {
+        self.protect_now(inner).await;
+        self.ensure_upstream(inner).await?;
+        let up = inner
+            .upstream
+            .as_mut()
+            .ok_or_else(|| UpstreamError::Protocol("no upstream".into()))?;
+        up.query(&format!("USE `{}`", db.replace('`', "``"))).await
+    }
+
     /// COM_FIELD_LIST: read-only, forwarded.
     pub async fn field_list<W: AsyncWrite + Unpin>(
         &self,
@@ -1765,6 +1854,9 @@ impl Session {
         match r {
             Ok(o) => o,
             Err(ServeError::App) => Outcome::AppGone,
+            Err(ServeError::Catalog(e)) => {
+                reply(app, self.refusal(conn, &catalog_refusal(&e))).await
+            }
             Err(ServeError::Upstream(e)) => {
                 self.lose(&mut inner, format!("the database connection failed: {e}"));
                 reply(
@@ -1857,6 +1949,13 @@ fn hex(s: &str) -> String {
 }
 
 /// The upstream connection, which the caller has made sure exists.
+fn catalog_refusal(why: &str) -> String {
+    format!(
+        "DevInProd refused the statement: it could not check it against the database's catalog ({why}); \
+         it was not run, and the session is unchanged"
+    )
+}
+
 fn upstream(inner: &mut Inner) -> Result<&mut Upstream, ServeError> {
     inner.upstream.as_mut().ok_or_else(|| {
         ServeError::Upstream(UpstreamError::Protocol("no upstream connection".into()))
@@ -1866,6 +1965,9 @@ fn upstream(inner: &mut Inner) -> Result<&mut Upstream, ServeError> {
 enum ServeError {
     App,
     Upstream(UpstreamError),
+    /// The catalog could not be read: the statement is refused (fail closed), the session
+    /// goes on.
+    Catalog(String),
 }
 
 impl From<UpstreamError> for ServeError {

@@ -3,6 +3,7 @@
 pub mod certs_init;
 pub mod connect;
 pub mod db;
+pub mod dbproxy_child;
 pub mod demo;
 pub mod servers;
 pub mod token;

@@ -236,18 +236,22 @@ pub async fn start_stack(args: &UpArgs, tokens: Option<TokenStore>) -> anyhow::R
     let admin_addr = admin.local_addr()?;
     let edge_listener = bind_tcp(ec.listen, "edge").await?;
     let edge_addr = edge_listener.local_addr()?;
-    // With a database, the dbproxy runs here too and receives developers' database streams
-    // from the relay directly.
+    // With a database, the dbproxy runs as a child process (see `dbproxy_child`): whatever a
+    // developer's SQL does to it, the edge and the relay in this process go on.
     let mut dc = file.dbproxy.unwrap_or_default();
     if let Some(url) = &args.mysql {
         dc.upstream = Some(url.clone());
     }
     let db_upstream = dc.upstream.as_deref().map(dbproxy::upstream::redact);
-    if dc.upstream.is_some() {
-        let checked = dc.check().map_err(|e| anyhow::anyhow!("dbproxy: {e}"))?;
-        warn_about_privileges(&checked).await;
-        relay.set_db_handler(dbproxy::DbProxy::new(checked));
-    }
+    let dbproxy_child = if dc.upstream.is_some() {
+        // Its settings are checked here too, so that `up` fails at start on a bad one.
+        dc.check().map_err(|e| anyhow::anyhow!("dbproxy: {e}"))?;
+        Some(super::dbproxy_child::DbproxyChild::prepare(
+            dc, relay_addr, &dir,
+        )?)
+    } else {
+        None
+    };
     // In one process the edge reaches developers through the relay's registry directly.
     let edge = Edge::new(ec.clone(), relay.registry()).context("invalid edge configuration")?;
 
@@ -263,6 +267,9 @@ pub async fn start_stack(args: &UpArgs, tokens: Option<TokenStore>) -> anyhow::R
     running
         .tasks
         .spawn(edge.run(edge_listener, running.stop_signal()));
+    if let Some(child) = dbproxy_child {
+        running.tasks.spawn(child.supervise(running.stop_signal()));
+    }
     Ok(Stack {
         relay,
         db_upstream,
@@ -329,7 +336,18 @@ pub async fn dbproxy(args: DbproxyArgs) -> anyhow::Result<i32> {
     );
     warn_about_privileges(&checked).await;
     let proxy = dbproxy::DbProxy::new(checked);
-    dbproxy::peer::run(proxy, &file, &relay_addr, super::shutdown_signal())
+    let stop_with_stdin = args.stop_with_stdin;
+    let shutdown = async move {
+        if stop_with_stdin {
+            tokio::select! {
+                _ = super::shutdown_signal() => {}
+                _ = super::dbproxy_child::stdin_closed() => {}
+            }
+        } else {
+            super::shutdown_signal().await
+        }
+    };
+    dbproxy::peer::run(proxy, &file, &relay_addr, shutdown)
         .await
         .context("dbproxy")?;
     Ok(0)

@@ -1,0 +1,293 @@
+//! Hostile or unlucky database traffic: what no statement may do to the process, and how a
+//! session comes back by itself when a connection under it dies.
+
+use mysql_async::prelude::*;
+use tests::mariadb::TestDatabase;
+use tests::{
+    developer_with_mysql, init_tracing, mysql_conn, production_conn, relay_with_dbproxy, Pki,
+};
+
+fn server_error(e: mysql_async::Error) -> (u16, String) {
+    match e {
+        mysql_async::Error::Server(s) => (s.code, s.message),
+        other => panic!("expected a server error, got {other}"),
+    }
+}
+
+/// Issue 15: `SELECT 1` followed by 150,000 `+1` overflowed the stack while the parse tree was
+/// dropped, aborting the process that also runs the relay and the edge. Now it is refused with
+/// a MySQL error, and the same connection and session go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_nested_too_deep_is_refused_and_the_process_and_session_go_on() {
+    init_tracing();
+    let db = TestDatabase::new();
+    db.admin("CREATE TABLE t (id INT PRIMARY KEY AUTO_INCREMENT, val VARCHAR(50)) ENGINE=InnoDB");
+    let pki = Pki::new();
+    let (relay, _proxy) = relay_with_dbproxy(&pki, |_| {}).await;
+    let dev = developer_with_mysql(&relay, &pki, "alice").await;
+    let mut app = mysql_conn(dev.mysql.unwrap(), &db.name).await;
+    app.query_drop("INSERT INTO t(val) VALUES ('before')")
+        .await
+        .unwrap();
+
+    let deep = format!("SELECT 1{}", "+1".repeat(150_000));
+    let (code, message) = server_error(app.query_drop(&deep).await.unwrap_err());
+    assert_eq!(code, 1227, "{message}");
+    assert!(message.contains("too complex"), "{message}");
+    assert!(
+        message.len() < 1_000,
+        "the refusal echoes the statement: {} bytes",
+        message.len()
+    );
+    // An OR chain an ORM could build, far past the limit, through a prepared statement too.
+    let ors: Vec<String> = (0..20_000).map(|i| format!("id = {i}")).collect();
+    let sql = format!("SELECT * FROM t WHERE {}", ors.join(" OR "));
+    let (code, message) = server_error(app.prep(&sql).await.unwrap_err());
+    assert_eq!(code, 1227, "{message}");
+
+    let vals: Vec<String> = app.query("SELECT val FROM t").await.unwrap();
+    assert_eq!(vals, ["before"], "the session kept its transaction");
+    let in_tx: Option<i64> = app.query_first("SELECT @@in_transaction").await.unwrap();
+    assert_eq!(in_tx, Some(1));
+}
+
+/// Issue 15: when the session's catalog connection died (the server restarted, or its
+/// `wait_timeout` closed it while idle) every statement got 1317 forever. Now the next
+/// statement opens a new catalog connection, and the session's transaction is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_recovers_by_itself_when_its_catalog_connection_dies() {
+    init_tracing();
+    let db = TestDatabase::new();
+    for t in ["t", "t0", "t1"] {
+        db.admin(&format!(
+            "CREATE TABLE {t} (id INT PRIMARY KEY AUTO_INCREMENT, val VARCHAR(50)) ENGINE=InnoDB"
+        ));
+    }
+    let pki = Pki::new();
+    let (relay, proxy) = relay_with_dbproxy(&pki, |_| {}).await;
+    let dev = developer_with_mysql(&relay, &pki, "alice").await;
+    let mut app = mysql_conn(dev.mysql.unwrap(), &db.name).await;
+    let mut prod = production_conn(&db.name).await;
+
+    // A write is checked against the catalog: the catalog connection opens.
+    app.query_drop("INSERT INTO t(val) VALUES ('one')")
+        .await
+        .unwrap();
+    let session = proxy.sessions().pop().expect("a session");
+    for round in 0..2 {
+        let catalog = session
+            .catalog_thread_id()
+            .expect("the write opened a catalog connection");
+        prod.query_drop(format!("KILL {catalog}")).await.unwrap();
+        // A table the catalog has not been asked about yet, so it has to be asked.
+        app.query_drop(format!("INSERT INTO t{round}(val) VALUES ('x')"))
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        app.query_drop(format!("INSERT INTO t(val) VALUES ('after kill {round}')"))
+            .await
+            .unwrap();
+        assert_ne!(session.catalog_thread_id(), Some(catalog));
+    }
+    let vals: Vec<String> = app.query("SELECT val FROM t ORDER BY id").await.unwrap();
+    assert_eq!(vals, ["one", "after kill 0", "after kill 1"]);
+    let seen: Vec<String> = prod.query("SELECT val FROM t").await.unwrap();
+    assert!(seen.is_empty(), "production sees nothing: {seen:?}");
+}
+
+/// Issue 15: after a reset (the watchdog's, `db reset`'s, or a killed upstream's), a connection
+/// the app opens *afterwards* failed inside its own connect (1317 during the driver's first
+/// statements). Only connections that used the old session are told, each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_opened_after_a_reset_connects_cleanly_and_only_old_ones_are_told() {
+    init_tracing();
+    let db = TestDatabase::new();
+    db.admin("CREATE TABLE t (id INT PRIMARY KEY AUTO_INCREMENT, val VARCHAR(50)) ENGINE=InnoDB");
+    let pki = Pki::new();
+    let (relay, proxy) = relay_with_dbproxy(&pki, |_| {}).await;
+    let dev = developer_with_mysql(&relay, &pki, "alice").await;
+    let mut old = mysql_conn(dev.mysql.unwrap(), &db.name).await;
+    let mut prod = production_conn(&db.name).await;
+    old.query_drop("INSERT INTO t(val) VALUES ('lost')")
+        .await
+        .unwrap();
+
+    // The upstream dies under the session (as when the watchdog kills it to protect production).
+    let session = proxy.sessions().pop().expect("a session");
+    let upstream = session.upstream_thread_id().expect("an upstream");
+    prod.query_drop(format!("KILL {upstream}")).await.unwrap();
+    let mut new = mysql_conn(dev.mysql.unwrap(), &db.name).await;
+    new.query_drop("SET NAMES utf8mb4").await.unwrap();
+    new.query_drop("INSERT INTO t(val) VALUES ('new')")
+        .await
+        .unwrap();
+
+    let (code, message) = server_error(old.query_drop("SELECT 1").await.unwrap_err());
+    assert_eq!(code, 1317, "{message}");
+    let vals: Vec<String> = old.query("SELECT val FROM t").await.unwrap();
+    assert_eq!(vals, ["new"], "told once, then part of the new session");
+}
+
+/// `devinprod up --mysql` runs the dbproxy as a child process: when it dies (here: SIGKILL, as
+/// the kernel would end a process that overflowed its stack), the edge in front of production
+/// and the relay go on, the child is started again, and developers get a new session; when
+/// `up` itself is killed, the child does not outlive it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_survives_its_dbproxy_dying_and_the_dbproxy_never_outlives_up() {
+    use std::io::{BufRead, BufReader};
+    init_tracing();
+    let bin = devinprod_binary();
+    let db = TestDatabase::new();
+    let dir = tempfile::tempdir().unwrap();
+    let production = tests::apps::echo_app("production").await;
+    let mut up = std::process::Command::new(&bin)
+        .args(["up", "--dir"])
+        .arg(dir.path())
+        .args(["--mysql", &tests::mariadb::server().url])
+        .args(["--production", &format!("http://{production}")])
+        .args([
+            "--edge-listen",
+            "127.0.0.1:0",
+            "--relay-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--admin-listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _kill_up = KillOnDrop(up.id());
+    let mut lines = BufReader::new(up.stdout.take().unwrap()).lines();
+    let mut field = |name: &str| -> String {
+        for line in lines.by_ref().map_while(Result::ok).take(20) {
+            if let Some(rest) = line.trim().strip_prefix(name) {
+                let word = rest.split_whitespace().next().unwrap_or_default();
+                return word.trim_start_matches("http://").to_owned();
+            }
+        }
+        panic!("up printed no {name} line");
+    };
+    let edge: std::net::SocketAddr = field("edge").parse().unwrap();
+    let relay: std::net::SocketAddr = field("relay").parse().unwrap();
+    let admin = field("admin");
+    let token = std::process::Command::new(&bin)
+        .args(["token", "create", "--admin", &format!("http://{admin}")])
+        .output()
+        .unwrap();
+    let token = String::from_utf8(token.stdout).unwrap();
+    let token = proto::AuthToken::parse(token.trim()).unwrap();
+    let mut config = tests::TestClient::agent_config(
+        relay,
+        &dir.path().join("ca.pem"),
+        token,
+        "127.0.0.1:9".parse().unwrap(),
+    );
+    config.mysql_listen = Some("127.0.0.1:0".parse().unwrap());
+    let mut dev = tests::TestClient::spawn(config);
+    dev.wait_connected().await;
+    let mysql = dev.mysql.unwrap();
+
+    let child = child_of(up.id(), "dbproxy").expect("up started a dbproxy process");
+    let mut app = until_connected(mysql, &db.name).await;
+    let deep = format!("SELECT 1{}", "+1".repeat(150_000));
+    let (code, _) = server_error(app.query_drop(&deep).await.unwrap_err());
+    assert_eq!(code, 1227);
+
+    kill(child, "KILL");
+    let edge_answers = tests::http_client::get(edge, "www.example.com", "/").await;
+    assert_eq!(edge_answers.json()["app"], "production");
+    let mut app = until_connected(mysql, &db.name).await;
+    let one: Option<i64> = app.query_first("SELECT 1").await.unwrap();
+    assert_eq!(one, Some(1));
+    let restarted = child_of(up.id(), "dbproxy").expect("a new dbproxy process");
+    assert_ne!(restarted, child);
+
+    kill(up.id(), "KILL");
+    let _ = up.wait();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::path::Path::new(&format!("/proc/{restarted}")).exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the dbproxy outlived up"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// `target/<profile>/devinprod`, built by `cargo test --workspace` for the client's own tests.
+fn devinprod_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|profile| profile.join("devinprod"))
+        .unwrap();
+    assert!(
+        bin.is_file(),
+        "{} is missing: run `cargo build -p client --bin devinprod` (cargo test --workspace builds it)",
+        bin.display()
+    );
+    bin
+}
+
+/// The pid of a child process of `parent` whose command line contains `word`.
+fn child_of(parent: u32, word: &str) -> Option<u32> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+            // `pid (comm) state ppid …`; comm may hold spaces, so read after the last ')'.
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            if ppid == Some(parent) && String::from_utf8_lossy(&cmdline).contains(word) {
+                return Some(pid);
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+fn kill(pid: u32, signal: &str) {
+    let _ = std::process::Command::new("kill")
+        .args([format!("-{signal}"), pid.to_string()])
+        .status();
+}
+
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        kill(self.0, "KILL");
+    }
+}
+
+/// A connection through the tunnel, retried while the dbproxy process (re)connects to the relay.
+async fn until_connected(mysql: std::net::SocketAddr, db: &str) -> mysql_async::Conn {
+    let opts = mysql_async::OptsBuilder::default()
+        .ip_or_hostname(mysql.ip().to_string())
+        .tcp_port(mysql.port())
+        .user(Some("app"))
+        .db_name(Some(db))
+        .prefer_socket(false);
+    let mut last = String::new();
+    for _ in 0..100 {
+        match mysql_async::Conn::new(opts.clone()).await {
+            Ok(mut c) => {
+                if c.query_drop("SELECT 1").await.is_ok() {
+                    return c;
+                }
+            }
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("no database session through up's dbproxy: {last}");
+}
