@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 mod endpoint;
+pub mod liveness;
 mod pki;
 mod tls;
 

@@ -62,10 +62,18 @@ pub struct EdgeConfig {
     pub max_request_body_bytes: u64,
     /// Requests in flight to one developer at once; beyond: 503 (their laptop is not a farm).
     pub max_requests_per_developer: usize,
-    /// Keep-alive toward the relay, in milliseconds.
+    /// Keep-alive toward the relay, in milliseconds: each is answered, so a live relay is
+    /// heard from at least this often.
     pub keep_alive_interval_ms: u64,
     /// The relay connection is dead after this much silence, in milliseconds.
     pub idle_timeout_ms: u64,
+    /// A relay heard from nothing for this long is given up: requests waiting on it fail, and
+    /// the next one connects anew, in milliseconds.
+    pub silence_bound_ms: u64,
+    /// The whole of opening a developer's stream through the relay — connecting, the
+    /// handshake and the relay's routing answer — must finish within this, in milliseconds;
+    /// beyond it the visitor gets "Relay unavailable" (a self-refreshing page).
+    pub relay_open_timeout_ms: u64,
     /// Who may reach developer routes: "anyone" (loopback demos), "networks" (with
     /// `allowed_networks`) or "staff" (with `staff_secret`). No default for a standalone edge:
     /// it must be chosen; `devinprod up`/`demo` on loopback use "anyone".
@@ -110,8 +118,10 @@ impl Default for EdgeConfig {
             response_timeout_ms: 60_000,
             max_request_body_bytes: 0,
             max_requests_per_developer: 256,
-            keep_alive_interval_ms: 10_000,
+            keep_alive_interval_ms: 1_000,
             idle_timeout_ms: 30_000,
+            silence_bound_ms: 3_000,
+            relay_open_timeout_ms: 3_000,
             access: None,
             allowed_networks: Vec::new(),
             staff_secret: None,

@@ -2,10 +2,13 @@
 //! role certificate), re-established on demand, one stream per request starting with `Route`.
 
 use crate::config::EdgeConfig;
+use certs::liveness::{GuardedRecv, Liveness};
 use proto::{
     handshake, read_frame, Frame, Hello, OpenError, OpenFuture, Role, RouteReply, RouteRequest,
     RoutingKey, StreamOpener, TunnelStream,
 };
+use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::Mutex;
 use tracing::{info, warn};
 
@@ -18,7 +21,10 @@ pub enum ConnectorError {
 pub struct RelayConnector {
     endpoint: quinn::Endpoint,
     relay: certs::RelayAddress,
-    conn: Mutex<Option<quinn::Connection>>,
+    /// The relay connection, and when the relay was last heard from on it.
+    conn: Mutex<Option<(quinn::Connection, Arc<Liveness>)>>,
+    silence_bound: Duration,
+    open_timeout: Duration,
 }
 
 impl RelayConnector {
@@ -32,14 +38,27 @@ impl RelayConnector {
             endpoint,
             relay,
             conn: Mutex::new(None),
+            silence_bound: Duration::from_millis(config.silence_bound_ms),
+            open_timeout: Duration::from_millis(config.relay_open_timeout_ms),
         })
     }
 
-    /// The live connection, or a new one (handshake included).
-    async fn connection(&self) -> Result<quinn::Connection, OpenError> {
+    /// The live connection, or a new one (handshake included). A connection to a relay that
+    /// went silent (down, restarting, unreachable) is given up for a new attempt.
+    async fn connection(&self) -> Result<(quinn::Connection, Arc<Liveness>), OpenError> {
         let mut guard = self.conn.lock().await;
-        if let Some(c) = guard.as_ref().filter(|c| c.close_reason().is_none()) {
-            return Ok(c.clone());
+        if let Some((c, liveness)) = guard.as_ref() {
+            if c.close_reason().is_none() && !liveness.is_silent() {
+                return Ok((c.clone(), liveness.clone()));
+            }
+            if c.close_reason().is_none() {
+                warn!(relay = %self.relay.spec, "the relay went silent; connecting anew");
+                c.close(
+                    quinn::VarInt::from_u32(proto::codes::CLOSE_NORMAL),
+                    b"silent",
+                );
+            }
+            *guard = None;
         }
         let unavailable = |what: &str, e: &dyn std::fmt::Display| {
             OpenError::RelayUnavailable(format!("{what} {}: {e}", self.relay.spec))
@@ -65,16 +84,34 @@ impl RelayConnector {
             .await
             .map_err(|e| unavailable("relay handshake with", &e))?;
         info!(relay = %self.relay.spec, session = welcome.session, "edge connected to relay");
-        *guard = Some(conn.clone());
-        Ok(conn)
+        let liveness = Liveness::watch(&conn, self.silence_bound);
+        *guard = Some((conn.clone(), liveness.clone()));
+        Ok((conn, liveness))
     }
 
+    /// Opens a developer's stream, the whole path bounded in time: a visitor learns within
+    /// `relay_open_timeout_ms` that the relay is gone, not at the QUIC idle timeout.
     async fn open_stream(
         &self,
         key: RoutingKey,
         prelude: Vec<u8>,
     ) -> Result<TunnelStream, OpenError> {
-        let conn = self.connection().await?;
+        match tokio::time::timeout(self.open_timeout, self.open_stream_now(key, prelude)).await {
+            Ok(opened) => opened,
+            Err(_) => Err(OpenError::RelayUnavailable(format!(
+                "the relay {} did not answer within {} ms",
+                self.relay.spec,
+                self.open_timeout.as_millis()
+            ))),
+        }
+    }
+
+    async fn open_stream_now(
+        &self,
+        key: RoutingKey,
+        prelude: Vec<u8>,
+    ) -> Result<TunnelStream, OpenError> {
+        let (conn, liveness) = self.connection().await?;
         let (mut send, recv) = conn.open_bi().await.map_err(|e| {
             warn!("relay connection lost: {e}");
             OpenError::RelayUnavailable(format!("relay connection lost: {e}"))
@@ -110,7 +147,7 @@ impl RelayConnector {
         }
         Ok(TunnelStream {
             send: Box::new(send),
-            recv: Box::new(recv),
+            recv: Box::new(GuardedRecv::new(recv, liveness)),
         })
     }
 }

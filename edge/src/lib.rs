@@ -447,6 +447,7 @@ impl Edge {
                         let timeout = Duration::from_millis(self.config.response_timeout_ms);
                         let resp = match tokio::time::timeout(timeout, tunnel::forward(stream, req, max)).await {
                         Ok(Ok(r)) => r,
+                        Ok(Err(tunnel::TunnelError::Silent)) => pages::developer_offline(format, &key),
                         Ok(Err(e)) => pages::page(
                             StatusCode::BAD_GATEWAY,
                             format,
@@ -476,15 +477,9 @@ impl Edge {
                     Err(OpenError::DeveloperOffline(_)) => {
                         (pages::developer_offline(format, &key), Target::Offline(key))
                     }
-                    Err(OpenError::RelayUnavailable(e)) => (
-                        pages::page(
-                            StatusCode::BAD_GATEWAY,
-                            format,
-                            "Relay unavailable",
-                            &format!("The edge cannot reach the DevInProd relay: {e}"),
-                        ),
-                        Target::Developer(key),
-                    ),
+                    Err(OpenError::RelayUnavailable(e)) => {
+                        (pages::relay_unavailable(format, &e), Target::Developer(key))
+                    }
                     Err(e) => (
                         pages::page(
                             StatusCode::BAD_GATEWAY,

@@ -98,3 +98,18 @@ pub fn developer_offline(format: PageFormat, key: &proto::RoutingKey) -> Respons
         Some(OFFLINE_REFRESH_SECS),
     )
 }
+
+/// 502 when the relay cannot be reached (down, restarting, silent): it reloads itself like
+/// [`developer_offline`], since the route comes back by itself with the relay.
+pub fn relay_unavailable(format: PageFormat, detail: &str) -> Response<BoxBody> {
+    page_with_refresh(
+        StatusCode::BAD_GATEWAY,
+        format,
+        "Relay unavailable",
+        &format!(
+            "The edge cannot reach the DevInProd relay: {detail}. This page reloads every \
+             {OFFLINE_REFRESH_SECS} s."
+        ),
+        Some(OFFLINE_REFRESH_SECS),
+    )
+}

@@ -19,16 +19,33 @@ pub enum TunnelError {
     Developer(String),
     #[error("the developer's client sent an invalid response: {0}")]
     BadResponse(String),
+    /// The developer's client (or the relay) went silent before the response began: to the
+    /// visitor, the developer is offline.
+    #[error("the developer's connection went silent")]
+    Silent,
 }
 
 fn developer_failed(e: FrameError) -> TunnelError {
     match e {
+        FrameError::Io(io) if went_silent(&io) => TunnelError::Silent,
         FrameError::Io(io) => TunnelError::Developer(io.to_string()),
         FrameError::Truncated | FrameError::MissingFrame { .. } => {
             TunnelError::Developer("the stream ended before a response head".into())
         }
         other => TunnelError::BadResponse(other.to_string()),
     }
+}
+
+/// Whether a read failed because the developer's connection went silent: in process (a
+/// [`certs::liveness::GuardedRecv`]) or told by the relay (STREAM_DEVELOPER_SILENT).
+fn went_silent(e: &std::io::Error) -> bool {
+    certs::liveness::is_silence(e)
+        || e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<quinn::ReadError>())
+            .is_some_and(|r| {
+                matches!(r, quinn::ReadError::Reset(code)
+                    if *code == quinn::VarInt::from_u32(proto::codes::STREAM_DEVELOPER_SILENT))
+            })
 }
 
 /// The frames that open a request's stream: its head, and `End` when nothing follows — no body,

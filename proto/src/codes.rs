@@ -22,3 +22,6 @@ pub const STREAM_BAD_HEADER: u32 = 0x11;
 pub const STREAM_LOCAL_APP_FAILED: u32 = 0x12;
 /// The other half of a spliced stream failed.
 pub const STREAM_PEER_FAILED: u32 = 0x13;
+/// The developer's connection went silent (no keep-alive answered) before the stream's first
+/// byte came back: to the visitor, the developer is offline.
+pub const STREAM_DEVELOPER_SILENT: u32 = 0x14;

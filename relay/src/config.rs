@@ -30,8 +30,13 @@ pub struct RelayConfig {
     pub ca: Option<PathBuf>,
     /// Preview URLs sent to a developer in `Welcome`; `{key}` becomes the routing key.
     pub public_urls: Vec<String>,
-    /// Keep-alive the relay sends (and asks of its peers), in milliseconds.
+    /// Keep-alive the relay sends, in milliseconds: each is answered, so a live peer is heard
+    /// from at least this often.
     pub keep_alive_interval_ms: u64,
+    /// A peer heard from nothing for this long is not routed to (visitors get "Developer
+    /// offline" at once; a request waiting on it fails), in milliseconds. Its connection stays
+    /// open until `idle_timeout_ms`, so it is routable again as soon as it is heard from.
+    pub silence_bound_ms: u64,
     /// A connection silent for this long is dead, in milliseconds.
     pub idle_timeout_ms: u64,
     /// Time a peer has to open its control stream and send Hello, in milliseconds; also the
@@ -65,7 +70,8 @@ impl Default for RelayConfig {
             key: None,
             ca: None,
             public_urls: vec!["http://www-{key}.localhost:8080".into()],
-            keep_alive_interval_ms: 10_000,
+            keep_alive_interval_ms: 1_000,
+            silence_bound_ms: 3_000,
             idle_timeout_ms: 30_000,
             handshake_timeout_ms: 10_000,
             max_streams_per_peer: 4096,
@@ -101,6 +107,9 @@ impl RelayConfig {
     /// can tell the clients of its previous life at once (`<state_dir>/reset.key`).
     pub fn reset_key_path(&self) -> PathBuf {
         self.state_dir.join("reset.key")
+    }
+    pub fn silence_bound(&self) -> Duration {
+        Duration::from_millis(self.silence_bound_ms)
     }
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_millis(self.handshake_timeout_ms)

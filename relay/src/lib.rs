@@ -61,7 +61,9 @@ pub struct Relay {
     /// Where developers' database streams go: an in-process dbproxy, if set…
     pub(crate) db_handler: std::sync::Mutex<Option<Arc<dyn proto::DbStreamHandler>>>,
     /// …otherwise the connected dbproxy peers (session id, connection).
-    pub(crate) dbproxies: std::sync::Mutex<Vec<(u64, quinn::Connection)>>,
+    /// Connected dbproxies: id, connection, and when each was last heard from.
+    pub(crate) dbproxies:
+        std::sync::Mutex<Vec<(u64, quinn::Connection, Arc<certs::liveness::Liveness>)>>,
 }
 
 impl Relay {

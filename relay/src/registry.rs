@@ -1,11 +1,12 @@
 //! The session registry: routing key → the developer's live QUIC connection. It is also the
 //! relay's in-process [`StreamOpener`], which `devinprod up` hands to its edge.
 
+use certs::liveness::{GuardedRecv, Liveness};
 use proto::{OpenError, OpenFuture, RoutingKey, StreamOpener, TunnelStream};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 /// One connected developer.
@@ -18,6 +19,8 @@ pub struct DeveloperSession {
     pub remote: SocketAddr,
     pub connected_at: SystemTime,
     pub conn: quinn::Connection,
+    /// When the developer's client was last heard from: no route to a silent one.
+    pub liveness: Arc<Liveness>,
 }
 
 /// What the admin API shows of a session.
@@ -84,18 +87,24 @@ impl SessionRegistry {
         v
     }
 
-    /// Opens a stream on the developer's connection for `key`.
+    /// Opens a stream on the developer's connection for `key`; also returns the connection's
+    /// liveness, which the stream's reader should watch until its first byte. A developer whose
+    /// client went silent (a laptop that lost its network) is offline at once.
     pub async fn open_stream(
         &self,
         key: &RoutingKey,
-    ) -> Result<(quinn::SendStream, quinn::RecvStream), OpenError> {
-        // Only the connection is cloned (a reference count): this runs for every request.
-        let conn = self
+    ) -> Result<(quinn::SendStream, quinn::RecvStream, Arc<Liveness>), OpenError> {
+        // Only the connection and its liveness are cloned (reference counts): this runs for
+        // every request.
+        let (conn, liveness) = self
             .lock()
             .get(key)
-            .map(|s| s.conn.clone())
+            .map(|s| (s.conn.clone(), s.liveness.clone()))
             .ok_or_else(|| OpenError::DeveloperOffline(key.clone()))?;
-        conn.open_bi().await.map_err(|e| match e {
+        if liveness.is_silent() {
+            return Err(OpenError::DeveloperOffline(key.clone()));
+        }
+        let (send, recv) = conn.open_bi().await.map_err(|e| match e {
             // The developer left between the lookup and the open: to the visitor, offline.
             quinn::ConnectionError::ApplicationClosed(_)
             | quinn::ConnectionError::ConnectionClosed(_)
@@ -103,7 +112,8 @@ impl SessionRegistry {
             | quinn::ConnectionError::TimedOut
             | quinn::ConnectionError::LocallyClosed => OpenError::DeveloperOffline(key.clone()),
             other => OpenError::DeveloperConnectionFailed(other.to_string()),
-        })
+        })?;
+        Ok((send, recv, liveness))
     }
 }
 
@@ -111,13 +121,13 @@ impl SessionRegistry {
 impl StreamOpener for SessionRegistry {
     fn open(&self, key: RoutingKey, prelude: Vec<u8>) -> OpenFuture<'_> {
         Box::pin(async move {
-            let (mut send, recv) = self.open_stream(&key).await?;
+            let (mut send, recv, liveness) = self.open_stream(&key).await?;
             send.write_all(&prelude)
                 .await
                 .map_err(|e| OpenError::DeveloperConnectionFailed(e.to_string()))?;
             Ok(TunnelStream {
                 send: Box::new(send),
-                recv: Box::new(recv),
+                recv: Box::new(GuardedRecv::new(recv, liveness)),
             })
         })
     }

@@ -3,9 +3,10 @@
 //! request, which is spliced onto the developer's connection.
 
 use crate::registry::DeveloperSession;
-use crate::splice::splice;
+use crate::splice::splice_watched;
 use crate::tokens::Verdict;
 use crate::Relay;
+use certs::liveness::Liveness;
 use proto::{
     codes, read_frame, write_frame, Frame, FrameError, Hello, Limits, OpenError, Refusal,
     RefusalCode, Role, RouteReply, Welcome,
@@ -73,15 +74,16 @@ impl Relay {
             Admitted::Infrastructure(Role::DbProxy) => {
                 let id = self.next_session_id.fetch_add(1, Ordering::Relaxed);
                 info!(%remote, "dbproxy connected");
+                let liveness = Liveness::watch(&conn, self.config.silence_bound());
                 self.dbproxies
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .push((id, conn.clone()));
+                    .push((id, conn.clone(), liveness));
                 let why = conn.closed().await;
                 self.dbproxies
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .retain(|(i, _)| *i != id);
+                    .retain(|(i, _, _)| *i != id);
                 info!(%remote, "dbproxy gone: {why}");
             }
             Admitted::Infrastructure(role) => {
@@ -167,6 +169,7 @@ impl Relay {
                 client_name: hello.client_name,
                 remote,
                 connected_at: SystemTime::now(),
+                liveness: Liveness::watch(conn, self.config.silence_bound()),
                 conn: conn.clone(),
             })),
             (role, _) => Some(Admitted::Infrastructure(role)),
@@ -324,12 +327,15 @@ impl Relay {
             }
         };
         let reply = match self.registry.open_stream(&route.key).await {
-            Ok((dev_send, dev_recv)) => {
+            Ok((dev_send, dev_recv, liveness)) => {
                 if write_frame(&mut edge_send, &Frame::RouteReply(RouteReply::Connected))
                     .await
                     .is_ok()
                 {
-                    splice((edge_send, edge_recv), (dev_send, dev_recv)).await;
+                    // A developer gone silent before answering: the edge is told at once
+                    // (STREAM_DEVELOPER_SILENT) instead of waiting out the idle timeout.
+                    let silent = async move { liveness.until_silent().await };
+                    splice_watched((edge_send, edge_recv), (dev_send, dev_recv), silent).await;
                 }
                 return;
             }
@@ -386,25 +392,34 @@ impl Relay {
             }
             return;
         }
-        // The same dbproxy for every stream of a session, as long as the set of peers holds.
+        // The same dbproxy for every stream of a session, as long as the set of live peers
+        // holds (a silent one — a dbproxy that died or lost its network — is skipped at once).
         let peer = {
             let peers = self.dbproxies.lock().unwrap_or_else(|p| p.into_inner());
+            let live: Vec<(&quinn::Connection, &Arc<Liveness>)> = peers
+                .iter()
+                .filter(|(_, _, liveness)| !liveness.is_silent())
+                .map(|(_, conn, liveness)| (conn, liveness))
+                .collect();
             let hash = key
                 .as_str()
                 .bytes()
                 .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
-            (!peers.is_empty()).then(|| peers[(hash % peers.len() as u64) as usize].1.clone())
+            (!live.is_empty()).then(|| {
+                let (conn, liveness) = live[(hash % live.len() as u64) as usize];
+                (conn.clone(), liveness.clone())
+            })
         };
         let opened = match peer {
             None => Err("no database proxy is connected to the relay".to_owned()),
-            Some(conn) => match conn.open_bi().await {
+            Some((conn, liveness)) => match conn.open_bi().await {
                 Ok((mut send, recv)) => {
                     let header =
                         Frame::StreamHeader(proto::StreamHeader::Db(proto::DbStreamHeader {
                             routing_key: Some(key.clone()),
                         }));
                     match write_frame(&mut send, &header).await {
-                        Ok(()) => Ok((send, recv)),
+                        Ok(()) => Ok((send, recv, liveness)),
                         Err(e) => Err(format!("the database proxy failed: {e}")),
                     }
                 }
@@ -412,12 +427,15 @@ impl Relay {
             },
         };
         match opened {
-            Ok(db) => {
+            Ok((db_send, db_recv, liveness)) => {
                 if write_frame(&mut dev_send, &Frame::RouteReply(RouteReply::Connected))
                     .await
                     .is_ok()
                 {
-                    splice((dev_send, dev_recv), db).await;
+                    // A dbproxy gone silent before its greeting: the app's connection fails
+                    // at once instead of at the idle timeout.
+                    let silent = async move { liveness.until_silent().await };
+                    splice_watched((dev_send, dev_recv), (db_send, db_recv), silent).await;
                 }
             }
             Err(reason) => {

@@ -8,6 +8,7 @@ pub mod bench;
 pub mod benchkit;
 pub mod http_client;
 pub mod mariadb;
+pub mod procs;
 pub mod raw;
 
 use client::{Agent, AgentConfig, AgentEvent, AgentExit};

@@ -3,6 +3,7 @@
 
 use mysql_async::prelude::*;
 use tests::mariadb::TestDatabase;
+use tests::procs::{child_of, kill, KillOnDrop};
 use tests::{
     developer_with_mysql, init_tracing, mysql_conn, production_conn, relay_with_dbproxy, Pki,
 };
@@ -135,7 +136,7 @@ async fn a_connection_opened_after_a_reset_connects_cleanly_and_only_old_ones_ar
 async fn up_survives_its_dbproxy_dying_and_the_dbproxy_never_outlives_up() {
     use std::io::{BufRead, BufReader};
     init_tracing();
-    let bin = devinprod_binary();
+    let bin = tests::procs::devinprod_binary();
     let db = TestDatabase::new();
     let dir = tempfile::tempdir().unwrap();
     let production = tests::apps::echo_app("production").await;
@@ -210,62 +211,6 @@ async fn up_survives_its_dbproxy_dying_and_the_dbproxy_never_outlives_up() {
             "the dbproxy outlived up"
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-}
-
-/// `target/<profile>/devinprod`, built by `cargo test --workspace` for the client's own tests.
-fn devinprod_binary() -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .map(|profile| profile.join("devinprod"))
-        .unwrap();
-    assert!(
-        bin.is_file(),
-        "{} is missing: run `cargo build -p client --bin devinprod` (cargo test --workspace builds it)",
-        bin.display()
-    );
-    bin
-}
-
-/// The pid of a child process of `parent` whose command line contains `word`.
-fn child_of(parent: u32, word: &str) -> Option<u32> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-                continue;
-            };
-            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-            // `pid (comm) state ppid …`; comm may hold spaces, so read after the last ')'.
-            let ppid = stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-                .and_then(|p| p.parse::<u32>().ok());
-            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-            if ppid == Some(parent) && String::from_utf8_lossy(&cmdline).contains(word) {
-                return Some(pid);
-            }
-        }
-        if std::time::Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-}
-
-fn kill(pid: u32, signal: &str) {
-    let _ = std::process::Command::new("kill")
-        .args([format!("-{signal}"), pid.to_string()])
-        .status();
-}
-
-struct KillOnDrop(u32);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        kill(self.0, "KILL");
     }
 }
 
