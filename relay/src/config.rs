@@ -53,6 +53,15 @@ pub struct RelayConfig {
     pub max_frame_len: u32,
     /// Also require a developer client certificate issued by the CA (in addition to a token).
     pub require_developer_cert: bool,
+    /// Connection attempts in their handshake at once, in all; beyond: refused at once. Each
+    /// holds ~54 KB of TLS and QUIC state until it completes or times out.
+    pub max_pending_handshakes: usize,
+    /// Connection attempts in their handshake at once from one IP address; beyond: refused.
+    pub max_handshakes_per_ip: usize,
+    /// With more attempts than this in their handshake, an address that has not proven it
+    /// receives the relay's packets gets a stateless QUIC Retry first (a spoofed source never
+    /// answers it). 0: always.
+    pub retry_above_handshakes: usize,
 }
 
 impl Default for RelayConfig {
@@ -78,6 +87,9 @@ impl Default for RelayConfig {
             max_streams_per_developer: 128,
             max_frame_len: proto::MAX_FRAME_LEN as u32,
             require_developer_cert: false,
+            max_pending_handshakes: 1_024,
+            max_handshakes_per_ip: 64,
+            retry_above_handshakes: 128,
         }
     }
 }
@@ -107,6 +119,13 @@ impl RelayConfig {
     /// can tell the clients of its previous life at once (`<state_dir>/reset.key`).
     pub fn reset_key_path(&self) -> PathBuf {
         self.state_dir.join("reset.key")
+    }
+    pub fn handshake_limits(&self) -> crate::handshakes::HandshakeLimits {
+        crate::handshakes::HandshakeLimits {
+            max_pending: self.max_pending_handshakes,
+            max_per_ip: self.max_handshakes_per_ip,
+            retry_above: self.retry_above_handshakes,
+        }
     }
     pub fn silence_bound(&self) -> Duration {
         Duration::from_millis(self.silence_bound_ms)

@@ -20,6 +20,7 @@
 
 pub mod admin;
 mod config;
+pub mod handshakes;
 mod registry;
 mod server;
 mod splice;
@@ -60,10 +61,12 @@ pub struct Relay {
     pub(crate) next_session_id: AtomicU64,
     /// Where developers' database streams go: an in-process dbproxy, if set…
     pub(crate) db_handler: std::sync::Mutex<Option<Arc<dyn proto::DbStreamHandler>>>,
-    /// …otherwise the connected dbproxy peers (session id, connection).
-    /// Connected dbproxies: id, connection, and when each was last heard from.
+    /// …otherwise the connected dbproxy peers: id, connection, and when each was last heard
+    /// from.
     pub(crate) dbproxies:
         std::sync::Mutex<Vec<(u64, quinn::Connection, Arc<certs::liveness::Liveness>)>>,
+    /// Connection attempts still in their handshake (bounded: see `handshakes`).
+    pub(crate) handshakes: Arc<handshakes::HandshakeGate>,
 }
 
 impl Relay {
@@ -75,6 +78,7 @@ impl Relay {
             next_session_id: AtomicU64::new(1),
             db_handler: std::sync::Mutex::new(None),
             dbproxies: std::sync::Mutex::new(Vec::new()),
+            handshakes: Arc::default(),
         })
     }
 
@@ -134,7 +138,20 @@ impl Relay {
                 _ = &mut shutdown => break,
                 incoming = endpoint.accept() => match incoming {
                     Some(incoming) => {
-                        tokio::spawn(self.clone().handle_incoming(incoming));
+                        let (admission, slot) = self.handshakes.admit(
+                            incoming.remote_address().ip(),
+                            incoming.remote_address_validated(),
+                            self.config.handshake_limits(),
+                        );
+                        match (admission, slot) {
+                            (handshakes::Admission::Accept, Some(slot)) => {
+                                tokio::spawn(self.clone().handle_incoming(incoming, slot));
+                            }
+                            (handshakes::Admission::Retry, _) if incoming.may_retry() => {
+                                let _ = incoming.retry();
+                            }
+                            _ => incoming.refuse(),
+                        }
                     }
                     None => break,
                 },

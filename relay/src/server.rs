@@ -43,13 +43,23 @@ enum Admitted {
 
 impl Relay {
     /// Serves one incoming connection until it closes.
-    pub(crate) async fn handle_incoming(self: Arc<Self>, incoming: quinn::Incoming) {
+    pub(crate) async fn handle_incoming(
+        self: Arc<Self>,
+        incoming: quinn::Incoming,
+        slot: crate::handshakes::HandshakeSlot,
+    ) {
         let remote = incoming.remote_address();
-        let conn = match incoming.await {
-            Ok(c) => c,
-            Err(e) => {
+        // The QUIC handshake is bounded too: a half-open one would otherwise hold its state
+        // until the idle timeout.
+        let conn = match timeout(self.config.handshake_timeout(), incoming).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
                 // Wrong ALPN, a certificate from another CA, garbage: the peer's problem.
                 debug!(%remote, "QUIC/TLS handshake failed: {e}");
+                return;
+            }
+            Err(_) => {
+                debug!(%remote, "QUIC/TLS handshake timed out");
                 return;
             }
         };
@@ -65,6 +75,8 @@ impl Relay {
                 return;
             }
         };
+        // Admitted (or refused above): no longer an attempt.
+        drop(slot);
         if let Admitted::Infrastructure(_) = admitted {
             conn.set_max_concurrent_bi_streams(self.config.max_streams_per_peer.into());
         }

@@ -234,3 +234,37 @@ async fn a_separate_edge_reconnects_to_a_restarted_relay() {
     }
     assert_eq!(status, 200);
 }
+
+/// Issue 15: QUIC handshakes are bounded. With Retry demanded of every unproven address, real
+/// clients still connect (one more round trip); with no handshake slot left, attempts are
+/// refused at once rather than queued.
+#[tokio::test]
+async fn clients_connect_through_quic_retry_and_attempts_beyond_the_bound_are_refused() {
+    init_tracing();
+    let pki = Pki::new();
+    let mut config = TestRelay::config(&pki);
+    config.retry_above_handshakes = 0;
+    let relay = TestRelay::start_with(config).await;
+    let edge = TestEdge::in_process(&relay, None).await;
+    let app = echo_app("dev").await;
+    let token = relay.issue_token("alice");
+    let host = format!("www-{}.example.com", token.routing_key());
+    let _client = TestClient::connect(&relay, &pki, token, app).await;
+    assert_eq!(get(edge.addr, &host, "/").await.json()["app"], "dev");
+
+    let mut config = TestRelay::config(&pki);
+    config.max_handshakes_per_ip = 0;
+    let closed = TestRelay::start_with(config).await;
+    let ep = endpoint(&pki.ca(), None, proto::ALPN);
+    let started = std::time::Instant::now();
+    let attempt = ep.connect(closed.addr, "localhost").unwrap();
+    let err = tokio::time::timeout(WAIT, attempt)
+        .await
+        .expect("refused at once, not left to time out")
+        .expect_err("no handshake slot");
+    assert!(
+        matches!(err, quinn::ConnectionError::ConnectionClosed(_)),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
