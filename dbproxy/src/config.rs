@@ -37,6 +37,9 @@ pub struct DbProxyFileConfig {
     pub consistent_snapshot: bool,
     /// Largest MySQL packet accepted from an app or the database.
     pub max_packet_bytes: usize,
+    /// Memory all large packets (64 KiB and more) read from apps may hold at once, in bytes;
+    /// a packet that finds no room within 2 s gets error 1041 and its connection is closed.
+    pub max_packet_memory_bytes: usize,
     /// How long a write waits while another app connection of the same session has an open
     /// transaction with writes, in ms; then it fails with a clear error.
     pub write_turn_timeout_ms: u64,
@@ -134,6 +137,7 @@ impl Default for DbProxyFileConfig {
             statement_timeout_ms: 30_000,
             consistent_snapshot: false,
             max_packet_bytes: 64 << 20,
+            max_packet_memory_bytes: 256 << 20,
             write_turn_timeout_ms: 10_000,
             watchdog_interval_ms: 250,
             lock_wait_bound_ms: 1000,
@@ -155,6 +159,8 @@ pub struct DbProxyConfig {
     pub statement_timeout_ms: u64,
     pub consistent_snapshot: bool,
     pub max_packet_bytes: usize,
+    /// Shared by every app connection of this dbproxy.
+    pub packet_budget: crate::packet::PacketBudget,
     pub write_turn_timeout: Duration,
     /// Zero: no watchdog.
     pub watchdog_interval: Duration,
@@ -180,6 +186,15 @@ impl DbProxyFileConfig {
             statement_timeout_ms: self.statement_timeout_ms,
             consistent_snapshot: self.consistent_snapshot,
             max_packet_bytes: self.max_packet_bytes,
+            packet_budget: match self.max_packet_memory_bytes {
+                n if n < self.max_packet_bytes => {
+                    return Err(format!(
+                        "max_packet_memory_bytes ({n}) must be at least max_packet_bytes ({})",
+                        self.max_packet_bytes
+                    ))
+                }
+                n => crate::packet::PacketBudget::new(n),
+            },
             write_turn_timeout: Duration::from_millis(self.write_turn_timeout_ms),
             watchdog_interval: Duration::from_millis(self.watchdog_interval_ms),
             lock_wait_bound: match self.lock_wait_bound_ms {

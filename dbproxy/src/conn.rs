@@ -1,7 +1,7 @@
 //! One app connection: the MySQL handshake toward the app (any user and password: the tunnel
 //! already authenticated the developer), then its commands, each served by the session.
 
-use crate::packet::{PacketError, PacketReader, PacketWriter};
+use crate::packet::{PacketBudget, PacketError, PacketReader, PacketWriter};
 use crate::session::{Outcome, Session};
 use crate::wire;
 use mysql_common::auth::plugins::mysql_native_password::scramble_native;
@@ -39,18 +39,37 @@ fn scramble() -> [u8; 20] {
     s
 }
 
+/// Largest login packet (handshake response) an app may send: real ones are well under 1 KiB,
+/// connection attributes included.
+const MAX_LOGIN_BYTES: usize = 64 * 1024;
+
+/// The error an app gets before its connection is closed because a packet could not be read.
+fn read_failure(e: &PacketError) -> Option<Vec<u8>> {
+    match e {
+        PacketError::TooLarge(len, max) => Some(wire::err(
+            wire::ER_NET_PACKET_TOO_LARGE,
+            b"08S01",
+            &format!("DevInProd: a packet of {len} bytes is over the limit of {max} bytes (max_packet_bytes)"),
+        )),
+        PacketError::Busy(_) => Some(wire::err(wire::ER_OUT_OF_RESOURCES, b"HY000", &format!("DevInProd: {e}"))),
+        PacketError::Io(_) | PacketError::Closed => None,
+    }
+}
+
 /// Serves one app connection on `reader`/`writer` for `session`.
 pub async fn serve_app<R, W>(
     session: Arc<Session>,
     reader: R,
     writer: W,
     max_packet: usize,
+    budget: PacketBudget,
     credentials: Option<&(String, String)>,
 ) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut reader = PacketReader::new(reader, max_packet);
+    // A login packet is a few hundred bytes; an 80 MB one cost 167 MB before it was refused.
+    let mut reader = PacketReader::new(reader, MAX_LOGIN_BYTES).with_budget(budget);
     let mut writer = PacketWriter::new(writer);
     let (version, collation) = match session.server_info().await {
         Ok(v) => v,
@@ -73,8 +92,14 @@ pub async fn serve_app<R, W>(
     }
     let login = match reader.read().await {
         Ok(p) => p,
-        Err(_) => return,
+        Err(e) => {
+            if let Some(packet) = read_failure(&e) {
+                let _ = writer.send(1, &packet).await;
+            }
+            return;
+        }
     };
+    reader.set_max_len(max_packet);
     let reply_seq = login.seq.wrapping_add(1);
     let caps = login
         .payload
@@ -153,6 +178,9 @@ pub async fn serve_app<R, W>(
             Err(PacketError::Closed) => break,
             Err(e) => {
                 debug!(key = %session.key, conn = conn.id, "app connection failed: {e}");
+                if let Some(packet) = read_failure(&e) {
+                    let _ = writer.send(1, &packet).await;
+                }
                 break;
             }
         };

@@ -140,6 +140,7 @@ impl DbProxy {
             stream.recv,
             stream.send,
             self.config.max_packet_bytes,
+            self.config.packet_budget.clone(),
             credentials,
         )
         .await;

@@ -3,7 +3,10 @@
 //! proxy must see and set sequence ids, which `mysql_common`'s codec keeps to itself.
 
 use bytes::{Buf, BufMut, BytesMut};
+use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 const MAX_CHUNK: usize = 0xFF_FFFF;
 
@@ -22,13 +25,59 @@ pub enum PacketError {
     Closed,
     #[error("packet of {0} bytes exceeds the limit of {1} bytes")]
     TooLarge(usize, usize),
+    #[error("the dbproxy holds as many large packets as it may ({0} MiB in all); try again")]
+    Busy(usize),
 }
+
+/// Bytes that the large packets of every reader sharing it may hold at once, in KiB permits.
+/// Without it, each app connection could hold a whole `max_packet_bytes` packet (64 MiB): four
+/// connections cost 754 MB (issue 15).
+#[derive(Clone)]
+pub struct PacketBudget {
+    permits: Arc<Semaphore>,
+    mib: usize,
+}
+
+impl std::fmt::Debug for PacketBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "PacketBudget({} MiB, {} KiB free)",
+            self.mib,
+            self.available_kib()
+        )
+    }
+}
+
+impl PacketBudget {
+    pub fn new(bytes: usize) -> Self {
+        let kib = (bytes / 1024).clamp(1, Semaphore::MAX_PERMITS);
+        Self {
+            permits: Arc::new(Semaphore::new(kib)),
+            mib: bytes >> 20,
+        }
+    }
+
+    /// KiB not held by any packet now.
+    pub fn available_kib(&self) -> usize {
+        self.permits.available_permits()
+    }
+}
+
+/// Packets below this size are not counted against the budget: they are bounded per
+/// connection already, and the hot path (every small statement) stays free of it.
+const BUDGET_FROM: usize = 64 * 1024;
+/// How long a large packet waits for room in the budget before the connection is refused.
+const BUDGET_WAIT: Duration = Duration::from_secs(2);
 
 /// Reads packets from one side of a connection, with a size limit.
 pub struct PacketReader<R> {
     inner: R,
     buf: BytesMut,
     max_len: usize,
+    budget: Option<PacketBudget>,
+    /// The budget the last packet read holds, until the next read.
+    held: Option<OwnedSemaphorePermit>,
 }
 
 impl<R: AsyncRead + Unpin> PacketReader<R> {
@@ -37,11 +86,25 @@ impl<R: AsyncRead + Unpin> PacketReader<R> {
             inner,
             buf: BytesMut::with_capacity(16 * 1024),
             max_len,
+            budget: None,
+            held: None,
         }
+    }
+
+    /// Counts large packets against `budget` (each held until the next read).
+    pub fn with_budget(mut self, budget: PacketBudget) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
+    /// Changes the size limit (e.g. a small one for the login packet).
+    pub fn set_max_len(&mut self, max_len: usize) {
+        self.max_len = max_len;
     }
 
     /// Reads one logical packet. `Err(Closed)` on a clean end before any byte of it.
     pub async fn read(&mut self) -> Result<Packet, PacketError> {
+        self.held = None;
         let mut payload = Vec::new();
         loop {
             while self.buf.len() < 4 {
@@ -58,17 +121,49 @@ impl<R: AsyncRead + Unpin> PacketReader<R> {
             if payload.len() + len > self.max_len {
                 return Err(PacketError::TooLarge(payload.len() + len, self.max_len));
             }
-            while self.buf.len() < 4 + len {
-                if self.inner.read_buf(&mut self.buf).await? == 0 {
-                    return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
-                }
-            }
+            self.reserve(payload.len() + len).await?;
             self.buf.advance(4);
-            payload.extend_from_slice(&self.buf[..len]);
-            self.buf.advance(len);
+            // The chunk goes straight into the payload, never through `buf` too.
+            let start = payload.len();
+            payload.reserve_exact(len);
+            let buffered = self.buf.len().min(len);
+            payload.extend_from_slice(&self.buf[..buffered]);
+            self.buf.advance(buffered);
+            payload.resize(start + len, 0);
+            self.inner
+                .read_exact(&mut payload[start + buffered..])
+                .await?;
             if len < MAX_CHUNK {
                 return Ok(Packet { seq, payload });
             }
+        }
+    }
+
+    /// Makes the budget cover a packet of `total` bytes so far.
+    async fn reserve(&mut self, total: usize) -> Result<(), PacketError> {
+        let Some(budget) = &self.budget else {
+            return Ok(());
+        };
+        if total < BUDGET_FROM {
+            return Ok(());
+        }
+        let want = total.div_ceil(1024);
+        let have = self.held.as_ref().map_or(0, |p| p.num_permits());
+        let more =
+            u32::try_from(want.saturating_sub(have)).map_err(|_| PacketError::Busy(budget.mib))?;
+        if more == 0 {
+            return Ok(());
+        }
+        let permits = budget.permits.clone();
+        match tokio::time::timeout(BUDGET_WAIT, permits.acquire_many_owned(more)).await {
+            Ok(Ok(permit)) => {
+                match &mut self.held {
+                    Some(held) => held.merge(permit),
+                    None => self.held = Some(permit),
+                }
+                Ok(())
+            }
+            _ => Err(PacketError::Busy(budget.mib)),
         }
     }
 }
@@ -176,5 +271,34 @@ mod tests {
             PacketReader::new(&out[..60], 1000).read().await,
             Err(PacketError::Io(_))
         ));
+    }
+
+    /// Issue 15: every large packet read counts against one shared budget until its reader
+    /// reads the next one; a packet that finds no room is refused, not buffered.
+    #[tokio::test]
+    async fn large_packets_share_one_bounded_budget() {
+        let budget = PacketBudget::new(1 << 20);
+        let mut big = BytesMut::new();
+        encode(0, &vec![7u8; 768 << 10], &mut big);
+        encode(0, b"small", &mut big);
+        let mut other = BytesMut::new();
+        encode(0, &vec![9u8; 512 << 10], &mut other);
+
+        let mut a = PacketReader::new(&big[..], 64 << 20).with_budget(budget.clone());
+        assert_eq!(a.read().await.unwrap().payload.len(), 768 << 10);
+        assert_eq!(budget.available_kib(), 256);
+        let mut b = PacketReader::new(&other[..], 64 << 20).with_budget(budget.clone());
+        assert!(matches!(b.read().await, Err(PacketError::Busy(1))));
+        // A's next read gives its large packet's room back.
+        assert_eq!(a.read().await.unwrap().payload, b"small");
+        assert_eq!(budget.available_kib(), 1024);
+        let mut b = PacketReader::new(&other[..], 64 << 20).with_budget(budget.clone());
+        assert_eq!(b.read().await.unwrap().payload.len(), 512 << 10);
+        drop(b);
+        assert_eq!(
+            budget.available_kib(),
+            1024,
+            "a dropped reader holds nothing"
+        );
     }
 }

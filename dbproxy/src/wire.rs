@@ -34,6 +34,10 @@ pub const ER_UNKNOWN_COMMAND: u16 = 1047;
 pub const ER_LOCK_WAIT_TIMEOUT: u16 = 1205;
 /// ER_QUERY_INTERRUPTED-like code for "the session was reset".
 pub const ER_SESSION_RESET: u16 = 1317;
+/// A packet over the size limit (the server's own code for it).
+pub const ER_NET_PACKET_TOO_LARGE: u16 = 1153;
+/// Out of a resource the server shares among connections.
+pub const ER_OUT_OF_RESOURCES: u16 = 1041;
 
 pub fn handshake(
     server_version: &str,

@@ -51,6 +51,10 @@ pub struct RelayConfig {
     pub max_streams_per_developer: u32,
     /// Largest frame the relay reads (control frames only; bodies are spliced unread).
     pub max_frame_len: u32,
+    /// Bytes a peer may have in flight toward the relay on one connection, all its streams
+    /// together (QUIC's connection flow-control window; quinn's default is unlimited, and each
+    /// of a developer's 128 streams could then fill its own 1.25 MB window).
+    pub receive_window_bytes: u32,
     /// Also require a developer client certificate issued by the CA (in addition to a token).
     pub require_developer_cert: bool,
     /// Connection attempts in their handshake at once, in all; beyond: refused at once. Each
@@ -86,6 +90,7 @@ impl Default for RelayConfig {
             max_streams_per_peer: 4096,
             max_streams_per_developer: 128,
             max_frame_len: proto::MAX_FRAME_LEN as u32,
+            receive_window_bytes: 16 << 20,
             require_developer_cert: false,
             max_pending_handshakes: 1_024,
             max_handshakes_per_ip: 64,
@@ -141,6 +146,7 @@ impl RelayConfig {
         // `max_streams_per_peer` once their certificate says what they are.
         t.max_concurrent_bidi_streams(self.max_streams_per_developer.into());
         t.max_concurrent_uni_streams(0u32.into());
+        t.receive_window(self.receive_window_bytes.into());
         t.keep_alive_interval(Some(Duration::from_millis(self.keep_alive_interval_ms)));
         // Saturate instead of failing: an absurd timeout is still "effectively never".
         let idle = quinn::IdleTimeout::try_from(Duration::from_millis(self.idle_timeout_ms))

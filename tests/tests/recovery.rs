@@ -236,3 +236,31 @@ async fn until_connected(mysql: std::net::SocketAddr, db: &str) -> mysql_async::
     }
     panic!("no database session through up's dbproxy: {last}");
 }
+
+/// Issue 15: an 80 MB login packet cost the dbproxy 167 MB before it was refused. A login
+/// packet is now refused by its header alone (MariaDB's own error 1153), before its body is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_login_packet_is_refused_by_its_header() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    init_tracing();
+    let pki = Pki::new();
+    let (relay, _proxy) = relay_with_dbproxy(&pki, |_| {}).await;
+    let dev = developer_with_mysql(&relay, &pki, "alice").await;
+    let mut tcp = tokio::net::TcpStream::connect(dev.mysql.unwrap())
+        .await
+        .unwrap();
+    let mut greeting = [0u8; 4];
+    tcp.read_exact(&mut greeting).await.unwrap();
+    let len = u32::from_le_bytes([greeting[0], greeting[1], greeting[2], 0]) as usize;
+    let mut rest = vec![0u8; len];
+    tcp.read_exact(&mut rest).await.unwrap();
+    // A 16 MiB chunk announced ("more follows"), then a first megabyte of it.
+    tcp.write_all(&[0xFF, 0xFF, 0xFF, 1]).await.unwrap();
+    let _ = tcp.write_all(&vec![b'x'; 1 << 20]).await;
+    let mut reply = Vec::new();
+    let _ = tokio::time::timeout(tests::WAIT, tcp.read_to_end(&mut reply)).await;
+    assert!(reply.len() > 7, "no error packet: {reply:?}");
+    assert_eq!(reply[4], 0xFF, "an ERR packet");
+    assert_eq!(u16::from_le_bytes([reply[5], reply[6]]), 1153);
+    assert!(String::from_utf8_lossy(&reply).contains("over the limit"));
+}
