@@ -76,7 +76,11 @@ async fn server_sent_events_arrive_one_by_one_through_both_edge_kinds() {
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(resp.status(), 200);
+        if resp.status() != 200 {
+            let status = resp.status();
+            let text = resp.into_body().collect().await.map(|b| b.to_bytes());
+            panic!("over_quic={over_quic}: {status} {text:?}");
+        }
         let mut body = resp.into_body();
         for i in 0..5 {
             if i > 0 {
