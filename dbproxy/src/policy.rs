@@ -63,6 +63,13 @@ pub enum Verdict {
     /// back to this app connection. `vars` are the lower-case variable names it sets.
     SessionSet {
         vars: Vec<String>,
+        /// `autocommit` was set in the same statement (MariaDB Connector/J): emulated, and
+        /// `upstream_sql` — the statement without it — goes upstream instead of the app's.
+        autocommit: Option<bool>,
+        upstream_sql: Option<String>,
+        /// It sets sql_mode (perhaps from an expression, `CONCAT(@@sql_mode, …)`): the value is
+        /// read back afterwards, so that what is replayed for this connection is the value.
+        read_back_sql_mode: bool,
     },
     /// `CREATE TEMPORARY TABLE name`: forwarded; the session remembers its temporary tables.
     CreateTemporary(TableName),
@@ -71,7 +78,36 @@ pub enum Verdict {
     /// `DEVINPROD STATUS` / `DEVINPROD RESET`: the developer asks about their own session
     /// (what `devinprod db status|reset` sends).
     Admin(AdminCommand),
+    /// `SELECT @@autocommit` and the like: the app connection's own emulated transaction state,
+    /// answered by the proxy (the upstream's would be the session's: autocommit off, always in
+    /// a transaction). Each column: its name and what it shows.
+    SessionView(Vec<(String, SessionVariable)>),
+    /// `SET SESSION TRANSACTION ISOLATION LEVEL …`: remembered for the app connection's
+    /// `@@tx_isolation` (the session's own level never changes).
+    SessionIsolation(String),
     Refuse(String),
+}
+
+/// A system variable whose value an app connection must see as its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionVariable {
+    Autocommit,
+    InTransaction,
+    Isolation,
+    ReadOnly,
+}
+
+impl SessionVariable {
+    fn named(name: &str) -> Option<Self> {
+        let bare = bare_variable(&name.to_ascii_lowercase()).to_owned();
+        match bare.as_str() {
+            "autocommit" => Some(Self::Autocommit),
+            "in_transaction" => Some(Self::InTransaction),
+            "tx_isolation" | "transaction_isolation" => Some(Self::Isolation),
+            "tx_read_only" | "transaction_read_only" => Some(Self::ReadOnly),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,6 +132,12 @@ const SETTABLE_VARIABLES: &[&str] = &[
     "character_set_connection",
     "character_set_results",
     "collation_connection",
+    // Defaults for new databases and tables only (DBD::MariaDB sets character_set_server at
+    // every connect); the session variable, never the server's.
+    "character_set_server",
+    "collation_server",
+    "character_set_database",
+    "collation_database",
     "sql_mode",
     "time_zone",
     "lc_time_names",
@@ -356,9 +398,22 @@ pub fn classify(sql: &str) -> Classified {
         [] => return refuse("an empty statement", "there is nothing to run"),
         _ => return refuse("multiple statements", "send one statement per query"),
     };
+    if let Statement::Set(Set::MultipleAssignments { assignments }) = statement {
+        if assignments
+            .iter()
+            .any(|a| bare_variable(&variable_name(&a.name)) == "autocommit")
+        {
+            return classify_with_autocommit(trimmed);
+        }
+    }
     let mut classified = classify_statement(statement);
     if matches!(classified.verdict, Verdict::Refuse(_)) {
         return classified;
+    }
+    if matches!(classified.verdict, Verdict::SessionIsolation(_))
+        && !matches!(first_two.get(1), Some(&"SESSION" | &"LOCAL"))
+    {
+        classified.verdict = Verdict::Swallow;
     }
     let functions = functions(statement);
     // Refused functions, wherever they hide (subqueries, arguments, SET values).
@@ -379,6 +434,31 @@ pub fn classify(sql: &str) -> Classified {
         functions,
     };
     classified
+}
+
+/// A SET that also sets autocommit: the rest, classified on its own, with the autocommit part
+/// emulated (see `assignments`).
+fn classify_with_autocommit(sql: &str) -> Classified {
+    let Some((on, rest)) = assignments::without_autocommit(sql) else {
+        return refuse(
+            "SET autocommit",
+            "autocommit could not be separated from the other settings of this SET; set it in a statement of its own",
+        );
+    };
+    let mut classified = classify(&rest);
+    match &mut classified.verdict {
+        Verdict::SessionSet {
+            autocommit: autocommit @ None,
+            upstream_sql: upstream_sql @ None,
+            ..
+        } => {
+            *autocommit = Some(on);
+            *upstream_sql = Some(rest);
+            classified
+        }
+        Verdict::Refuse(_) => classified,
+        _ => refuse("SET autocommit", "set autocommit in a statement of its own"),
+    }
 }
 
 fn forward(_st: &Statement, writes: bool) -> Verdict {
@@ -429,8 +509,54 @@ fn read_only_query(q: &sqlparser::ast::Query) -> QueryShape {
     shape
 }
 
+/// `SELECT @@autocommit [AS a], @@session.tx_isolation, …` — only such variables, no FROM:
+/// the columns of the answer the proxy gives itself.
+fn session_view(q: &sqlparser::ast::Query) -> Option<Vec<(String, SessionVariable)>> {
+    use sqlparser::ast::SelectItem;
+    let SetExpr::Select(s) = q.body.as_ref() else {
+        return None;
+    };
+    if q.with.is_some()
+        || q.order_by.is_some()
+        || q.limit_clause.is_some()
+        || !s.from.is_empty()
+        || s.selection.is_some()
+        || s.into.is_some()
+    {
+        return None;
+    }
+    s.projection
+        .iter()
+        .map(|item| {
+            let (expr, alias) = match item {
+                SelectItem::UnnamedExpr(e) => (e, None),
+                SelectItem::ExprWithAlias { expr, alias } => (expr, Some(alias.value.clone())),
+                _ => return None,
+            };
+            let name = match expr {
+                Expr::Identifier(i) => i.value.clone(),
+                Expr::CompoundIdentifier(parts) => parts
+                    .iter()
+                    .map(|p| p.value.as_str())
+                    .collect::<Vec<_>>()
+                    .join("."),
+                _ => return None,
+            };
+            if !name.starts_with("@@") {
+                return None;
+            }
+            let variable = SessionVariable::named(&name)?;
+            Some((alias.unwrap_or(name), variable))
+        })
+        .collect()
+}
+
 fn classify_statement(st: &Statement) -> Classified {
     match st {
+        Statement::Query(q) if session_view(q).is_some() => ok(
+            "SELECT",
+            Verdict::SessionView(session_view(q).unwrap_or_default()),
+        ),
         Statement::Query(q) => match read_only_query(q) {
             QueryShape::Read => ok("SELECT", forward(st, false)),
             QueryShape::Into => refuse(
@@ -588,7 +714,21 @@ fn classify_statement(st: &Statement) -> Classified {
 
 fn classify_set(set: &Set) -> Classified {
     match set {
-        Set::SetTransaction { .. } => ok("SET TRANSACTION", Verdict::Swallow),
+        // `SESSION` is not kept in the tree: `classify` turns this back into `Swallow` when the
+        // text has no SESSION/LOCAL (then it is about the next transaction only).
+        Set::SetTransaction { modes, .. } => {
+            let level = modes.iter().find_map(|m| match m {
+                sqlparser::ast::TransactionMode::IsolationLevel(l) => Some(l.to_string()),
+                _ => None,
+            });
+            match level {
+                Some(l) => ok(
+                    "SET SESSION TRANSACTION",
+                    Verdict::SessionIsolation(l.replace(' ', "-")),
+                ),
+                None => ok("SET SESSION TRANSACTION", Verdict::Swallow),
+            }
+        }
         Set::SetNames { charset_name, .. } if !safe_charset(&charset_name.value) => refuse(
             format!("SET NAMES {}", charset_name.value),
             format!(
@@ -600,6 +740,9 @@ fn classify_set(set: &Set) -> Classified {
             "SET NAMES",
             Verdict::SessionSet {
                 vars: vec!["names".into()],
+                autocommit: None,
+                upstream_sql: None,
+                read_back_sql_mode: false,
             },
         ),
         Set::SingleAssignment {
@@ -642,7 +785,11 @@ fn classify_set(set: &Set) -> Classified {
                     return c;
                 }
                 if bare_variable(&name) == "autocommit" {
-                    return refuse("SET autocommit", "set autocommit in a statement of its own");
+                    // Cut out and emulated by `classify` (`assignments`); refused if it was not.
+                    return refuse(
+                        "SET autocommit",
+                        "autocommit could not be separated from the other settings of this SET; set it in a statement of its own",
+                    );
                 }
                 names.push(name);
             }
@@ -672,13 +819,44 @@ fn plain_value(values: &[Expr]) -> Option<String> {
         .then(|| inner.to_owned())
 }
 
+/// `CONCAT(@@sql_mode, ',STRICT_TRANS_TABLES', …)`: the modes it adds to the current ones (which
+/// the policy keeps safe), as a plain list; `None` for any other expression.
+fn appended_modes(values: &[Expr]) -> Option<String> {
+    let [Expr::Function(f)] = values else {
+        return None;
+    };
+    if !f.name.to_string().eq_ignore_ascii_case("concat") {
+        return None;
+    }
+    let sqlparser::ast::FunctionArguments::List(list) = &f.args else {
+        return None;
+    };
+    let mut args = list.args.iter().map(|a| a.to_string());
+    let first = args.next()?.to_ascii_lowercase();
+    if first != "@@sql_mode" && first != "@@session.sql_mode" {
+        return None;
+    }
+    let mut added = Vec::new();
+    for a in args {
+        let inner = a.strip_prefix('\'')?.strip_suffix('\'')?;
+        if !inner
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ',')
+        {
+            return None;
+        }
+        added.push(inner.to_owned());
+    }
+    Some(added.concat())
+}
+
 /// Values of the variables that change how the server reads statements: they must keep the
 /// server lexing strings exactly as the policy does.
 fn check_value(name: &str, values: &[Expr]) -> Option<Classified> {
     let bare = bare_variable(name);
     match bare {
-        "sql_mode" => match plain_value(values) {
-            None => Some(refuse("SET sql_mode", "sql_mode must be set to a plain list of modes, e.g. 'STRICT_ALL_TABLES,NO_ZERO_DATE'")),
+        "sql_mode" => match plain_value(values).or_else(|| appended_modes(values)) {
+            None => Some(refuse("SET sql_mode", "sql_mode must be set to a plain list of modes, e.g. 'STRICT_ALL_TABLES,NO_ZERO_DATE', or to CONCAT(@@sql_mode, ',MODE,…')")),
             // By name only: `SET sql_mode = 4` is ANSI_QUOTES as a bit mask.
             Some(v) if v.split(',').any(|m| {
                 let m = m.trim();
@@ -698,9 +876,10 @@ fn check_value(name: &str, values: &[Expr]) -> Option<Classified> {
                     )
                 }),
         },
-        "character_set_client" | "character_set_connection" | "character_set_results" | "collation_connection" => {
+        "character_set_client" | "character_set_connection" | "character_set_results" | "collation_connection"
+        | "character_set_server" | "collation_server" | "character_set_database" | "collation_database" => {
             let v = plain_value(values)?;
-            let charset = if bare == "collation_connection" { v.split('_').next().unwrap_or("").to_owned() } else { v.clone() };
+            let charset = if bare.starts_with("collation_") { v.split('_').next().unwrap_or("").to_owned() } else { v.clone() };
             // NULL for results means "no conversion" (Connector/J sends it): it changes no lexing.
             let null_results = bare == "character_set_results" && v.eq_ignore_ascii_case("null");
             (!v.eq_ignore_ascii_case("default") && !null_results && !safe_charset(&charset)).then(|| {
@@ -714,7 +893,8 @@ fn check_value(name: &str, values: &[Expr]) -> Option<Classified> {
     }
     .or_else(|| {
         // A character-set variable set to an expression: refuse rather than evaluate.
-        (matches!(bare, "character_set_client" | "character_set_connection" | "character_set_results" | "collation_connection")
+        (matches!(bare, "character_set_client" | "character_set_connection" | "character_set_results" | "collation_connection"
+            | "character_set_server" | "collation_server" | "character_set_database" | "collation_database")
             && plain_value(values).is_none())
         .then(|| refuse(format!("SET {bare}"), "set it to a plain character set name"))
     })
@@ -774,13 +954,24 @@ fn session_vars(names: Vec<String>) -> Classified {
             );
         }
     }
-    let vars = names
+    let vars: Vec<String> = names
         .into_iter()
         .filter(|n| !is_user_variable(n))
         .map(|n| bare_variable(&n).to_owned())
         .collect();
-    ok("SET", Verdict::SessionSet { vars })
+    let read_back_sql_mode = vars.iter().any(|v| v == "sql_mode");
+    ok(
+        "SET",
+        Verdict::SessionSet {
+            vars,
+            autocommit: None,
+            upstream_sql: None,
+            read_back_sql_mode,
+        },
+    )
 }
+
+mod assignments;
 
 #[cfg(test)]
 mod tests;

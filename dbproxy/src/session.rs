@@ -15,7 +15,8 @@ use crate::mask::analysis::MaskedProjection;
 use crate::mask::rows::ResultMasker;
 use crate::packet::PacketWriter;
 use crate::policy::{
-    classify, parse_statement, AdminCommand, Forward, Reach, TableName, TxControl, Verdict,
+    classify, parse_statement, AdminCommand, Forward, Reach, SessionVariable, TableName, TxControl,
+    Verdict,
 };
 use crate::txn::{AppTransaction, Plan};
 use crate::upstream::{
@@ -50,10 +51,15 @@ pub struct AppConn {
     /// Its prepared statements: the id the app knows → the upstream's.
     stmts: HashMap<u32, PreparedStatement>,
     next_stmt: u32,
+    /// The id of the statement it prepared last: what id 0xFFFFFFFF names (MariaDB's
+    /// "the statement just prepared", which lets a connector send PREPARE and EXECUTE together).
+    last_prepared: Option<u32>,
     /// The character set it logged in with (what COM_RESET_CONNECTION returns to).
     login_names: String,
     /// What `LAST_INSERT_ID()` returns on this connection.
     last_insert_id: u64,
+    /// Its `SET SESSION TRANSACTION ISOLATION LEVEL`, shown as its `@@tx_isolation`.
+    isolation: Option<String>,
     /// What the statement being served did, for the audit log and the rate limits.
     report: StatementReport,
 }
@@ -99,11 +105,13 @@ impl AppConn {
             vars: vec![("names".into(), login_names.clone())],
             login_names,
             last_insert_id: 0,
+            isolation: None,
             tx: AppTransaction::new(id),
             generation,
             used: false,
             stmts: HashMap::new(),
             next_stmt: 1,
+            last_prepared: None,
             report: StatementReport::default(),
         }
     }
@@ -883,12 +891,46 @@ impl Session {
         }
         let f = match classified.verdict {
             Verdict::Forward(f) => f,
+            Verdict::SessionView(columns) => {
+                // Answered at each execute from the connection's own state, like its text form.
+                let app_id = conn.next_stmt;
+                conn.next_stmt += 1;
+                conn.last_prepared = Some(app_id);
+                let generation = self.inner.lock().await.generation;
+                let names = view_columns(&columns);
+                conn.stmts.insert(
+                    app_id,
+                    PreparedStatement {
+                        upstream_id: 0,
+                        writes: false,
+                        generation,
+                        emulated: Some(Verdict::SessionView(columns.clone())),
+                        reach: Reach::default(),
+                        sql: sql.into(),
+                        projection: MaskedProjection::default(),
+                    },
+                );
+                let mut ok = vec![0x00];
+                ok.extend_from_slice(&app_id.to_le_bytes());
+                ok.extend_from_slice(&(names.len() as u16).to_le_bytes());
+                ok.extend_from_slice(&[0, 0, 0, 0, 0]);
+                let mut seq = app.queue(1, &ok);
+                for c in wire::typed_columns(&names) {
+                    seq = app.queue(seq, &c);
+                }
+                app.queue(seq, &wire::eof(conn.status(), 0));
+                return match app.flush().await {
+                    Ok(()) => Outcome::Done,
+                    Err(_) => Outcome::AppGone,
+                };
+            }
             Verdict::Refuse(why) => return reply(app, self.refusal(conn, &why)).await,
             v @ (Verdict::Tx(_) | Verdict::SetAutocommit(_) | Verdict::Swallow) => {
                 // Prepared transaction control (sysbench, some ORMs): answered here, no params,
                 // no columns; emulated when executed.
                 let app_id = conn.next_stmt;
                 conn.next_stmt += 1;
+                conn.last_prepared = Some(app_id);
                 let generation = self.inner.lock().await.generation;
                 conn.stmts.insert(
                     app_id,
@@ -981,6 +1023,7 @@ impl Session {
         .await?;
         if let (Some(upstream_id), None) = (upstream_id, tracker.error) {
             conn.next_stmt += 1;
+            conn.last_prepared = Some(app_id);
             conn.stmts.insert(
                 app_id,
                 PreparedStatement {
@@ -1012,9 +1055,7 @@ impl Session {
         conn.report = StatementReport::default();
         let outcome = self.execute_inner(conn, payload, app).await;
         if payload.first() == Some(&0x17) {
-            let sql = payload
-                .get(1..5)
-                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            let sql = statement_id(conn, payload)
                 .and_then(|id| conn.stmts.get(&id))
                 .map(|s| s.sql.clone())
                 .unwrap_or_else(|| "".into());
@@ -1030,9 +1071,7 @@ impl Session {
         app: &mut PacketWriter<W>,
     ) -> Outcome {
         self.touch();
-        let id = payload
-            .get(1..5)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+        let id = statement_id(conn, payload);
         let Some(stmt) = id.and_then(|id| conn.stmts.get(&id)).cloned() else {
             return reply(
                 app,
@@ -1067,7 +1106,7 @@ impl Session {
                 return reply(app, wire::ok(0, 0, conn.status(), 0)).await;
             }
             let r = self
-                .serve(&mut inner, conn, verdict, &Reach::default(), &[], app)
+                .serve(&mut inner, conn, verdict, &Reach::default(), payload, app)
                 .await;
             return match r {
                 Ok(o) => o,
@@ -1119,7 +1158,8 @@ impl Session {
         self.note_touched(conn, &stmt.reach);
         let mut upstream_payload = payload.to_vec();
         upstream_payload[1..5].copy_from_slice(&stmt.upstream_id.to_le_bytes());
-        self.forward(inner, conn, writes, &upstream_payload, app)
+        let reads_tables = !stmt.reach.tables.is_empty();
+        self.forward(inner, conn, writes, reads_tables, &upstream_payload, app)
             .await
     }
 
@@ -1131,12 +1171,17 @@ impl Session {
         inner: &mut Inner,
         conn: &mut AppConn,
         writes: bool,
+        reads_tables: bool,
         payload: &[u8],
         app: &mut PacketWriter<W>,
     ) -> Result<Outcome, ServeError> {
         inner.statements += 1;
         if !writes {
-            conn.tx.before_read();
+            // With autocommit off a server opens a transaction when a statement touches a
+            // (transactional) table; `SELECT 1` opens none (connectors check IN_TRANS after it).
+            if reads_tables {
+                conn.tx.before_read();
+            }
             self.relay(inner, conn, payload, app).await?;
             return Ok(Outcome::Done);
         }
@@ -1159,10 +1204,7 @@ impl Session {
 
     /// COM_STMT_CLOSE and COM_STMT_SEND_LONG_DATA: forwarded with the upstream's id; no reply.
     pub async fn statement_no_reply(&self, conn: &mut AppConn, payload: &[u8]) {
-        let Some(id) = payload
-            .get(1..5)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        else {
+        let Some(id) = statement_id(conn, payload) else {
             return;
         };
         let stmt = if payload[0] == 0x19 {
@@ -1216,7 +1258,11 @@ impl Session {
         }
         self.note_touched(conn, reach);
         match verdict {
-            Verdict::Forward(f) => self.forward(inner, conn, f.writes, payload, app).await,
+            Verdict::Forward(f) => {
+                let reads_tables = !reach.tables.is_empty();
+                self.forward(inner, conn, f.writes, reads_tables, payload, app)
+                    .await
+            }
             Verdict::Tx(control) => {
                 let plan = conn.tx.control(control, inner.epoch);
                 self.run_plan_then_ok(inner, conn, plan, app).await
@@ -1226,6 +1272,41 @@ impl Session {
                 self.run_plan_then_ok(inner, conn, plan, app).await
             }
             Verdict::Swallow => Ok(reply(app, wire::ok(0, 0, conn.status(), 0)).await),
+            Verdict::SessionIsolation(level) => {
+                conn.isolation = Some(level.clone());
+                Ok(reply(app, wire::ok(0, 0, conn.status(), 0)).await)
+            }
+            Verdict::SessionView(columns) => {
+                let default_isolation = if self.config.consistent_snapshot {
+                    "REPEATABLE-READ"
+                } else {
+                    "READ-COMMITTED"
+                };
+                let flag = |on: bool| wire::Value::Int(i64::from(on));
+                let row: Vec<wire::Value> = columns
+                    .iter()
+                    .map(|(_, v)| match v {
+                        SessionVariable::Autocommit => flag(conn.tx.autocommit()),
+                        SessionVariable::InTransaction => flag(conn.tx.in_transaction()),
+                        SessionVariable::ReadOnly => flag(false),
+                        SessionVariable::Isolation => wire::Value::Text(
+                            conn.isolation
+                                .clone()
+                                .unwrap_or_else(|| default_isolation.into()),
+                        ),
+                    })
+                    .collect();
+                let names = view_columns(columns);
+                let binary = payload.first() == Some(&0x17);
+                let mut seq = 1;
+                for p in wire::typed_result(&names, &[row], conn.status(), binary) {
+                    seq = app.queue(seq, &p);
+                }
+                Ok(match app.flush().await {
+                    Ok(()) => Outcome::Done,
+                    Err(_) => Outcome::AppGone,
+                })
+            }
             Verdict::Use(db) => {
                 if self.relay(inner, conn, payload, app).await? {
                     conn.db = Some(db.clone());
@@ -1233,11 +1314,38 @@ impl Session {
                 }
                 Ok(Outcome::Done)
             }
-            Verdict::SessionSet { vars } => {
-                let sql = String::from_utf8_lossy(&payload[1..]).into_owned();
-                if self.relay(inner, conn, payload, app).await? {
+            Verdict::SessionSet {
+                vars,
+                autocommit,
+                upstream_sql,
+                read_back_sql_mode,
+            } => {
+                // autocommit is emulated first (turning it on commits the app's transaction),
+                // so that the OK of the rest shows the connection's new state.
+                if let Some(on) = autocommit {
+                    let plan = conn.tx.set_autocommit(*on, inner.epoch);
+                    if let Some(err) = self.run_plan(inner, conn, plan).await? {
+                        return Ok(reply(app, err).await);
+                    }
+                }
+                let (sql, upstream_payload) = match upstream_sql {
+                    Some(sql) => {
+                        conn.report.upstream_sql = Some(sql.clone());
+                        let mut p = vec![0x03];
+                        p.extend_from_slice(sql.as_bytes());
+                        (sql.clone(), p)
+                    }
+                    None => (
+                        String::from_utf8_lossy(&payload[1..]).into_owned(),
+                        payload.to_vec(),
+                    ),
+                };
+                if self.relay(inner, conn, &upstream_payload, app).await? {
                     for v in vars {
                         conn.set_var(v, &sql);
+                    }
+                    if *read_back_sql_mode {
+                        self.read_back_sql_mode(inner, conn).await?;
                     }
                     inner.applied_vars = conn.vars.clone();
                 }
@@ -1445,9 +1553,22 @@ impl Session {
         plan: Plan,
         app: &mut PacketWriter<W>,
     ) -> Result<Outcome, ServeError> {
+        Ok(match self.run_plan(inner, conn, plan).await? {
+            Some(err) => reply(app, err).await,
+            None => reply(app, wire::ok(0, 0, conn.status(), 0)).await,
+        })
+    }
+
+    /// Runs the statements of an emulated transaction control; `Some`: the error to send.
+    async fn run_plan(
+        &self,
+        inner: &mut Inner,
+        conn: &mut AppConn,
+        plan: Plan,
+    ) -> Result<Option<Vec<u8>>, ServeError> {
         conn.report.upstream_sql = Some(plan.statements.join("; "));
         if let Some((code, message)) = plan.error {
-            return Ok(reply(app, wire::err(code, b"42000", &message)).await);
+            return Ok(Some(wire::err(code, b"42000", &message)));
         }
         if plan.takes_turn {
             inner.turn = Some(conn.id);
@@ -1463,10 +1584,34 @@ impl Session {
             }
         }
         self.release_turn(inner, Some(conn));
-        Ok(match failed {
-            Some(err) => reply(app, err).await,
-            None => reply(app, wire::ok(0, 0, conn.status(), 0)).await,
-        })
+        Ok(failed)
+    }
+
+    /// After a SET of sql_mode: what this connection replays is the resulting value, not an
+    /// expression (`CONCAT(@@sql_mode, …)` replayed would build on another connection's modes).
+    async fn read_back_sql_mode(
+        &self,
+        inner: &mut Inner,
+        conn: &mut AppConn,
+    ) -> Result<(), ServeError> {
+        let up = upstream(inner)?;
+        if let Ok(c) = up.run("SELECT @@session.sql_mode").await? {
+            if let Some(Some(mode)) = c
+                .rows()
+                .into_iter()
+                .next()
+                .and_then(|r| r.into_iter().next())
+            {
+                // Mode names are letters, digits, '_' and ','; anything else is not replayed.
+                if mode
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == ',')
+                {
+                    conn.set_var("sql_mode", &format!("SET SESSION sql_mode = '{mode}'"));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Catalog checks on what a statement can reach. Fail closed: a write must name base
@@ -1881,6 +2026,7 @@ impl Session {
             conn.login_names = format!("SET NAMES {}", charset_of(c));
         }
         conn.vars = vec![("names".into(), conn.login_names.clone())];
+        conn.isolation = None;
     }
 
     /// The app connection ends or resets: its open transaction is rolled back.
@@ -1949,6 +2095,26 @@ fn hex(s: &str) -> String {
 }
 
 /// The upstream connection, which the caller has made sure exists.
+/// The columns of a [`Verdict::SessionView`]: name, and whether the value is an integer.
+fn view_columns(columns: &[(String, SessionVariable)]) -> Vec<(&str, bool)> {
+    columns
+        .iter()
+        .map(|(name, v)| (name.as_str(), !matches!(v, SessionVariable::Isolation)))
+        .collect()
+}
+
+/// The app's statement id a COM_STMT_* payload names (0xFFFFFFFF: the one prepared last).
+fn statement_id(conn: &AppConn, payload: &[u8]) -> Option<u32> {
+    let id = payload
+        .get(1..5)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))?;
+    if id == u32::MAX {
+        conn.last_prepared
+    } else {
+        Some(id)
+    }
+}
+
 fn catalog_refusal(why: &str) -> String {
     format!(
         "DevInProd refused the statement: it could not check it against the database's catalog ({why}); \

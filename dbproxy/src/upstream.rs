@@ -291,7 +291,9 @@ impl ResponseTracker {
                     return Ok(Position::Status);
                 }
                 self.phase = Phase::Rows;
-                Ok(Position::Other)
+                // This EOF carries status flags too, and connectors read them
+                // (mysql-connector-python took the session's IN_TRANS for its own).
+                Ok(Position::Status)
             }
             Phase::FieldList => {
                 if k == Kind::Eof {

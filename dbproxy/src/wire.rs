@@ -107,6 +107,77 @@ pub fn text_result(columns: &[&str], rows: &[Vec<String>], status: u16) -> Vec<V
     out
 }
 
+/// A value of a result the proxy writes itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value {
+    Int(i64),
+    Text(String),
+}
+
+/// Column definitions of a result the proxy writes itself: BIGINT for integer columns (as the
+/// server types `@@autocommit`), VARCHAR otherwise.
+pub fn typed_columns(columns: &[(&str, bool)]) -> Vec<Vec<u8>> {
+    columns
+        .iter()
+        .map(|(name, int)| {
+            let mut c = Vec::new();
+            c.put_lenenc_str(b"def");
+            for part in [&b""[..], b"", b"", name.as_bytes(), b""] {
+                c.put_lenenc_str(part);
+            }
+            c.put_u8(0x0c);
+            if *int {
+                c.put_u16_le(63); // binary
+                c.put_u32_le(21);
+                c.put_u8(0x08); // LONGLONG
+                c.put_u16_le(0x0081); // NOT_NULL | BINARY
+            } else {
+                c.put_u16_le(45); // utf8mb4_general_ci
+                c.put_u32_le(1024);
+                c.put_u8(0xFD); // VAR_STRING
+                c.put_u16_le(0x0001); // NOT_NULL
+            }
+            c.put_u8(0);
+            c.put_u16_le(0);
+            c
+        })
+        .collect()
+}
+
+/// A result set the proxy writes itself, every packet from the column count to the final
+/// EOF: text rows, or binary rows (`binary`, for COM_STMT_EXECUTE) — no value is NULL.
+pub fn typed_result(
+    columns: &[(&str, bool)],
+    rows: &[Vec<Value>],
+    status: u16,
+    binary: bool,
+) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut count = Vec::new();
+    count.put_lenenc_int(columns.len() as u64);
+    out.push(count);
+    out.extend(typed_columns(columns));
+    out.push(eof(status, 0));
+    for row in rows {
+        let mut r = Vec::new();
+        if binary {
+            r.put_u8(0x00);
+            // The NULL bitmap starts at bit 2; nothing is NULL.
+            r.extend(std::iter::repeat_n(0u8, (columns.len() + 7 + 2) / 8));
+        }
+        for v in row {
+            match (v, binary) {
+                (Value::Int(n), true) => r.put_i64_le(*n),
+                (Value::Int(n), false) => r.put_lenenc_str(n.to_string().as_bytes()),
+                (Value::Text(t), _) => r.put_lenenc_str(t.as_bytes()),
+            }
+        }
+        out.push(r);
+    }
+    out.push(eof(status, 0));
+    out
+}
+
 /// The classic 5-byte EOF packet.
 pub fn eof(status: u16, warnings: u16) -> Vec<u8> {
     let mut b = vec![0xFE];

@@ -7,6 +7,10 @@ use tests::{
     developer_with_mysql, init_tracing, mysql_conn, production_conn, relay_with_dbproxy, Pki,
 };
 
+/// Whether the *session's* connection is inside its transaction. An expression, so the server
+/// answers: a bare `SELECT @@in_transaction` is the app connection's own emulated state.
+const SESSION_IN_TRANSACTION: &str = "SELECT @@in_transaction + 0";
+
 fn server_error(e: mysql_async::Error) -> (u16, String, String) {
     match e {
         mysql_async::Error::Server(s) => (s.code, s.state, s.message),
@@ -59,7 +63,7 @@ async fn the_seed_sequence_behaves_as_an_app_expects_and_production_never_sees_i
     assert_eq!(vals(&mut prod, "t").await, ["prod"]);
     assert_eq!(checksum(&db, "t"), before);
     // The upstream is still inside its one transaction.
-    let in_tx: Option<i64> = app.query_first("SELECT @@in_transaction").await.unwrap();
+    let in_tx: Option<i64> = app.query_first(SESSION_IN_TRANSACTION).await.unwrap();
     assert_eq!(in_tx, Some(1));
 }
 
@@ -176,7 +180,10 @@ async fn every_escape_hatch_is_refused_and_the_session_stays_in_its_transaction(
         ("SET sql_log_bin = 0", "only session variables"),
         ("SET completion_type = 1", "only session variables"),
         ("SELECT SETVAL(s, 10)", "not rolled back"),
-        ("SET autocommit = 1, sql_mode = ''", "own"),
+        (
+            "SET autocommit = 1, sql_log_bin = 0",
+            "only session variables",
+        ),
     ];
     for (sql, why) in hatches {
         let (code, state, message) = server_error(app.query_drop(sql).await.unwrap_err());
@@ -189,7 +196,7 @@ async fn every_escape_hatch_is_refused_and_the_session_stays_in_its_transaction(
         .await
         .unwrap();
     assert_eq!(val.as_deref(), Some("dev"));
-    let in_tx: Option<i64> = app.query_first("SELECT @@in_transaction").await.unwrap();
+    let in_tx: Option<i64> = app.query_first(SESSION_IN_TRANSACTION).await.unwrap();
     assert_eq!(in_tx, Some(1));
     let locks: Option<i64> = production_conn(&db.name)
         .await
@@ -300,7 +307,7 @@ async fn a_deadlock_with_production_resets_the_session_loudly() {
     assert_eq!(code, 1317);
     assert!(message.contains("reset this database session"), "{message}");
     // Then a fresh session serves it, inside a transaction again.
-    let in_tx: Option<i64> = app.query_first("SELECT @@in_transaction").await.unwrap();
+    let in_tx: Option<i64> = app.query_first(SESSION_IN_TRANSACTION).await.unwrap();
     assert_eq!(in_tx, Some(1));
     assert_eq!(
         db.admin("SELECT val FROM t ORDER BY id")
@@ -323,7 +330,7 @@ async fn the_mariadb_command_line_client_works_through_the_tunnel() {
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new("mariadb")
             .args(["-uanyone", "-h127.0.0.1", &format!("-P{}", addr.port()), "-N", "-B", &name])
-            .args(["-e", "BEGIN; UPDATE t SET val = 'dev' WHERE id = 1; COMMIT; SELECT val FROM t; SELECT @@in_transaction;"])
+            .args(["-e", "BEGIN; UPDATE t SET val = 'dev' WHERE id = 1; COMMIT; SELECT val FROM t; SELECT @@in_transaction + 0;"])
             .output()
             .unwrap()
     })
@@ -503,7 +510,7 @@ async fn each_connection_keeps_its_own_settings_and_reset_or_change_user_are_emu
     let tz_a: Option<String> = a.query_first("SELECT @@time_zone").await.unwrap();
     assert_eq!(tz_a, default_tz);
     assert_eq!(vals(&mut b, "t").await, ["b kept"]);
-    let in_tx: Option<i64> = a.query_first("SELECT @@in_transaction").await.unwrap();
+    let in_tx: Option<i64> = a.query_first(SESSION_IN_TRANSACTION).await.unwrap();
     assert_eq!(
         in_tx,
         Some(1),

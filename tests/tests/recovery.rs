@@ -8,6 +8,10 @@ use tests::{
     developer_with_mysql, init_tracing, mysql_conn, production_conn, relay_with_dbproxy, Pki,
 };
 
+/// Whether the *session's* connection is inside its transaction. An expression, so the server
+/// answers: a bare `SELECT @@in_transaction` is the app connection's own emulated state.
+const SESSION_IN_TRANSACTION: &str = "SELECT @@in_transaction + 0";
+
 fn server_error(e: mysql_async::Error) -> (u16, String) {
     match e {
         mysql_async::Error::Server(s) => (s.code, s.message),
@@ -48,7 +52,7 @@ async fn a_statement_nested_too_deep_is_refused_and_the_process_and_session_go_o
 
     let vals: Vec<String> = app.query("SELECT val FROM t").await.unwrap();
     assert_eq!(vals, ["before"], "the session kept its transaction");
-    let in_tx: Option<i64> = app.query_first("SELECT @@in_transaction").await.unwrap();
+    let in_tx: Option<i64> = app.query_first(SESSION_IN_TRANSACTION).await.unwrap();
     assert_eq!(in_tx, Some(1));
 }
 

@@ -84,6 +84,10 @@ fn the_seeds_transaction_statements_are_recognised() {
     );
     assert_eq!(
         verdict("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED"),
+        Verdict::SessionIsolation("READ-COMMITTED".into())
+    );
+    assert_eq!(
+        verdict("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"),
         Verdict::Swallow
     );
 }
@@ -148,27 +152,71 @@ fn every_escape_hatch_is_refused_with_a_reason() {
 
 #[test]
 fn safe_session_sets_are_remembered_by_variable() {
-    assert_eq!(
-        verdict("SET NAMES utf8mb4"),
-        Verdict::SessionSet {
-            vars: vec!["names".into()]
-        }
-    );
+    let set =
+        |vars: &[&str], autocommit: Option<bool>, upstream: Option<&str>| Verdict::SessionSet {
+            vars: vars.iter().map(|v| v.to_string()).collect(),
+            autocommit,
+            upstream_sql: upstream.map(str::to_owned),
+            read_back_sql_mode: vars.contains(&"sql_mode"),
+        };
+    assert_eq!(verdict("SET NAMES utf8mb4"), set(&["names"], None, None));
     assert_eq!(
         verdict("SET sql_mode = 'STRICT_ALL_TABLES', @@time_zone = '+00:00', @a = 1"),
-        Verdict::SessionSet {
-            vars: vec!["sql_mode".into(), "time_zone".into()]
-        }
+        set(&["sql_mode", "time_zone"], None, None)
     );
     assert_eq!(
         verdict("SET SESSION sql_mode = ''"),
-        Verdict::SessionSet {
-            vars: vec!["sql_mode".into()]
-        }
+        set(&["sql_mode"], None, None)
+    );
+    assert_eq!(verdict("SET @user_var = (SELECT 1)"), set(&[], None, None));
+    // MariaDB Connector/J 2.7's first statement: autocommit emulated, the rest forwarded.
+    assert_eq!(
+        verdict("set autocommit=1, sql_mode = concat(@@sql_mode,',STRICT_TRANS_TABLES')"),
+        set(
+            &["sql_mode"],
+            Some(true),
+            Some("SET sql_mode = concat(@@sql_mode,',STRICT_TRANS_TABLES')")
+        )
+    );
+    // DBD::MariaDB sets the session's default character set for new tables at every connect.
+    assert_eq!(
+        verdict("SET character_set_server = 'utf8mb4'"),
+        set(&["character_set_server"], None, None)
+    );
+    for refused in [
+        "SET sql_mode = concat(@@sql_mode, ',ANSI_QUOTES')",
+        "SET sql_mode = concat(@@global.sql_mode, ',STRICT_TRANS_TABLES')",
+        "SET sql_mode = concat('ANSI', @@sql_mode)",
+        "SET autocommit = 1, sql_mode = 'ANSI'",
+        "SET autocommit = 1, sql_log_bin = 0",
+        "SET character_set_server = 'sjis'",
+    ] {
+        assert!(matches!(verdict(refused), Verdict::Refuse(_)), "{refused}");
+    }
+}
+
+#[test]
+fn an_app_connections_own_transaction_state_is_answered_by_the_proxy() {
+    use crate::policy::SessionVariable::*;
+    assert_eq!(
+        verdict("SELECT @@autocommit"),
+        Verdict::SessionView(vec![("@@autocommit".into(), Autocommit)])
     );
     assert_eq!(
-        verdict("SET @user_var = (SELECT 1)"),
-        Verdict::SessionSet { vars: vec![] }
+        verdict("SELECT @@session.tx_isolation AS iso, @@in_transaction"),
+        Verdict::SessionView(vec![
+            ("iso".into(), Isolation),
+            ("@@in_transaction".into(), InTransaction)
+        ])
+    );
+    // Mixed with anything else, or from a table: the server answers.
+    assert!(matches!(
+        verdict("SELECT @@autocommit, @@max_allowed_packet"),
+        Verdict::Forward(_)
+    ));
+    assert_eq!(
+        verdict("SET SESSION TRANSACTION ISOLATION LEVEL SERIALIZABLE"),
+        Verdict::SessionIsolation("SERIALIZABLE".into())
     );
 }
 
@@ -224,7 +272,7 @@ fn settings_that_would_make_the_server_lex_differently_are_refused() {
         ("SET SESSION sql_mode = 'ANSI'", "ANSI"),
         (
             "SET sql_mode = CONCAT(@@sql_mode, ',NO_BACKSLASH_ESCAPES')",
-            "plain list",
+            "NO_BACKSLASH_ESCAPES",
         ),
         ("SET NAMES gbk", "character sets"),
         ("SET NAMES 'big5'", "character sets"),
