@@ -26,7 +26,7 @@ mod splice;
 mod tokens;
 
 pub use admin::serve_admin;
-pub use config::RelayConfig;
+pub use config::{developer_stream_allowance, RelayConfig};
 pub use registry::{DeveloperSession, SessionInfo, SessionRegistry};
 pub use tokens::{TokenRecord, TokenStore, TokenStoreError, Verdict};
 
