@@ -379,7 +379,11 @@ fn classify_close(e: &quinn::ConnectionError, relay: &str) -> AttemptError {
     if let quinn::ConnectionError::ApplicationClosed(close) = e {
         let reason = String::from_utf8_lossy(&close.reason).into_owned();
         let code = u32::try_from(close.error_code.into_inner()).unwrap_or(u32::MAX);
-        info!(code, %reason, "relay closed the connection");
+        info!(
+            code,
+            "relay closed the connection: {}",
+            proto::printable(&reason)
+        );
         match code {
             codes::CLOSE_REPLACED => return AttemptError::Exit(AgentExit::Replaced(reason)),
             codes::CLOSE_REVOKED => return AttemptError::Exit(AgentExit::Revoked(reason)),

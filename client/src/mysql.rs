@@ -3,7 +3,7 @@
 //! session; the bytes are MySQL protocol, untouched. When that cannot happen, the app gets a
 //! MySQL error packet saying why, not a silently closed socket.
 
-use proto::{read_frame, write_frame, DbStreamHeader, Frame, RouteReply, StreamHeader};
+use proto::{printable, read_frame, write_frame, DbStreamHeader, Frame, RouteReply, StreamHeader};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -139,7 +139,7 @@ async fn open(
     let (mut send, mut recv) =
         match tokio::time::timeout(STREAM_CREDIT_WAIT, tunnel.conn.open_bi()).await {
             Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(Refused::other(format!("the relay connection failed: {e}"))),
+            Ok(Err(e)) => return Err(Refused::other(relay_failed(e))),
             Err(_) => {
                 let detail = format!(
                     "the relay did not release the streams of closed connections within {}s",
@@ -150,15 +150,24 @@ async fn open(
         };
     let header = Frame::StreamHeader(StreamHeader::Db(DbStreamHeader { routing_key: None }));
     if let Err(e) = write_frame(&mut send, &header).await {
-        return Err(Refused::other(format!("the relay connection failed: {e}")));
+        return Err(Refused::other(relay_failed(e)));
     }
     match tokio::time::timeout(ROUTE_TIMEOUT, read_frame(&mut recv, proto::MAX_FRAME_LEN)).await {
         Ok(Ok(Some(Frame::RouteReply(RouteReply::Connected)))) => Ok((permit, send, recv)),
         Ok(Ok(Some(Frame::RouteReply(RouteReply::Refused(why))))) => {
-            Err(Refused::other(format!("the relay refused: {why}")))
+            // The relay's words reach the app's error message and this log: escaped.
+            Err(Refused::other(format!(
+                "the relay refused: {}",
+                printable(&why)
+            )))
         }
         other => Err(Refused::other(format!(
             "the relay did not open the database stream ({other:?})"
         ))),
     }
+}
+
+/// A failed relay connection, whose message may quote the relay's close reason.
+fn relay_failed(e: impl std::fmt::Display) -> String {
+    format!("the relay connection failed: {}", printable(&e.to_string()))
 }

@@ -7,8 +7,8 @@ use crate::splice::splice;
 use crate::tokens::Verdict;
 use crate::Relay;
 use proto::{
-    codes, read_frame, write_frame, Frame, FrameError, Hello, Limits, OpenError, Refusal,
-    RefusalCode, Role, RouteReply, Welcome,
+    codes, printable, read_frame, write_frame, Frame, FrameError, Hello, Limits, OpenError,
+    Refusal, RefusalCode, Role, RouteReply, Welcome,
 };
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -82,7 +82,7 @@ impl Relay {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .retain(|(i, _)| *i != id);
-                info!(%remote, "dbproxy gone: {why}");
+                info!(%remote, "dbproxy gone: {}", printable(&why.to_string()));
             }
             Admitted::Infrastructure(role) => {
                 info!(%remote, %role, "peer of an unexpected role; closing");
@@ -239,7 +239,7 @@ impl Relay {
         code: RefusalCode,
         reason: String,
     ) -> Option<Admitted> {
-        info!(remote = %conn.remote_address(), ?code, "refused: {reason}");
+        info!(remote = %conn.remote_address(), ?code, "refused: {}", printable(&reason));
         let frame = Frame::Refusal(Refusal {
             code,
             reason: reason.clone(),
@@ -256,13 +256,15 @@ impl Relay {
     async fn serve_developer(self: Arc<Self>, session: DeveloperSession) {
         let span = info_span!("developer", key = %session.routing_key, session = session.id);
         async move {
-            info!(remote = %session.remote, name = %session.client_name, "developer connected");
+            // The client's name is the developer's choice: escaped, like every peer string logged.
+            let name = printable(&session.client_name);
+            info!(remote = %session.remote, %name, "developer connected");
             if let Some(old) = self.registry.insert(session.clone()) {
                 let reason = format!(
                     "replaced by a newer connection with the same token from {} ({})",
                     session.client_name, session.remote
                 );
-                info!(old_session = old.id, "{reason}");
+                info!(old_session = old.id, "{}", printable(&reason));
                 close(&old.conn, codes::CLOSE_REPLACED, &reason);
             }
             // Developers open one stream per app database connection.
@@ -274,7 +276,7 @@ impl Relay {
                         tokio::spawn(async move { relay.route_db_stream(key, send, recv).await });
                     }
                     Err(e) => {
-                        info!("developer gone: {e}");
+                        info!("developer gone: {}", printable(&e.to_string()));
                         break;
                     }
                 }
@@ -293,7 +295,7 @@ impl Relay {
             let (send, recv) = match conn.accept_bi().await {
                 Ok(s) => s,
                 Err(e) => {
-                    info!(%remote, "edge gone: {e}");
+                    info!(%remote, "edge gone: {}", printable(&e.to_string()));
                     return;
                 }
             };
@@ -421,7 +423,7 @@ impl Relay {
                 }
             }
             Err(reason) => {
-                info!(%key, "database stream refused: {reason}");
+                info!(%key, "database stream refused: {}", printable(&reason));
                 let _ = write_frame(
                     &mut dev_send,
                     &Frame::RouteReply(RouteReply::Refused(reason)),
