@@ -50,6 +50,15 @@ pub struct RelayConfig {
     pub max_frame_len: u32,
     /// Also require a developer client certificate issued by the CA (in addition to a token).
     pub require_developer_cert: bool,
+    /// Failed developer Hellos (unknown, malformed, revoked or missing token) one source
+    /// address may make in a row before its Hellos are refused without their token being
+    /// checked. IPv6 addresses count per /64. 0 turns the throttle off.
+    pub failed_hello_burst: u32,
+    /// Failed Hellos per second a throttled address earns back. 0 turns the throttle off.
+    pub failed_hellos_per_sec: u32,
+    /// Source addresses whose failures are remembered at most (about 50 bytes each); when the
+    /// table is full, the address quiet for longest is forgotten.
+    pub failed_hello_sources: usize,
 }
 
 impl Default for RelayConfig {
@@ -74,6 +83,9 @@ impl Default for RelayConfig {
             max_streams_per_developer: 128,
             max_frame_len: proto::MAX_FRAME_LEN as u32,
             require_developer_cert: false,
+            failed_hello_burst: 10,
+            failed_hellos_per_sec: 2,
+            failed_hello_sources: 4096,
         }
     }
 }
@@ -123,6 +135,14 @@ impl RelayConfig {
             .unwrap_or(quinn::VarInt::MAX.into());
         t.max_idle_timeout(Some(idle));
         t
+    }
+
+    pub(crate) fn throttle_limits(&self) -> crate::throttle::ThrottleLimits {
+        crate::throttle::ThrottleLimits {
+            burst: self.failed_hello_burst,
+            per_sec: self.failed_hellos_per_sec,
+            max_sources: self.failed_hello_sources,
+        }
     }
 
     pub fn public_urls_for(&self, key: &proto::RoutingKey) -> Vec<String> {
