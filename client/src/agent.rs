@@ -209,8 +209,8 @@ impl Agent {
         exit
     }
 
-    fn set_current(&self, conn: Option<quinn::Connection>) {
-        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = conn;
+    fn set_current(&self, tunnel: Option<crate::mysql::DbTunnel>) {
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = tunnel;
     }
 
     async fn run_connection(&self, shutdown: impl Future<Output = ()>) -> AgentExit {
@@ -284,7 +284,8 @@ impl Agent {
         match handshake(&mut send, &mut recv, hello).await {
             Ok(welcome) => {
                 // Recorded before telling anyone, so whoever reacts to `Connected` can use it.
-                self.set_current(Some(conn.clone()));
+                let max_streams = welcome.limits.max_concurrent_streams;
+                self.set_current(Some(crate::mysql::DbTunnel::new(conn.clone(), max_streams)));
                 let routing_key = welcome
                     .routing_key
                     .map(|k| k.to_string())
@@ -378,7 +379,11 @@ fn classify_close(e: &quinn::ConnectionError, relay: &str) -> AttemptError {
     if let quinn::ConnectionError::ApplicationClosed(close) = e {
         let reason = String::from_utf8_lossy(&close.reason).into_owned();
         let code = u32::try_from(close.error_code.into_inner()).unwrap_or(u32::MAX);
-        info!(code, %reason, "relay closed the connection");
+        info!(
+            code,
+            "relay closed the connection: {}",
+            proto::printable(&reason)
+        );
         match code {
             codes::CLOSE_REPLACED => return AttemptError::Exit(AgentExit::Replaced(reason)),
             codes::CLOSE_REVOKED => return AttemptError::Exit(AgentExit::Revoked(reason)),

@@ -42,6 +42,20 @@ pub struct RequestRecord {
     pub duration: Duration,
 }
 
+/// The access log line, `GET /path 200 1.2ms`. The method and path are a visitor's: escaped.
+impl std::fmt::Display for RequestRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {} {} {:.1}ms",
+            proto::printable(&self.method),
+            proto::printable(&self.path),
+            self.status,
+            self.duration.as_secs_f64() * 1e3
+        )
+    }
+}
+
 impl LocalApp {
     /// `addr` is `HOST:PORT` (or `http://HOST:PORT`); `h2c` speaks HTTP/2 without TLS to it.
     pub fn new(addr: &str, h2c: bool) -> Result<Self, String> {

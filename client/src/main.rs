@@ -111,7 +111,8 @@ fn exit_code(result: anyhow::Result<i32>) -> std::process::ExitCode {
     match result {
         Ok(code) => std::process::ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(e) => {
-            eprintln!("devinprod: {e:#}");
+            // Errors quote peers (the admin API, the relay, a database): escaped here, once.
+            eprintln!("devinprod: {}", proto::printable(&format!("{e:#}")));
             std::process::ExitCode::FAILURE
         }
     }

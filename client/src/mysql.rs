@@ -3,25 +3,53 @@
 //! session; the bytes are MySQL protocol, untouched. When that cannot happen, the app gets a
 //! MySQL error packet saying why, not a silently closed socket.
 
-use proto::{read_frame, write_frame, DbStreamHeader, Frame, RouteReply, StreamHeader};
+use proto::{printable, read_frame, write_frame, DbStreamHeader, Frame, RouteReply, StreamHeader};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
-use tracing::debug;
+use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::{debug, warn};
 
-/// The relay connection the agent currently holds, if any.
-pub type CurrentConnection = Arc<Mutex<Option<quinn::Connection>>>;
+/// The relay connection the agent currently holds, if any, with its database stream budget.
+pub type CurrentConnection = Arc<Mutex<Option<DbTunnel>>>;
+
+/// One relay connection as the MySQL listener uses it: the connection, and one permit per
+/// database stream the relay allows on it (`Welcome.limits.max_concurrent_streams`, the relay's
+/// `max_streams_per_developer`).
+#[derive(Clone)]
+pub struct DbTunnel {
+    conn: quinn::Connection,
+    streams: Arc<Semaphore>,
+    max_streams: u32,
+}
+
+impl DbTunnel {
+    pub fn new(conn: quinn::Connection, max_streams: u32) -> Self {
+        Self {
+            conn,
+            streams: Arc::new(Semaphore::new(max_streams as usize)),
+            max_streams,
+        }
+    }
+}
 
 /// Time the relay has to say whether the database is there.
 const ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// How long a connection that got a stream permit waits for the relay's stream credit: the
+/// credit of a stream that just closed may be a moment behind the permit it released.
+const STREAM_CREDIT_WAIT: Duration = Duration::from_secs(5);
+
+/// Error codes of the initial ERR packet, as a MySQL server uses them.
+const ER_CON_COUNT_ERROR: u16 = 1040; // "Too many connections"
+const ER_SPECIFIC_ACCESS_DENIED: u16 = 1227; // a server-range error: drivers report it
+
 /// A MySQL ERR packet as a server that refuses a connection sends it: sequence 0, and without
 /// the `#SQLSTATE` marker, since no capabilities are agreed yet (clients read it that way).
-pub fn error_packet(message: &str) -> Vec<u8> {
-    // 1227: a server-range error, so drivers report it instead of retrying blindly.
+pub fn error_packet(code: u16, message: &str) -> Vec<u8> {
     let mut payload = vec![0xFF];
-    payload.extend_from_slice(&1227u16.to_le_bytes());
+    payload.extend_from_slice(&code.to_le_bytes());
     payload.extend_from_slice(message.as_bytes());
     let len = payload.len().min(0xFF_FFFF);
     let mut out = (len as u32).to_le_bytes()[..3].to_vec();
@@ -30,10 +58,35 @@ pub fn error_packet(message: &str) -> Vec<u8> {
     out
 }
 
+/// Why an app connection was refused, and the error code the app sees.
+struct Refused {
+    code: u16,
+    why: String,
+}
+
+impl Refused {
+    fn other(why: impl Into<String>) -> Self {
+        Self {
+            code: ER_SPECIFIC_ACCESS_DENIED,
+            why: why.into(),
+        }
+    }
+    fn too_many(max: u32, detail: &str) -> Self {
+        Self {
+            code: ER_CON_COUNT_ERROR,
+            why: format!(
+                "too many database connections: your connection to the relay allows {max} \
+                 concurrent database streams (the relay's max_streams_per_developer) and {detail}; \
+                 close some of the app's connections or make its pool smaller"
+            ),
+        }
+    }
+}
+
 /// Accepts the app's connections until the listener fails.
 pub async fn serve(listener: TcpListener, current: CurrentConnection) {
     loop {
-        let (tcp, peer) = match listener.accept().await {
+        let (mut tcp, peer) = match listener.accept().await {
             Ok(a) => a,
             Err(e) => {
                 debug!("mysql listener accept failed: {e}");
@@ -42,53 +95,79 @@ pub async fn serve(listener: TcpListener, current: CurrentConnection) {
             }
         };
         let _ = tcp.set_nodelay(true);
-        let conn = current.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let tunnel = current.lock().unwrap_or_else(|p| p.into_inner()).clone();
         tokio::spawn(async move {
-            if let Err(reason) = bridge(tcp, conn).await {
-                debug!(%peer, "database connection refused: {reason}");
+            match open(tunnel).await {
+                Ok((permit, send, recv)) => {
+                    let mut tunnel = tokio::io::join(recv, send);
+                    let _ = tokio::io::copy_bidirectional(&mut tcp, &mut tunnel).await;
+                    // The stream is done: its permit goes back for the app's next connection.
+                    drop(permit);
+                }
+                Err(refused) => {
+                    if refused.code == ER_CON_COUNT_ERROR {
+                        warn!(%peer, "database connection refused: {}", refused.why);
+                    } else {
+                        debug!(%peer, "database connection refused: {}", refused.why);
+                    }
+                    let message = format!("DevInProd: {}", refused.why);
+                    let _ = tcp.write_all(&error_packet(refused.code, &message)).await;
+                    let _ = tcp.shutdown().await;
+                }
             }
         });
     }
 }
 
-async fn refuse(tcp: &mut TcpStream, why: String) -> Result<(), String> {
-    let _ = tcp
-        .write_all(&error_packet(&format!("DevInProd: {why}")))
-        .await;
-    let _ = tcp.shutdown().await;
-    Err(why)
-}
-
-async fn bridge(mut tcp: TcpStream, conn: Option<quinn::Connection>) -> Result<(), String> {
-    let Some(conn) = conn else {
-        return refuse(
-            &mut tcp,
-            "not connected to the relay right now (devinprod connect is reconnecting)".into(),
-        )
-        .await;
+/// Opens one database stream on the current relay connection, within its stream budget; the
+/// permit is held for as long as the stream is.
+async fn open(
+    tunnel: Option<DbTunnel>,
+) -> Result<(OwnedSemaphorePermit, quinn::SendStream, quinn::RecvStream), Refused> {
+    let Some(tunnel) = tunnel else {
+        return Err(Refused::other(
+            "not connected to the relay right now (devinprod connect is reconnecting)",
+        ));
     };
-    let (mut send, mut recv) = match conn.open_bi().await {
-        Ok(s) => s,
-        Err(e) => return refuse(&mut tcp, format!("the relay connection failed: {e}")).await,
-    };
+    // Refused at once when every stream is in use: QUIC would have this connection wait, and
+    // the app hang, until another closes.
+    let permit = tunnel
+        .streams
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| Refused::too_many(tunnel.max_streams, "all are in use"))?;
+    let (mut send, mut recv) =
+        match tokio::time::timeout(STREAM_CREDIT_WAIT, tunnel.conn.open_bi()).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(Refused::other(relay_failed(e))),
+            Err(_) => {
+                let detail = format!(
+                    "the relay did not release the streams of closed connections within {}s",
+                    STREAM_CREDIT_WAIT.as_secs()
+                );
+                return Err(Refused::too_many(tunnel.max_streams, &detail));
+            }
+        };
     let header = Frame::StreamHeader(StreamHeader::Db(DbStreamHeader { routing_key: None }));
     if let Err(e) = write_frame(&mut send, &header).await {
-        return refuse(&mut tcp, format!("the relay connection failed: {e}")).await;
+        return Err(Refused::other(relay_failed(e)));
     }
     match tokio::time::timeout(ROUTE_TIMEOUT, read_frame(&mut recv, proto::MAX_FRAME_LEN)).await {
-        Ok(Ok(Some(Frame::RouteReply(RouteReply::Connected)))) => {}
+        Ok(Ok(Some(Frame::RouteReply(RouteReply::Connected)))) => Ok((permit, send, recv)),
         Ok(Ok(Some(Frame::RouteReply(RouteReply::Refused(why))))) => {
-            return refuse(&mut tcp, why).await
+            // The relay's words reach the app's error message and this log: escaped.
+            Err(Refused::other(format!(
+                "the relay refused: {}",
+                printable(&why)
+            )))
         }
-        other => {
-            return refuse(
-                &mut tcp,
-                format!("the relay did not open the database stream ({other:?})"),
-            )
-            .await
-        }
+        other => Err(Refused::other(format!(
+            "the relay did not open the database stream ({other:?})"
+        ))),
     }
-    let mut tunnel = tokio::io::join(recv, send);
-    let _ = tokio::io::copy_bidirectional(&mut tcp, &mut tunnel).await;
-    Ok(())
+}
+
+/// A failed relay connection, whose message may quote the relay's close reason.
+fn relay_failed(e: impl std::fmt::Display) -> String {
+    format!("the relay connection failed: {}", printable(&e.to_string()))
 }

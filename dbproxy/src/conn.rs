@@ -150,7 +150,7 @@ pub async fn serve_app<R, W>(
         .map(|d| String::from_utf8_lossy(d).into_owned())
         .filter(|d| !d.is_empty());
     let (mut conn, _guard) = session.open_conn(None, resp.collation()).await;
-    debug!(key = %session.key, conn = conn.id, user = %String::from_utf8_lossy(resp.user()), "app connection");
+    debug!(key = %session.key, conn = conn.id, user = %proto::printable(&String::from_utf8_lossy(resp.user())), "app connection");
     match &db {
         Some(db) => {
             if let Outcome::AppGone = session.use_db(&mut conn, db, &mut writer, reply_seq).await {

@@ -93,7 +93,7 @@ pub async fn run(
             _ = &mut shutdown => return Ok(()),
             r = attempt => {
                 if let Err(e) = r {
-                    warn!(relay = %relay.spec, "relay connection: {e}; retrying in {}s", RETRY.as_secs());
+                    warn!(relay = %relay.spec, "relay connection: {}; retrying in {}s", proto::printable(&e), RETRY.as_secs());
                 }
             }
         }

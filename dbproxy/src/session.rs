@@ -23,7 +23,7 @@ use crate::upstream::{
     relay_response, Collected, Position, ResponseTracker, Upstream, UpstreamError,
 };
 use crate::wire;
-use proto::RoutingKey;
+use proto::{printable, RoutingKey};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -422,7 +422,7 @@ impl Session {
     pub async fn end(&self, reason: &str) {
         let mut inner = self.inner.lock().await;
         if let Some(up) = inner.upstream.take() {
-            info!(key = %self.key, "database session ended: {reason}");
+            info!(key = %self.key, "database session ended: {}", printable(reason));
             up.close().await;
             self.lose(&mut inner, reason.to_owned());
         }
@@ -534,7 +534,7 @@ impl Session {
         };
         self.watch.upstream_id.store(0, Ordering::Relaxed);
         *locked(&self.watch.protected) = None;
-        warn!(key = %self.key, "database session reset: {why}");
+        warn!(key = %self.key, "database session reset: {}", printable(&why));
         inner.upstream = None;
         inner.lost = Some(why);
         inner.on = None;
@@ -647,7 +647,7 @@ impl Session {
         self.touch();
         let classified = classify(sql);
         if let Verdict::Refuse(why) = &classified.verdict {
-            info!(key = %self.key, conn = conn.id, kind = %classified.kind, "refused: {why}");
+            info!(key = %self.key, conn = conn.id, kind = %classified.kind, "refused: {}", printable(why));
             return reply(app, self.refusal(conn, why)).await;
         }
         if let Err(packet) = self.admit(conn, &classified.verdict) {
@@ -1252,7 +1252,7 @@ impl Session {
             Verdict::Forward(_) | Verdict::SessionSet { .. } | Verdict::CreateTemporary(_)
         ) {
             if let Some(why) = self.check_catalog(inner, conn, reach).await? {
-                info!(key = %self.key, conn = conn.id, "refused: {why}");
+                info!(key = %self.key, conn = conn.id, "refused: {}", printable(&why));
                 return Ok(reply(app, self.refusal(conn, &why)).await);
             }
         }

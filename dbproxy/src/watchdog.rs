@@ -498,7 +498,7 @@ impl Watchdog {
         self.killed.insert(id);
         // The operator's log quotes the waiting statement; the audit record and the developer
         // get its kind and tables, never its values.
-        warn!(key = %w.session.key, upstream_id = id, "lock watchdog: rolling the developer session back: {}", kill.detail);
+        warn!(key = %w.session.key, upstream_id = id, "lock watchdog: rolling the developer session back: {}", proto::printable(&kill.detail));
         self.config.audit.record(AuditRecord {
             upstream_sql: Some(format!("KILL CONNECTION {id}")),
             decision: Decision::Killed,
@@ -521,7 +521,7 @@ impl Watchdog {
                 error!(
                     key = %w.session.key,
                     upstream_id = id,
-                    "the lock watchdog could not KILL CONNECTION {id}: {code} {msg} ({grant})"
+                    "the lock watchdog could not KILL CONNECTION {id}: {code} {} ({grant})", proto::printable(&msg)
                 );
                 // Still, if the session is idle, closing its connection rolls it back.
                 if w.session.close_upstream_if_idle().await {
@@ -569,8 +569,9 @@ impl Watchdog {
                 Ok(_) | Err((ER_NO_SUCH_THREAD, _)) => {}
                 Err((code, msg)) => error!(
                     key = %w.session.key,
-                    "the lock watchdog could not KILL QUERY {}: {code} {msg}",
-                    w.upstream_id
+                    "the lock watchdog could not KILL QUERY {}: {code} {}",
+                    w.upstream_id,
+                    proto::printable(&msg)
                 ),
             }
         }
@@ -778,7 +779,7 @@ fn mdl_blockers<'a>(wait: &LongStatement, watched: &'a [Watched]) -> Vec<(&'a Wa
                 connection = wait.id,
                 "lock watchdog: the statement waiting for a metadata lock {what}; rolling back every \
                  developer session that used a table of database {}",
-                wait.db.as_deref().unwrap_or("(any)")
+                proto::printable(wait.db.as_deref().unwrap_or("(any)"))
             );
             for w in watched {
                 let hit = w

@@ -113,7 +113,10 @@ impl RelayConnector {
     ) -> Result<TunnelStream, OpenError> {
         let (conn, liveness) = self.connection().await?;
         let (mut send, recv) = conn.open_bi().await.map_err(|e| {
-            warn!("relay connection lost: {e}");
+            warn!(
+                "relay connection lost: {}",
+                proto::printable(&e.to_string())
+            );
             OpenError::RelayUnavailable(format!("relay connection lost: {e}"))
         })?;
         // Route and the request's head leave together; the relay passes the head on once the

@@ -13,6 +13,9 @@ pub const CLOSE_REPLACED: u32 = 0x3;
 pub const CLOSE_REVOKED: u32 = 0x4;
 /// The relay is shutting down or restarting; reconnecting later is right.
 pub const CLOSE_SHUTTING_DOWN: u32 = 0x5;
+/// Too many failed handshakes from this address: the token was not checked. Trying again
+/// after a pause is right (the `Refusal` says how long).
+pub const CLOSE_THROTTLED: u32 = 0x6;
 
 /// A stream was abandoned by the side that opened it (the visitor went away).
 pub const STREAM_CANCELLED: u32 = 0x10;

@@ -35,6 +35,10 @@
 //! * Anything else (a new field, a reordered field, a changed meaning) bumps the version. The
 //!   relay refuses a Hello of another version with `RefusalCode::UnsupportedVersion`.
 //! * `tests::golden_*` pin the bytes of every frame: if one fails, you changed the wire format.
+//!
+//! ## Helpers every crate uses
+//! Not wire format, but needed by every peer: [`printable`] escapes a peer's string before it
+//! reaches a terminal or a log.
 
 #![forbid(unsafe_code)]
 
@@ -45,6 +49,7 @@ pub mod headers;
 pub mod http;
 pub mod ids;
 pub mod messages;
+pub mod printable;
 pub mod seam;
 
 pub use frame::{
@@ -54,6 +59,7 @@ pub use frame::{
 pub use handshake::{handshake, HandshakeError};
 pub use ids::{AuthToken, IdError, Role, RoutingKey};
 pub use messages::*;
+pub use printable::printable;
 pub use seam::{DbStreamHandler, OpenError, OpenFuture, StreamOpener, TunnelStream};
 
 /// The ALPN protocol id of every DevInProd QUIC connection.

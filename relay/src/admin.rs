@@ -157,7 +157,8 @@ async fn create_token(relay: &Relay, req: Request<Incoming>) -> Response<Full<By
     let name = parsed.name.unwrap_or_default();
     match relay.tokens.create(&name) {
         Ok((token, record)) => {
-            info!(key = %record.routing_key, name = %record.name, "token created");
+            let name = proto::printable(&record.name);
+            info!(key = %record.routing_key, %name, "token created");
             reply(
                 StatusCode::OK,
                 json!({

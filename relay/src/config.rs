@@ -47,7 +47,9 @@ pub struct RelayConfig {
     pub max_streams_per_peer: u32,
     /// Concurrent streams a developer's client may open toward the relay (one per database
     /// connection of its app). Kept small because QUIC reserves per-connection state for every
-    /// stream a peer may open: this is most of what an idle developer costs the relay.
+    /// stream a peer may open: this is most of what an idle developer costs the relay. Sent to
+    /// the client in `Welcome`; its MySQL listener refuses the connection beyond it with error
+    /// 1040. The QUIC allowance is a little larger ([`developer_stream_allowance`]).
     pub max_streams_per_developer: u32,
     /// Largest frame the relay reads (control frames only; bodies are spliced unread).
     pub max_frame_len: u32,
@@ -66,6 +68,15 @@ pub struct RelayConfig {
     /// receives the relay's packets gets a stateless QUIC Retry first (a spoofed source never
     /// answers it). 0: always.
     pub retry_above_handshakes: usize,
+    /// Failed developer Hellos (unknown, malformed, revoked or missing token) one source
+    /// address may make in a row before its Hellos are refused without their token being
+    /// checked. IPv6 addresses count per /64. 0 turns the throttle off.
+    pub failed_hello_burst: u32,
+    /// Failed Hellos per second a throttled address earns back. 0 turns the throttle off.
+    pub failed_hellos_per_sec: u32,
+    /// Source addresses whose failures are remembered at most (about 50 bytes each); when the
+    /// table is full, the address quiet for longest is forgotten.
+    pub failed_hello_sources: usize,
 }
 
 impl Default for RelayConfig {
@@ -95,6 +106,9 @@ impl Default for RelayConfig {
             max_pending_handshakes: 1_024,
             max_handshakes_per_ip: 64,
             retry_above_handshakes: 128,
+            failed_hello_burst: 10,
+            failed_hellos_per_sec: 2,
+            failed_hello_sources: 4096,
         }
     }
 }
@@ -144,7 +158,9 @@ impl RelayConfig {
         let mut t = quinn::TransportConfig::default();
         // Every peer starts with the developer's allowance; edges and dbproxies are raised to
         // `max_streams_per_peer` once their certificate says what they are.
-        t.max_concurrent_bidi_streams(self.max_streams_per_developer.into());
+        t.max_concurrent_bidi_streams(
+            developer_stream_allowance(self.max_streams_per_developer).into(),
+        );
         t.max_concurrent_uni_streams(0u32.into());
         t.receive_window(self.receive_window_bytes.into());
         t.keep_alive_interval(Some(Duration::from_millis(self.keep_alive_interval_ms)));
@@ -155,10 +171,47 @@ impl RelayConfig {
         t
     }
 
+    pub(crate) fn throttle_limits(&self) -> crate::throttle::ThrottleLimits {
+        crate::throttle::ThrottleLimits {
+            burst: self.failed_hello_burst,
+            per_sec: self.failed_hellos_per_sec,
+            max_sources: self.failed_hello_sources,
+        }
+    }
+
     pub fn public_urls_for(&self, key: &proto::RoutingKey) -> Vec<String> {
         self.public_urls
             .iter()
             .map(|u| u.replace("{key}", key.as_str()))
             .collect()
+    }
+}
+
+/// The QUIC stream allowance that lets a developer's client keep `max_streams` database streams
+/// open, as `Welcome` promises, without waiting for stream credit.
+///
+/// quinn gives a peer back the credit of its closed streams only once more than an eighth of
+/// the allowance has been freed (to save packets), and the control stream uses one more. With
+/// an allowance of exactly `max_streams`, a client would have one stream less than promised
+/// from the start and, once full, would wait for 17 of the app's connections (at 128) to close
+/// before a new one could open. With `max_streams + max_streams / 7 + 2` (148 at 128), an eighth
+/// of it plus the control stream is always spare: `allowance - allowance / 8 >= max_streams + 1`.
+/// The client itself keeps to `max_streams`.
+pub fn developer_stream_allowance(max_streams: u32) -> u32 {
+    max_streams.saturating_add(max_streams / 7 + 2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_quic_allowance_covers_the_promised_streams_despite_batched_credit() {
+        for n in (0..=5000).chain([u32::MAX / 2]) {
+            let a = u64::from(developer_stream_allowance(n));
+            assert!(a - a / 8 > u64::from(n), "{n}: allowance {a}");
+        }
+        assert_eq!(developer_stream_allowance(128), 148);
+        assert_eq!(developer_stream_allowance(u32::MAX), u32::MAX, "saturates");
     }
 }

@@ -4,7 +4,8 @@
 //! 1. [`Relay::run`] accepts QUIC connections ([`server`]); each opens a control stream and
 //!    sends `Hello`. Developers are checked against the [`TokenStore`] (constant time, hashes
 //!    only), edges and dbproxies by the role in their client certificate. Answer: `Welcome` or
-//!    a `Refusal` with a reason.
+//!    a `Refusal` with a reason. An address that failed too many token checks is refused
+//!    without its token being checked until it has waited ([`throttle`]).
 //! 2. A developer is put in the [`SessionRegistry`] under its routing key; a newer connection
 //!    with the same token replaces it, and the old one is closed with `CLOSE_REPLACED`.
 //! 3. An edge opens one stream per HTTP request, starting with a `Route` frame. The relay looks
@@ -24,10 +25,11 @@ pub mod handshakes;
 mod registry;
 mod server;
 mod splice;
+mod throttle;
 mod tokens;
 
 pub use admin::serve_admin;
-pub use config::RelayConfig;
+pub use config::{developer_stream_allowance, RelayConfig};
 pub use registry::{DeveloperSession, SessionInfo, SessionRegistry};
 pub use tokens::{TokenRecord, TokenStore, TokenStoreError, Verdict};
 
@@ -67,11 +69,14 @@ pub struct Relay {
         std::sync::Mutex<Vec<(u64, quinn::Connection, Arc<certs::liveness::Liveness>)>>,
     /// Connection attempts still in their handshake (bounded: see `handshakes`).
     pub(crate) handshakes: Arc<handshakes::HandshakeGate>,
+    /// Failed developer Hellos per source address (token guessing).
+    pub(crate) throttle: throttle::HelloThrottle,
 }
 
 impl Relay {
     pub fn new(config: RelayConfig, tokens: TokenStore) -> Arc<Self> {
         Arc::new(Self {
+            throttle: throttle::HelloThrottle::new(config.throttle_limits()),
             config,
             tokens: Arc::new(tokens),
             registry: Arc::new(SessionRegistry::default()),

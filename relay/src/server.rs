@@ -4,16 +4,17 @@
 
 use crate::registry::DeveloperSession;
 use crate::splice::splice_watched;
+use crate::throttle::Admission;
 use crate::tokens::Verdict;
 use crate::Relay;
 use certs::liveness::Liveness;
 use proto::{
-    codes, read_frame, write_frame, Frame, FrameError, Hello, Limits, OpenError, Refusal,
-    RefusalCode, Role, RouteReply, Welcome,
+    codes, printable, read_frame, write_frame, Frame, FrameError, Hello, Limits, OpenError,
+    Refusal, RefusalCode, Role, RouteReply, Welcome,
 };
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::time::timeout;
 use tracing::{debug, info, info_span, warn, Instrument};
 
@@ -96,7 +97,7 @@ impl Relay {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .retain(|(i, _, _)| *i != id);
-                info!(%remote, "dbproxy gone: {why}");
+                info!(%remote, "dbproxy gone: {}", printable(&why.to_string()));
             }
             Admitted::Infrastructure(role) => {
                 info!(%remote, %role, "peer of an unexpected role; closing");
@@ -145,9 +146,27 @@ impl Relay {
                     .await;
             }
         };
+        let developer = hello.role == Role::Developer;
+        if developer {
+            if let Admission::Throttled { retry_after } =
+                self.throttle.admit(remote.ip(), Instant::now())
+            {
+                return self.refuse_throttled(conn, send, retry_after).await;
+            }
+        }
         let role = match self.check_hello(conn, &hello) {
             Ok(role) => role,
-            Err((code, reason)) => return self.refuse(conn, send, code, reason).await,
+            Err((code, reason)) => {
+                let token_failed = matches!(code, RefusalCode::BadToken | RefusalCode::Revoked);
+                if developer && token_failed && self.throttle.failed(remote.ip(), Instant::now()) {
+                    info!(
+                        %remote,
+                        "too many failed token checks from this address: its Hellos are refused \
+                         unchecked until it slows down (failed_hello_burst, failed_hellos_per_sec)"
+                    );
+                }
+                return self.refuse(conn, send, code, reason).await;
+            }
         };
         let id = self.next_session_id.fetch_add(1, Ordering::Relaxed);
         let routing_key = hello.token.as_ref().map(|t| t.routing_key());
@@ -250,34 +269,75 @@ impl Relay {
     async fn refuse(
         &self,
         conn: &quinn::Connection,
-        mut send: quinn::SendStream,
+        send: quinn::SendStream,
         code: RefusalCode,
         reason: String,
     ) -> Option<Admitted> {
-        info!(remote = %conn.remote_address(), ?code, "refused: {reason}");
-        let frame = Frame::Refusal(Refusal {
-            code,
-            reason: reason.clone(),
-        });
-        if write_frame(&mut send, &frame).await.is_ok() && send.finish().is_ok() {
-            // Give the Refusal a chance to arrive before the close discards it; the close
-            // reason repeats it for a peer that misses it.
-            let _ = timeout(REFUSAL_LINGER, send.stopped()).await;
-        }
-        close(conn, codes::CLOSE_REFUSED, &reason);
-        None
+        info!(remote = %conn.remote_address(), ?code, "refused: {}", printable(&reason));
+        send_refusal(conn, send, code, reason, codes::CLOSE_REFUSED).await
     }
 
+    /// A developer's Hello from an address that failed too many token checks: refused without
+    /// checking its token (so guessing gains nothing), with a code a client retries on.
+    /// Logged at debug only: an attacker would otherwise fill the log.
+    async fn refuse_throttled(
+        &self,
+        conn: &quinn::Connection,
+        send: quinn::SendStream,
+        retry_after: Duration,
+    ) -> Option<Admitted> {
+        let remote = conn.remote_address();
+        debug!(%remote, "refused unchecked: too many failed token checks from this address");
+        let reason = format!(
+            "too many failed token checks from {}: this relay allows {} in a row and then {} per \
+             second per address; try again in {:.1} s (your token was not checked)",
+            remote.ip(),
+            self.config.failed_hello_burst,
+            self.config.failed_hellos_per_sec,
+            retry_after.as_secs_f64().max(0.1)
+        );
+        // BadHandshake: the one code a client does not take as final; the token may be good
+        // (an address shared with someone who guessed).
+        let code = RefusalCode::BadHandshake;
+        send_refusal(conn, send, code, reason, codes::CLOSE_THROTTLED).await
+    }
+}
+
+/// Sends a Refusal on the control stream, gives it a moment to arrive, and closes with
+/// `close_code` and the same reason.
+async fn send_refusal(
+    conn: &quinn::Connection,
+    mut send: quinn::SendStream,
+    code: RefusalCode,
+    reason: String,
+    close_code: u32,
+) -> Option<Admitted> {
+    let frame = Frame::Refusal(Refusal {
+        code,
+        reason: reason.clone(),
+    });
+    if write_frame(&mut send, &frame).await.is_ok() && send.finish().is_ok() {
+        // Give the Refusal a chance to arrive before the close discards it; the close
+        // reason repeats it for a peer that misses it.
+        let _ = timeout(REFUSAL_LINGER, send.stopped()).await;
+    }
+    close(conn, close_code, &reason);
+    None
+}
+
+impl Relay {
     async fn serve_developer(self: Arc<Self>, session: DeveloperSession) {
         let span = info_span!("developer", key = %session.routing_key, session = session.id);
         async move {
-            info!(remote = %session.remote, name = %session.client_name, "developer connected");
+            // The client's name is the developer's choice: escaped, like every peer string logged.
+            let name = printable(&session.client_name);
+            info!(remote = %session.remote, %name, "developer connected");
             if let Some(old) = self.registry.insert(session.clone()) {
                 let reason = format!(
                     "replaced by a newer connection with the same token from {} ({})",
                     session.client_name, session.remote
                 );
-                info!(old_session = old.id, "{reason}");
+                info!(old_session = old.id, "{}", printable(&reason));
                 close(&old.conn, codes::CLOSE_REPLACED, &reason);
             }
             // Developers open one stream per app database connection.
@@ -289,7 +349,7 @@ impl Relay {
                         tokio::spawn(async move { relay.route_db_stream(key, send, recv).await });
                     }
                     Err(e) => {
-                        info!("developer gone: {e}");
+                        info!("developer gone: {}", printable(&e.to_string()));
                         break;
                     }
                 }
@@ -308,7 +368,7 @@ impl Relay {
             let (send, recv) = match conn.accept_bi().await {
                 Ok(s) => s,
                 Err(e) => {
-                    info!(%remote, "edge gone: {e}");
+                    info!(%remote, "edge gone: {}", printable(&e.to_string()));
                     return;
                 }
             };
@@ -451,7 +511,7 @@ impl Relay {
                 }
             }
             Err(reason) => {
-                info!(%key, "database stream refused: {reason}");
+                info!(%key, "database stream refused: {}", printable(&reason));
                 let _ = write_frame(
                     &mut dev_send,
                     &Frame::RouteReply(RouteReply::Refused(reason)),

@@ -305,7 +305,16 @@ pub async fn relay_with_dbproxy(
     pki: &Pki,
     tune: impl FnOnce(&mut dbproxy::DbProxyFileConfig),
 ) -> (TestRelay, Arc<dbproxy::DbProxy>) {
-    let relay = TestRelay::start(pki).await;
+    relay_config_with_dbproxy(TestRelay::config(pki), tune).await
+}
+
+/// [`relay_with_dbproxy`] with a relay configuration of the test's own (from
+/// [`TestRelay::config`]).
+pub async fn relay_config_with_dbproxy(
+    config: RelayConfig,
+    tune: impl FnOnce(&mut dbproxy::DbProxyFileConfig),
+) -> (TestRelay, Arc<dbproxy::DbProxy>) {
+    let relay = TestRelay::start_with(config).await;
     let mut file = dbproxy::DbProxyFileConfig {
         upstream: Some(mariadb::server().url.clone()),
         ..Default::default()

@@ -38,7 +38,11 @@ pub async fn status(mysql: &str) -> anyhow::Result<i32> {
     let Some(row) = reply.rows().into_iter().next() else {
         bail!("the session sent no status")
     };
-    let field = |i: usize| row.get(i).cloned().flatten().unwrap_or_default();
+    // What the session sent, escaped: it is a peer's text on the developer's terminal.
+    let field = |i: usize| {
+        let text = row.get(i).cloned().flatten().unwrap_or_default();
+        proto::printable(&text).into_owned()
+    };
     println!("routing key       {}", field(0));
     println!("age               {} s", field(1));
     println!("statements run    {}", field(2));

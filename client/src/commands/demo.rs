@@ -89,15 +89,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<i32> {
             }
         }
         AgentEvent::Disconnected { reason, .. } => {
-            eprintln!("[client] relay unreachable: {reason}")
+            eprintln!("[client] relay unreachable: {}", proto::printable(&reason))
         }
-        AgentEvent::Request(r) => eprintln!(
-            "[client] {} {} {} {:.1}ms",
-            r.method,
-            r.path,
-            r.status,
-            r.duration.as_secs_f64() * 1e3
-        ),
+        AgentEvent::Request(r) => eprintln!("[client] {r}"),
     });
     let agent = Agent::new(config, events).context("cannot start the demo client")?;
     let (stop_agent, agent_stopped) = tokio::sync::oneshot::channel::<()>();

@@ -5,6 +5,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use proto::printable;
 use serde_json::Value;
 
 async fn call(method: http::Method, url: &str, body: Option<Value>) -> anyhow::Result<Value> {
@@ -35,7 +36,7 @@ async fn call(method: http::Method, url: &str, body: Option<Value>) -> anyhow::R
             .get("error")
             .and_then(Value::as_str)
             .unwrap_or("no reason given");
-        bail!("admin API refused ({status}): {msg}");
+        bail!("admin API refused ({status}): {msg}"); // escaped where main prints errors
     }
     Ok(json)
 }
@@ -56,11 +57,12 @@ pub async fn create(admin: &str, name: Option<String>) -> anyhow::Result<i32> {
         .get("token")
         .and_then(Value::as_str)
         .context("admin API answer has no token")?;
-    // The token alone on stdout, so `TOKEN=$(devinprod token create)` works.
-    println!("{token}");
+    // The token alone on stdout, so `TOKEN=$(devinprod token create)` works. Whatever the
+    // admin API answered is escaped before it reaches the terminal (proto::printable).
+    println!("{}", printable(token));
     if let Some(urls) = json.get("public_urls").and_then(Value::as_array) {
         for u in urls.iter().filter_map(Value::as_str) {
-            eprintln!("preview URL: {u}");
+            eprintln!("preview URL: {}", printable(u));
         }
     }
     Ok(0)
@@ -74,7 +76,9 @@ pub async fn list(admin: &str) -> anyhow::Result<i32> {
         "KEY", "NAME", "STATE", "CONNECTED"
     );
     for r in rows {
-        let s = |k: &str| r.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+        // Names are chosen by whoever asked for the token and by the developer's client:
+        // escaped, so they cannot clear the terminal or forge rows.
+        let s = |k: &str| printable(r.get(k).and_then(Value::as_str).unwrap_or("")).into_owned();
         let state = if r.get("revoked_at").is_some_and(|v| !v.is_null()) {
             "revoked"
         } else {
