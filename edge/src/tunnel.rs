@@ -47,6 +47,13 @@ pub fn ends_with_head(headers: &http::HeaderMap, body: &Incoming) -> bool {
     is_upgrade_request(headers) || body.is_end_stream()
 }
 
+/// A gRPC "trailers-only" response: `grpc-status` in the head, which gRPC allows only when the
+/// head is the whole response (HTTP/2 HEADERS with END_STREAM, no messages, no trailers).
+fn is_trailers_only(headers: &http::HeaderMap) -> bool {
+    const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+    headers.contains_key(GRPC_STATUS)
+}
+
 /// Sends the rest of `req` on `stream`, whose [`prelude`] the opener has sent (with `End` when
 /// [`ends_with_head`]), and turns the frames that come back into a response.
 pub async fn forward(
@@ -131,9 +138,16 @@ pub async fn forward(
             ))
         }
         _ => {
-            *resp.body_mut() = FrameBody::new(recv, max_frame_len)
-                .map_err(|e| Box::new(e) as BoxError)
-                .boxed_unsync();
+            let mut body = FrameBody::new(recv, max_frame_len);
+            if is_trailers_only(resp.headers()) {
+                // hyper's HTTP/2 server ends the stream with the head only if the body is
+                // already known to be empty; otherwise it sends HEADERS, then an empty DATA
+                // frame, which gRPC's C core and Go clients read as a call without a status.
+                // The head says nothing follows, so its End is at most a packet behind it; the
+                // caller's response timeout bounds the wait for a client that never sends it.
+                body.wait_for_next_frame().await;
+            }
+            *resp.body_mut() = body.map_err(|e| Box::new(e) as BoxError).boxed_unsync();
         }
     }
     Ok(resp)

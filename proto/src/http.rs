@@ -352,9 +352,24 @@ impl FrameBody {
     pub async fn look_ahead_now(&mut self) {
         std::future::poll_fn(|cx| {
             if !self.done && self.peeked.is_none() {
-                self.look_ahead(cx);
+                let _ = self.look_ahead(cx);
             }
             Poll::Ready(())
+        })
+        .await
+    }
+
+    /// Waits for the next frame (or the stream's failure) and keeps it for the first poll: a
+    /// body whose `End` comes next is empty from then on ([`Body::is_end_stream`]). For a head
+    /// that says nothing follows it — a gRPC "trailers-only" answer — so that the edge's HTTP/2
+    /// server sends it as one HEADERS frame with END_STREAM instead of HEADERS and an empty
+    /// DATA frame. The caller bounds the wait.
+    pub async fn wait_for_next_frame(&mut self) {
+        std::future::poll_fn(|cx| {
+            if self.done || self.peeked.is_some() {
+                return Poll::Ready(());
+            }
+            self.look_ahead(cx)
         })
         .await
     }
@@ -383,13 +398,14 @@ impl FrameBody {
     }
 
     /// If the next frame has arrived, takes it: `End` ends the body now, anything else waits
-    /// in `peeked` for the next poll.
-    fn look_ahead(&mut self, cx: &mut Context<'_>) {
+    /// in `peeked` for the next poll. `Pending` when it has not arrived.
+    fn look_ahead(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         match self.poll_next_frame(cx) {
-            Poll::Pending => {}
+            Poll::Pending => return Poll::Pending,
             Poll::Ready(Ok(Some(Frame::End))) => self.finish(cx),
             Poll::Ready(other) => self.peeked = Some(body_frame(other)),
         }
+        Poll::Ready(())
     }
 
     /// After `End`: reads the stream's own end if it is already there (it travels with `End`),
@@ -438,11 +454,11 @@ impl Body for FrameBody {
                     if d.is_empty() {
                         continue;
                     }
-                    this.look_ahead(cx);
+                    let _ = this.look_ahead(cx);
                     Ok(http_body::Frame::data(d))
                 }
                 Ok(Frame::Trailers(t)) => {
-                    this.look_ahead(cx);
+                    let _ = this.look_ahead(cx);
                     Ok(http_body::Frame::trailers(t.0))
                 }
                 Ok(Frame::End) => {
@@ -766,6 +782,27 @@ mod tests {
             body.collect().await.unwrap().to_bytes(),
             Bytes::from_static(b"x")
         );
+    }
+
+    #[tokio::test]
+    async fn waiting_for_the_next_frame_makes_a_head_only_message_empty_when_end_comes_late() {
+        let (mut tx, rx) = tokio::io::duplex(64);
+        let mut body = FrameBody::new(Box::new(rx), MAX_FRAME_LEN);
+        let waiter = tokio::spawn(async move {
+            body.wait_for_next_frame().await;
+            body
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!waiter.is_finished(), "nothing has arrived yet");
+        let mut end = Vec::new();
+        Frame::End.encode(&mut end).unwrap();
+        tx.write_all(&end).await.unwrap();
+        drop(tx);
+        let body = tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("End arrived")
+            .unwrap();
+        assert!(body.is_end_stream());
     }
 
     #[test]

@@ -6,9 +6,11 @@
 pub mod apps;
 pub mod bench;
 pub mod benchkit;
+pub mod h2raw;
 pub mod http_client;
 pub mod mariadb;
 pub mod raw;
+pub mod tls;
 
 use client::{Agent, AgentConfig, AgentEvent, AgentExit};
 use edge::{Edge, EdgeConfig, RelayConnector};

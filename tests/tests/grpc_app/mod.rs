@@ -321,6 +321,30 @@ impl EchoClient {
         }
     }
 
+    /// The same through an HTTPS edge: TLS (ALPN h2) under the channel's plain HTTP/2.
+    pub async fn via_tls_edge(
+        edge: SocketAddr,
+        host: &str,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> Self {
+        let endpoint = Endpoint::from_shared(format!("http://{host}")).unwrap();
+        let name = host.to_owned();
+        let connector = tower::service_fn(move |_uri: http::Uri| {
+            let (tls, name) = (tls.clone(), name.clone());
+            async move {
+                let stream = tests::tls::connect(tls, edge, &name).await;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        });
+        let channel = tokio::time::timeout(WAIT, endpoint.connect_with_connector(connector))
+            .await
+            .expect("connecting to the edge timed out")
+            .expect("connect to the edge");
+        Self {
+            inner: tonic::client::Grpc::new(channel),
+        }
+    }
+
     pub async fn ready(&mut self) {
         tokio::time::timeout(WAIT, self.inner.ready())
             .await
@@ -381,6 +405,8 @@ impl EchoClient {
 
 pub struct Tunnel {
     pub app: Arc<AppState>,
+    /// The gRPC app itself, for comparing what it sends with what the visitor gets.
+    pub app_addr: SocketAddr,
     pub host: String,
     pub pki: Pki,
     pub relay: TestRelay,
@@ -403,6 +429,7 @@ impl Tunnel {
         client.routing_key = client.wait_connected().await;
         Self {
             app,
+            app_addr: addr,
             host,
             pki,
             relay,
