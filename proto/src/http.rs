@@ -21,18 +21,22 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Names as constants: removing by `&str` parses the name again on every call, which was a few
 /// percent of the edge's instructions per request.
-const HOP_BY_HOP: [HeaderName; 6] = [
+/// `Trailer` is not among them: it is end to end (RFC 9110 §6.6.2), and hyper's HTTP/1.1
+/// encoder sends only the trailer fields that the message's `Trailer` names.
+const HOP_BY_HOP: [HeaderName; 5] = [
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     http::header::PROXY_AUTHENTICATE,
     http::header::PROXY_AUTHORIZATION,
-    http::header::TRAILER,
     http::header::TRANSFER_ENCODING,
 ];
 
 /// Headers that describe one hop, not the message (RFC 9110 §7.6.1), plus those that the
-/// connection named in `Connection`. `te: trailers` is end-to-end in practice (gRPC needs it)
-/// and is kept; `upgrade`/`connection: upgrade` are kept when `keep_upgrade` (WebSocket).
+/// connection named in `Connection`. Of `TE`, the `trailers` token is kept (as `te: trailers`,
+/// even when `Connection` names `TE`, as RFC 9110 §10.1.4 asks a sender to): it says the
+/// visitor accepts trailers, without which an HTTP/1.1 server sends none and gRPC refuses the
+/// call. Transfer codings the visitor accepts concern its own hop only and go.
+/// `upgrade`/`connection: upgrade` are kept when `keep_upgrade` (WebSocket).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     // Most messages carry none of these: one pass over the (few) names present is far cheaper
     // than hashing and probing for each of the eight, twice per request at the edge.
@@ -54,16 +58,20 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
         .filter(|n| !(keep_upgrade && n == http::header::UPGRADE))
         .collect();
+    let te_trailers = headers
+        .get_all(http::header::TE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"trailers"));
     for name in named {
         headers.remove(name);
     }
     for name in &HOP_BY_HOP {
         headers.remove(name);
     }
-    let te_trailers = headers
-        .get(http::header::TE)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    if !te_trailers {
+    if te_trailers {
+        headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
+    } else {
         headers.remove(http::header::TE);
     }
     if keep_upgrade {
@@ -821,6 +829,32 @@ mod tests {
         let mut names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         names.sort();
         assert_eq!(names, vec!["te", "x-end-to-end"]);
+    }
+
+    #[test]
+    fn te_keeps_only_trailers_and_trailer_stays() {
+        let cases: [(&[&str], &[&str], Option<&str>); 5] = [
+            (&["trailers"], &[], Some("trailers")),
+            (&["gzip;q=0.5, Trailers"], &[], Some("trailers")),
+            (&["deflate", "trailers"], &["TE"], Some("trailers")),
+            (&["gzip, deflate"], &[], None),
+            (&["trailersx"], &["te, close"], None),
+        ];
+        for (te, connection, want) in cases {
+            let mut h = HeaderMap::new();
+            for v in te {
+                h.append("te", HeaderValue::from_str(v).unwrap());
+            }
+            for v in connection {
+                h.append("connection", HeaderValue::from_str(v).unwrap());
+            }
+            h.insert("trailer", HeaderValue::from_static("x-checksum"));
+            strip_hop_by_hop(&mut h, false);
+            let got: Vec<_> = h.get_all("te").iter().collect();
+            assert_eq!(got, want.into_iter().collect::<Vec<_>>(), "TE {te:?}");
+            assert_eq!(h.get("trailer").unwrap(), "x-checksum", "TE {te:?}");
+            assert!(h.get("connection").is_none());
+        }
     }
 
     #[test]
