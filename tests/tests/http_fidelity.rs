@@ -6,6 +6,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, StreamBody};
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
+use tests::apps::echo_app;
+use tests::http_client::{client, send};
 use tests::{init_tracing, Pki, TestClient, TestEdge, TestRelay, WAIT};
 
 type Frames = StreamBody<
@@ -149,5 +151,95 @@ async fn http1_trailers_go_both_ways_for_a_visitor_that_accepts_them() {
         let trailers = got.trailers().cloned().expect("trailers");
         assert_eq!(trailers["x-checksum"], "14", "{app}");
         assert_eq!(trailers["x-request-sum"], "none", "{app}");
+    }
+}
+
+/// An app builds absolute URLs (redirects, links in mail) from `X-Forwarded-Host` and
+/// `X-Forwarded-Port`: the host keeps the port the visitor wrote, and the port says which of
+/// the edge's ports the visitor came in on, whatever the visitor claimed; behind a trusted
+/// proxy, the proxy's word counts.
+#[tokio::test]
+async fn the_app_sees_the_visitors_host_with_its_port_and_the_port_it_came_in_on() {
+    init_tracing();
+    let pki = Pki::new();
+    let relay = TestRelay::start(&pki).await;
+    let dev = echo_app("developer").await;
+    let production = echo_app("production").await;
+    let edge = TestEdge::in_process(&relay, Some(production)).await;
+    let mut config = TestEdge::config(Some(production));
+    config.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
+    let behind_proxy = TestEdge::start(config, relay.relay.registry()).await;
+    let token = relay.issue_token("ports");
+    let key = token.routing_key().to_string();
+    let _client = TestClient::connect(&relay, &pki, token, dev).await;
+
+    let port = edge.addr.port().to_string();
+    let forged = [
+        ("x-forwarded-host", "evil.example"),
+        ("x-forwarded-port", "1"),
+    ];
+    for (name, app) in [
+        (format!("www-{key}.example.com"), "developer"),
+        ("www.example.com".to_owned(), "production"),
+    ] {
+        let host = format!("{name}:{port}");
+        let seen = send(
+            &client(),
+            edge.addr,
+            "GET",
+            &host,
+            "/",
+            &forged,
+            Bytes::new(),
+        )
+        .await
+        .json();
+        assert_eq!(seen["app"], app);
+        assert_eq!(seen["headers"]["x-forwarded-host"], host.as_str(), "{app}");
+        assert_eq!(seen["headers"]["x-forwarded-port"], port.as_str(), "{app}");
+        assert_eq!(seen["headers"]["x-forwarded-proto"], "http", "{app}");
+
+        // A host written without its port: the port the visitor came in on is still known.
+        let seen = send(&client(), edge.addr, "GET", &name, "/", &[], Bytes::new())
+            .await
+            .json();
+        assert_eq!(seen["headers"]["x-forwarded-host"], name.as_str(), "{app}");
+        assert_eq!(seen["headers"]["x-forwarded-port"], port.as_str(), "{app}");
+
+        // A TLS terminator on 443 in front of the edge: its claims stand; when it names no
+        // port, the visitor's is its scheme's, not the edge's.
+        let proxied = [
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "shop.example.com"),
+        ];
+        let seen = send(
+            &client(),
+            behind_proxy.addr,
+            "GET",
+            &name,
+            "/",
+            &proxied,
+            Bytes::new(),
+        )
+        .await
+        .json();
+        assert_eq!(
+            seen["headers"]["x-forwarded-host"], "shop.example.com",
+            "{app}"
+        );
+        assert_eq!(seen["headers"]["x-forwarded-port"], "443", "{app}");
+        let claimed = [("x-forwarded-port", "8443"), ("x-forwarded-proto", "https")];
+        let seen = send(
+            &client(),
+            behind_proxy.addr,
+            "GET",
+            &name,
+            "/",
+            &claimed,
+            Bytes::new(),
+        )
+        .await
+        .json();
+        assert_eq!(seen["headers"]["x-forwarded-port"], "8443", "{app}");
     }
 }
