@@ -16,7 +16,8 @@
 //! that starts and stalls gets 408, a keep-alive connection idle too long is closed.
 //!
 //! Failures become pages that say which side failed ([`pages`]): 502 developer offline, 502
-//! relay unavailable, 502 bad answer from the developer's client, 502 production failed.
+//! relay unavailable, 502 bad answer from the developer's client, 502 production failed (and
+//! 502 local app unreachable, which the developer's client writes with the same template).
 
 #![forbid(unsafe_code)]
 

@@ -5,7 +5,7 @@ use http::{HeaderMap, Response, StatusCode};
 
 use crate::BoxBody;
 
-/// Seconds between reloads of the "developer offline" page.
+/// Seconds between reloads of the "developer offline" and "local app unreachable" pages.
 pub const OFFLINE_REFRESH_SECS: u32 = 5;
 
 /// How a visitor wants the edge's own pages: HTML for a browser (its `Accept` names
@@ -94,6 +94,24 @@ pub fn developer_offline(format: PageFormat, key: &proto::RoutingKey) -> Respons
             "No developer is connected for routing key {key}. The developer must run \
              `devinprod connect` with the token of this key; this page reloads every \
              {OFFLINE_REFRESH_SECS} s until they do."
+        ),
+        Some(OFFLINE_REFRESH_SECS),
+    )
+}
+
+/// 502 for a developer who is connected but whose client cannot reach their local app (not
+/// started yet, restarting, wrong `--http`). Like the offline page it reloads itself in a
+/// browser, so it turns into the app as soon as the app answers. The developer's client
+/// writes it (only it knows), with this template so that both pages look and behave alike.
+pub fn local_app_unreachable(format: PageFormat, local: &str, error: &str) -> Response<BoxBody> {
+    page_with_refresh(
+        StatusCode::BAD_GATEWAY,
+        format,
+        "Local app unreachable",
+        &format!(
+            "The developer's `devinprod connect` is running, but cannot reach your local app \
+             at {local}: {error}. Start the app (or check `--http`); this page reloads every \
+             {OFFLINE_REFRESH_SECS} s until it answers."
         ),
         Some(OFFLINE_REFRESH_SECS),
     )

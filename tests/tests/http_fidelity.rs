@@ -243,3 +243,72 @@ async fn the_app_sees_the_visitors_host_with_its_port_and_the_port_it_came_in_on
         assert_eq!(seen["headers"]["x-forwarded-port"], "8443", "{app}");
     }
 }
+
+/// The developer is connected but their app is not up (yet): a browser gets a page that
+/// reloads itself, like the "developer offline" one, so it becomes the app once it answers;
+/// anything else gets plain text. Both name the local address and say it is the local app.
+#[tokio::test]
+async fn an_unreachable_local_app_gives_browsers_a_self_refreshing_page_and_others_text() {
+    init_tracing();
+    let pki = Pki::new();
+    let relay = TestRelay::start(&pki).await;
+    let edge = TestEdge::in_process(&relay, None).await;
+    // A port with nothing listening: bind, note the port, close.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let token = relay.issue_token("down");
+    let host = format!("www-{}.example.com", token.routing_key());
+    let _client = TestClient::connect(&relay, &pki, token, dead).await;
+
+    let browser = [("accept", "text/html,application/xhtml+xml,*/*;q=0.8")];
+    let page = send(
+        &client(),
+        edge.addr,
+        "GET",
+        &host,
+        "/",
+        &browser,
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(page.status, 502, "{}", page.text());
+    assert_eq!(page.headers["content-type"], "text/html; charset=utf-8");
+    assert_eq!(page.headers["retry-after"], "5");
+    assert_eq!(page.headers["cache-control"], "no-store");
+    let html = page.text();
+    assert!(
+        html.contains("<meta http-equiv=\"refresh\" content=\"5\">"),
+        "{html}"
+    );
+    assert!(
+        html.contains("<title>Local app unreachable</title>"),
+        "{html}"
+    );
+    assert!(
+        html.contains(&format!("cannot reach your local app at {dead}")),
+        "{html}"
+    );
+
+    let text = send(
+        &client(),
+        edge.addr,
+        "GET",
+        &host,
+        "/",
+        &[("accept", "*/*")],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(text.status, 502);
+    assert_eq!(text.headers["content-type"], "text/plain; charset=utf-8");
+    assert!(
+        text.text().starts_with("Local app unreachable\n"),
+        "{}",
+        text.text()
+    );
+    assert!(text
+        .text()
+        .contains(&format!("cannot reach your local app at {dead}")));
+}
