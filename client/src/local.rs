@@ -2,7 +2,7 @@
 //! local app, send the response back as frames. Streams both ways; a 101 becomes a raw pipe;
 //! a visitor who leaves (STOP_SENDING) cancels the local request.
 
-use crate::app_pool::{Http1Conn, Http1Pool};
+use crate::app_pool::{AppError, Http1Conn, Http1Pool};
 use bytes::Bytes;
 use edge::pages::{self, PageFormat};
 use http::{Request, Response, StatusCode};
@@ -32,6 +32,15 @@ pub struct LocalApp {
 enum Transport {
     Http1(Http1Pool),
     H2c(Box<Client<HttpConnector, Body>>),
+}
+
+/// Why the local app gave no response: the visitor's page differs (an app that is not up yet
+/// is worth reloading for; one that answers garbage is not).
+enum LocalFailure {
+    /// No connection to it: not started, restarting, or not at this address.
+    Unreachable(String),
+    /// Connected, but the exchange failed (an invalid response, a connection closed early).
+    Failed(String),
 }
 
 /// One finished request, for the terminal's access log.
@@ -183,7 +192,11 @@ impl LocalApp {
         let (mut resp, conn) = match self.send_watching(req, &send).await {
             Some(Ok(r)) => r,
             Some(Err(e)) => {
-                let page = pages::local_app_unreachable(format, self.authority.as_str(), &e);
+                let local = self.authority.as_str();
+                let page = match e {
+                    LocalFailure::Unreachable(e) => pages::local_app_unreachable(format, local, &e),
+                    LocalFailure::Failed(e) => pages::local_app_failed(format, local, &e),
+                };
                 return reply_page(&mut send, record, started, page).await;
             }
             None => {
@@ -245,7 +258,7 @@ impl LocalApp {
         &self,
         req: Request<Body>,
         send: &quinn::SendStream,
-    ) -> Option<Result<(Response<hyper::body::Incoming>, Option<Http1Conn>), String>> {
+    ) -> Option<Result<(Response<hyper::body::Incoming>, Option<Http1Conn>), LocalFailure>> {
         let stopped = send.stopped();
         let exchange = async {
             match &self.transport {
@@ -253,12 +266,18 @@ impl LocalApp {
                     .send(req)
                     .await
                     .map(|(resp, conn)| (resp, Some(conn)))
-                    .map_err(|e| e.to_string()),
+                    .map_err(|e| match e {
+                        AppError::Connect(_) => LocalFailure::Unreachable(e.to_string()),
+                        AppError::Exchange(_) => LocalFailure::Failed(e.to_string()),
+                    }),
                 Transport::H2c(client) => client
                     .request(req)
                     .await
                     .map(|resp| (resp, None))
-                    .map_err(|e| error_chain(&e)),
+                    .map_err(|e| match e.is_connect() {
+                        true => LocalFailure::Unreachable(error_chain(&e)),
+                        false => LocalFailure::Failed(error_chain(&e)),
+                    }),
             }
         };
         tokio::select! {

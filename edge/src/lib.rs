@@ -22,6 +22,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access;
+mod checks;
 mod config;
 pub mod connector;
 mod forwarded;
@@ -29,6 +30,7 @@ pub mod pages;
 pub mod production;
 pub mod routing;
 pub mod tunnel;
+mod visitor_body;
 mod visitor_conn;
 
 pub use config::{EdgeConfig, OnMissing};
@@ -334,6 +336,13 @@ impl Edge {
         let path = req.uri().path().to_owned();
         let (mut parts, body) = req.into_parts();
 
+        // Phase 0: a request that names its host two ways is refused before anything reads it.
+        if let Some(why) = checks::ambiguous_host(&parts) {
+            info!(%peer, %method, %path, target = "invalid", status = 400, "request: {why}");
+            let format = pages::PageFormat::of(&parts.headers);
+            return pages::page(StatusCode::BAD_REQUEST, format, "Ambiguous host", &why);
+        }
+
         if let Some(resp) = self.staff_sign_in(&parts) {
             return resp;
         }
@@ -464,6 +473,7 @@ impl Edge {
                         let timeout = Duration::from_millis(self.config.response_timeout_ms);
                         let resp = match tokio::time::timeout(timeout, tunnel::forward(stream, req, max)).await {
                         Ok(Ok(r)) => r,
+                        Ok(Err(tunnel::TunnelError::Visitor(why))) => pages::bad_request_body(format, &why),
                         Ok(Err(e)) => pages::page(
                             StatusCode::BAD_GATEWAY,
                             format,
@@ -621,6 +631,9 @@ impl Edge {
             ),
             Some(p) => match p.forward(req).await {
                 Ok(r) => r,
+                Err(production::ProductionError::VisitorBody(why)) => {
+                    pages::bad_request_body(format, &why)
+                }
                 Err(e) => pages::page(StatusCode::BAD_GATEWAY, format, "Production failed", &e.to_string()),
             },
         }

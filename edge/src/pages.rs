@@ -116,3 +116,26 @@ pub fn local_app_unreachable(format: PageFormat, local: &str, error: &str) -> Re
         Some(OFFLINE_REFRESH_SECS),
     )
 }
+
+/// 502 for a local app that was reached but did not answer properly (an invalid response, a
+/// connection closed before the answer). Written by the developer's client, like
+/// [`local_app_unreachable`]; not reloading: the same request would fail the same way.
+pub fn local_app_failed(format: PageFormat, local: &str, error: &str) -> Response<BoxBody> {
+    page(
+        StatusCode::BAD_GATEWAY,
+        format,
+        "Local app failed",
+        &format!("The developer's local app at {local} did not answer properly: {error}."),
+    )
+}
+
+/// 400 for a request whose body could not be read (a malformed chunked encoding, a cut
+/// upload): the visitor's fault, whatever the app or production made of the half they got.
+pub fn bad_request_body(format: PageFormat, why: &str) -> Response<BoxBody> {
+    page(
+        StatusCode::BAD_REQUEST,
+        format,
+        "Bad request body",
+        &format!("The edge could not read this request's body: {why}."),
+    )
+}

@@ -178,3 +178,33 @@ where
         RawFrame::describe(&frames)
     );
 }
+
+/// The `:status` of a HEADERS frame when the server sent it as an entry of HPACK's static
+/// table (200, 204, 206, 304, 400, 404, 500: what HTTP/2 servers do for those), which needs no
+/// decoder state; `None` for anything else.
+pub fn status(f: &RawFrame) -> Option<u16> {
+    const PADDED: u8 = 0x8;
+    const PRIORITY: u8 = 0x20;
+    if f.kind != HEADERS {
+        return None;
+    }
+    let mut block = &f.payload[..];
+    if f.flags & PADDED != 0 {
+        let pad = *block.first()? as usize;
+        block = block.get(1..block.len().checked_sub(pad)?)?;
+    }
+    if f.flags & PRIORITY != 0 {
+        block = block.get(5..)?;
+    }
+    // An indexed field (high bit), static indexes 8..=14 (RFC 7541 Appendix A).
+    match block.first()? {
+        0x88 => Some(200),
+        0x89 => Some(204),
+        0x8a => Some(206),
+        0x8b => Some(304),
+        0x8c => Some(400),
+        0x8d => Some(404),
+        0x8e => Some(500),
+        _ => None,
+    }
+}
