@@ -2,11 +2,12 @@
 //! local app, send the response back as frames. Streams both ways; a 101 becomes a raw pipe;
 //! a visitor who leaves (STOP_SENDING) cancels the local request.
 
-use crate::app_pool::{Http1Conn, Http1Pool};
+use crate::app_pool::{AppError, Http1Conn, Http1Pool};
 use bytes::Bytes;
+use edge::pages::{self, PageFormat};
 use http::{Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Empty};
 use hyper::body::Body as _;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -31,6 +32,15 @@ pub struct LocalApp {
 enum Transport {
     Http1(Http1Pool),
     H2c(Box<Client<HttpConnector, Body>>),
+}
+
+/// Why the local app gave no response: the visitor's page differs (an app that is not up yet
+/// is worth reloading for; one that answers garbage is not).
+enum LocalFailure {
+    /// No connection to it: not started, restarting, or not at this address.
+    Unreachable(String),
+    /// Connected, but the exchange failed (an invalid response, a connection closed early).
+    Failed(String),
 }
 
 /// One finished request, for the terminal's access log.
@@ -160,6 +170,8 @@ impl LocalApp {
         };
         let headers = std::mem::take(&mut head.headers).into_map();
         let upgrade = is_upgrade_request(&headers);
+        // Read now: the headers go to the app, and an error page is written in this format.
+        let format = PageFormat::of(&headers);
         // The request body, and for an upgrade the rest of the stream (the raw pipe after End).
         let (body, pipe_recv): (Body, Option<quinn::RecvStream>) = if upgrade {
             match read_frame(&mut recv, max_frame_len).await {
@@ -185,21 +197,21 @@ impl LocalApp {
         let req = match self.request(&head, headers, body) {
             Ok(r) => r,
             Err(e) => {
-                return self
-                    .reply_error(&mut send, record, started, StatusCode::BAD_GATEWAY, e)
-                    .await
+                // The edge passed it, but it cannot be written to the app: it is the request.
+                let detail = format!("The developer's client cannot send this request on: {e}.");
+                let page = pages::page(StatusCode::BAD_REQUEST, format, "Bad request", &detail);
+                return reply_page(&mut send, record, started, page).await;
             }
         };
         let (mut resp, conn) = match self.send_watching(req, &send).await {
             Some(Ok(r)) => r,
             Some(Err(e)) => {
-                let msg = format!(
-                    "devinprod: cannot reach your local app at {}: {e}",
-                    self.authority
-                );
-                return self
-                    .reply_error(&mut send, record, started, StatusCode::BAD_GATEWAY, msg)
-                    .await;
+                let local = self.authority.as_str();
+                let page = match e {
+                    LocalFailure::Unreachable(e) => pages::local_app_unreachable(format, local, &e),
+                    LocalFailure::Failed(e) => pages::local_app_failed(format, local, &e),
+                };
+                return reply_page(&mut send, record, started, page).await;
             }
             None => {
                 debug!("visitor left before the local app answered; request cancelled");
@@ -260,7 +272,7 @@ impl LocalApp {
         &self,
         req: Request<Body>,
         send: &quinn::SendStream,
-    ) -> Option<Result<(Response<hyper::body::Incoming>, Option<Http1Conn>), String>> {
+    ) -> Option<Result<(Response<hyper::body::Incoming>, Option<Http1Conn>), LocalFailure>> {
         let stopped = send.stopped();
         let exchange = async {
             match &self.transport {
@@ -268,12 +280,18 @@ impl LocalApp {
                     .send(req)
                     .await
                     .map(|(resp, conn)| (resp, Some(conn)))
-                    .map_err(|e| e.to_string()),
+                    .map_err(|e| match e {
+                        AppError::Connect(_) => LocalFailure::Unreachable(e.to_string()),
+                        AppError::Exchange(_) => LocalFailure::Failed(e.to_string()),
+                    }),
                 Transport::H2c(client) => client
                     .request(req)
                     .await
                     .map(|resp| (resp, None))
-                    .map_err(|e| error_chain(&e)),
+                    .map_err(|e| match e.is_connect() {
+                        true => LocalFailure::Unreachable(error_chain(&e)),
+                        false => LocalFailure::Failed(error_chain(&e)),
+                    }),
             }
         };
         tokio::select! {
@@ -281,34 +299,27 @@ impl LocalApp {
             _ = stopped => None,
         }
     }
+}
 
-    async fn reply_error(
-        &self,
-        send: &mut quinn::SendStream,
-        mut record: RequestRecord,
-        started: Instant,
-        status: StatusCode,
-        message: String,
-    ) -> RequestRecord {
-        record.status = status.as_u16();
-        let head = ResponseHead {
-            status: status.as_u16(),
-            version: proto::HttpVersion::Http11,
-            headers: proto::Headers(http::HeaderMap::from_iter([(
-                http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static("text/plain; charset=utf-8"),
-            )])),
-        };
-        let mut prefix = Vec::with_capacity(128);
-        if Frame::ResponseHead(head).encode(&mut prefix).is_ok() {
-            let body = Full::new(Bytes::from(message + "\n"));
-            if send_message(prefix, body, send).await.is_ok() {
-                let _ = send.shutdown().await;
-            }
-        }
-        record.duration = started.elapsed();
-        record
+/// Answers the stream with a page the client wrote itself (head and body in one write).
+async fn reply_page(
+    send: &mut quinn::SendStream,
+    mut record: RequestRecord,
+    started: Instant,
+    page: Response<edge::BoxBody>,
+) -> RequestRecord {
+    record.status = page.status().as_u16();
+    let (parts, body) = page.into_parts();
+    let mut prefix = Vec::with_capacity(256);
+    if Frame::ResponseHead(ResponseHead::from_parts(parts))
+        .encode(&mut prefix)
+        .is_ok()
+        && send_message(prefix, body, send).await.is_ok()
+    {
+        let _ = send.shutdown().await;
     }
+    record.duration = started.elapsed();
+    record
 }
 
 /// An error and its causes on one line ("client error (Connect): tcp connect error: Connection

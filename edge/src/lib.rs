@@ -16,24 +16,28 @@
 //! that starts and stalls gets 408, a keep-alive connection idle too long is closed.
 //!
 //! Failures become pages that say which side failed ([`pages`]): 502 developer offline, 502
-//! relay unavailable, 502 bad answer from the developer's client, 502 production failed.
+//! relay unavailable, 502 bad answer from the developer's client, 502 production failed (and
+//! 502 local app unreachable, which the developer's client writes with the same template).
 
 #![forbid(unsafe_code)]
 
 pub mod access;
+mod checks;
 mod config;
 pub mod connector;
+mod forwarded;
 pub mod pages;
 pub mod production;
 pub mod routing;
 pub mod tunnel;
+mod visitor_body;
 mod visitor_conn;
 
 pub use config::{EdgeConfig, OnMissing};
 pub use connector::{ConnectorError, RelayConnector};
 
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
+use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -146,10 +150,13 @@ pub struct Visitor {
     trusted: bool,
     /// `ip` as an `X-Forwarded-For` value.
     ip_value: HeaderValue,
+    /// The edge's port that the connection came in on, as an `X-Forwarded-Port` value.
+    port_value: HeaderValue,
 }
 
 impl Visitor {
-    pub fn new(addr: SocketAddr, trusted_proxies: &[ipnet::IpNet]) -> Self {
+    /// A connection from `addr` to the edge's port `local_port`.
+    pub fn new(addr: SocketAddr, local_port: u16, trusted_proxies: &[ipnet::IpNet]) -> Self {
         let ip = addr.ip().to_canonical();
         Visitor {
             addr,
@@ -158,6 +165,7 @@ impl Visitor {
             // An IP address is always a valid header value.
             ip_value: HeaderValue::from_str(&ip.to_string())
                 .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+            port_value: HeaderValue::from(local_port),
         }
     }
 }
@@ -231,7 +239,8 @@ impl Edge {
             .max_header_list_size(u32::try_from(self.config.max_header_bytes).unwrap_or(u32::MAX));
         builder.http2().timer(TokioTimer::new());
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-        info!(addr = ?listener.local_addr().ok(), "edge listening");
+        let listening = listener.local_addr().ok();
+        info!(addr = ?listening, "edge listening");
         loop {
             let (stream, peer) = tokio::select! {
                 _ = &mut shutdown => break,
@@ -246,7 +255,14 @@ impl Edge {
                 },
             };
             let _ = stream.set_nodelay(true);
-            let visitor = Arc::new(Visitor::new(peer, &self.config.trusted_proxies));
+            // The port this visitor reached: a listener on a wildcard address has one port,
+            // but say what the socket says.
+            let local_port = stream
+                .local_addr()
+                .ok()
+                .or(listening)
+                .map_or(0, |a| a.port());
+            let visitor = Arc::new(Visitor::new(peer, local_port, &self.config.trusted_proxies));
             let edge = self.clone();
             let phase = Arc::new(visitor_conn::ConnPhase::default());
             let service_phase = phase.clone();
@@ -320,6 +336,13 @@ impl Edge {
         let path = req.uri().path().to_owned();
         let (mut parts, body) = req.into_parts();
 
+        // Phase 0: a request that names its host two ways is refused before anything reads it.
+        if let Some(why) = checks::ambiguous_host(&parts) {
+            info!(%peer, %method, %path, target = "invalid", status = 400, "request: {why}");
+            let format = pages::PageFormat::of(&parts.headers);
+            return pages::page(StatusCode::BAD_REQUEST, format, "Ambiguous host", &why);
+        }
+
         if let Some(resp) = self.staff_sign_in(&parts) {
             return resp;
         }
@@ -338,7 +361,10 @@ impl Edge {
         }
 
         // Phase 2: prepare.
-        let host = routing::request_host(&parts).unwrap_or_default().to_owned();
+        let host = routing::request_authority(&parts)
+            .map(routing::without_userinfo)
+            .unwrap_or_default()
+            .to_owned();
         let upgrade = proto::http::is_upgrade_request(&parts.headers);
         proto::http::strip_hop_by_hop(&mut parts.headers, upgrade);
         parts.headers.remove(self.router.key_header());
@@ -347,7 +373,7 @@ impl Edge {
             &mut parts.headers,
             &[access::STAFF_COOKIE, routing::COOKIE],
         );
-        self.set_forwarded(&mut parts.headers, visitor, &host);
+        forwarded::set(&mut parts.headers, visitor, &host, self.scheme);
         let format = pages::PageFormat::of(&parts.headers);
 
         // Limits of developer routes: the declared body size, and requests in flight (the
@@ -448,6 +474,7 @@ impl Edge {
                         let resp = match tokio::time::timeout(timeout, tunnel::forward(stream, req, max)).await {
                         Ok(Ok(r)) => r,
                         Ok(Err(tunnel::TunnelError::Silent)) => pages::developer_offline(format, &key),
+                        Ok(Err(tunnel::TunnelError::Visitor(why))) => pages::bad_request_body(format, &why),
                         Ok(Err(e)) => pages::page(
                             StatusCode::BAD_GATEWAY,
                             format,
@@ -599,57 +626,11 @@ impl Edge {
             ),
             Some(p) => match p.forward(req).await {
                 Ok(r) => r,
+                Err(production::ProductionError::VisitorBody(why)) => {
+                    pages::bad_request_body(format, &why)
+                }
                 Err(e) => pages::page(StatusCode::BAD_GATEWAY, format, "Production failed", &e.to_string()),
             },
-        }
-    }
-
-    /// `X-Forwarded-For/-Proto/-Host`: appended to when the peer is a trusted proxy, replaced
-    /// otherwise (a visitor cannot claim another address).
-    fn set_forwarded(&self, headers: &mut http::HeaderMap, visitor: &Visitor, host: &str) {
-        // Room for the three headers added below, so the map grows at most once.
-        headers.reserve(3);
-        let trusted = visitor.trusted;
-        const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-        const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-        const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-        const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
-        if trusted {
-            // A proxy we trust: its claims stand, and the chain gets this hop.
-            let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-                Some(prev) => HeaderValue::from_str(&format!("{prev}, {}", visitor.ip)).ok(),
-                None => Some(visitor.ip_value.clone()),
-            };
-            if let Some(v) = xff {
-                headers.insert(X_FORWARDED_FOR, v);
-            }
-            if !headers.contains_key(&X_FORWARDED_PROTO) {
-                headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(self.scheme));
-            }
-            if !headers.contains_key(&X_FORWARDED_HOST) {
-                if let Ok(v) = HeaderValue::from_str(host) {
-                    headers.insert(X_FORWARDED_HOST, v);
-                }
-            }
-            return;
-        }
-        // Anyone else: whatever the visitor claimed goes, ours replace it.
-        let claims = [
-            &http::header::FORWARDED,
-            &X_FORWARDED_PROTO,
-            &X_FORWARDED_HOST,
-            &X_REAL_IP,
-        ];
-        // A visitor rarely sends any: look once rather than hash each name (hot path).
-        if headers.keys().any(|n| claims.contains(&n)) {
-            for name in claims {
-                headers.remove(name);
-            }
-        }
-        headers.insert(X_FORWARDED_FOR, visitor.ip_value.clone());
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(self.scheme));
-        if let Ok(v) = HeaderValue::from_str(host) {
-            headers.insert(X_FORWARDED_HOST, v);
         }
     }
 }

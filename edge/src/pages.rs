@@ -5,7 +5,7 @@ use http::{HeaderMap, Response, StatusCode};
 
 use crate::BoxBody;
 
-/// Seconds between reloads of the "developer offline" page.
+/// Seconds between reloads of the "developer offline" and "local app unreachable" pages.
 pub const OFFLINE_REFRESH_SECS: u32 = 5;
 
 /// How a visitor wants the edge's own pages: HTML for a browser (its `Accept` names
@@ -111,5 +111,46 @@ pub fn relay_unavailable(format: PageFormat, detail: &str) -> Response<BoxBody> 
              {OFFLINE_REFRESH_SECS} s."
         ),
         Some(OFFLINE_REFRESH_SECS),
+    )
+}
+
+/// 502 for a developer who is connected but whose client cannot reach their local app (not
+/// started yet, restarting, wrong `--http`). Like the offline page it reloads itself in a
+/// browser, so it turns into the app as soon as the app answers. The developer's client
+/// writes it (only it knows), with this template so that both pages look and behave alike.
+pub fn local_app_unreachable(format: PageFormat, local: &str, error: &str) -> Response<BoxBody> {
+    page_with_refresh(
+        StatusCode::BAD_GATEWAY,
+        format,
+        "Local app unreachable",
+        &format!(
+            "The developer's `devinprod connect` is running, but cannot reach your local app \
+             at {local}: {error}. Start the app (or check `--http`); this page reloads every \
+             {OFFLINE_REFRESH_SECS} s until it answers."
+        ),
+        Some(OFFLINE_REFRESH_SECS),
+    )
+}
+
+/// 502 for a local app that was reached but did not answer properly (an invalid response, a
+/// connection closed before the answer). Written by the developer's client, like
+/// [`local_app_unreachable`]; not reloading: the same request would fail the same way.
+pub fn local_app_failed(format: PageFormat, local: &str, error: &str) -> Response<BoxBody> {
+    page(
+        StatusCode::BAD_GATEWAY,
+        format,
+        "Local app failed",
+        &format!("The developer's local app at {local} did not answer properly: {error}."),
+    )
+}
+
+/// 400 for a request whose body could not be read (a malformed chunked encoding, a cut
+/// upload): the visitor's fault, whatever the app or production made of the half they got.
+pub fn bad_request_body(format: PageFormat, why: &str) -> Response<BoxBody> {
+    page(
+        StatusCode::BAD_REQUEST,
+        format,
+        "Bad request body",
+        &format!("The edge could not read this request's body: {why}."),
     )
 }

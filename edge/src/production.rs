@@ -2,6 +2,7 @@
 
 use crate::{BoxBody, BoxError};
 use http::{Request, Response, Uri};
+use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -23,6 +24,9 @@ pub enum ProductionError {
     BadUrl(String),
     #[error("production upstream failed: {0}")]
     Upstream(String),
+    /// The visitor's request body failed (malformed, cut), and the request with it.
+    #[error("the request's body could not be read: {0}")]
+    VisitorBody(String),
 }
 
 impl Production {
@@ -73,12 +77,28 @@ impl Production {
                 parts.headers.insert(http::header::HOST, h);
             }
         }
-        let body = body.map_err(|e| Box::new(e) as BoxError).boxed_unsync();
+        // Most requests have no body to watch (a GET): no channel for them.
+        let (body, mut body_failed) = if body.is_end_stream() {
+            (
+                body.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),
+                None,
+            )
+        } else {
+            let (body, failed) = crate::visitor_body::watch(body);
+            let body = body.map_err(|e| Box::new(e) as BoxError).boxed_unsync();
+            (body, Some(failed))
+        };
         let mut resp = self
             .client
             .request(Request::from_parts(parts, body))
             .await
-            .map_err(|e| ProductionError::Upstream(e.to_string()))?;
+            .map_err(
+                |e| match body_failed.as_mut().and_then(crate::visitor_body::failure) {
+                    // The body failed before the request did: that is why it did.
+                    Some(why) => ProductionError::VisitorBody(why),
+                    None => ProductionError::Upstream(e.to_string()),
+                },
+            )?;
         let switching = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
         if let (true, Some(on_visitor)) = (switching, upgrade) {
             let on_production = hyper::upgrade::on(&mut resp);

@@ -212,6 +212,17 @@ pub fn request_host(parts: &Parts) -> Option<&str> {
     request_authority(parts).map(|a| host_and_port(a).0)
 }
 
+/// The port of `authority` (`host:port`), if it names one.
+pub fn authority_port(authority: &str) -> Option<u16> {
+    host_and_port(authority).1?.parse().ok()
+}
+
+/// `authority` without `user[:password]@`: what a request may carry in an absolute-form target
+/// but no header should repeat.
+pub fn without_userinfo(authority: &str) -> &str {
+    authority.rsplit_once('@').map_or(authority, |(_, h)| h)
+}
+
 /// `authority` split as `Authority::host` and `Authority::port_u16` would (an empty port is
 /// none), borrowed. Anything that is not `[user@]host[:port]` is returned whole as the host.
 fn host_and_port(authority: &str) -> (&str, Option<&str>) {

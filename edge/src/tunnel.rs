@@ -15,6 +15,10 @@ use tracing::debug;
 /// Why a tunnelled request got no response from the developer's app; each maps to a page.
 #[derive(Debug, thiserror::Error)]
 pub enum TunnelError {
+    /// The visitor's request body failed (malformed, cut): the visitor's fault, whatever the
+    /// developer's side made of it.
+    #[error("the request's body could not be read: {0}")]
+    Visitor(String),
     #[error("the developer's client failed: {0}")]
     Developer(String),
     #[error("the developer's client sent an invalid response: {0}")]
@@ -64,6 +68,13 @@ pub fn ends_with_head(headers: &http::HeaderMap, body: &Incoming) -> bool {
     is_upgrade_request(headers) || body.is_end_stream()
 }
 
+/// A gRPC "trailers-only" response: `grpc-status` in the head, which gRPC allows only when the
+/// head is the whole response (HTTP/2 HEADERS with END_STREAM, no messages, no trailers).
+fn is_trailers_only(headers: &http::HeaderMap) -> bool {
+    const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+    headers.contains_key(GRPC_STATUS)
+}
+
 /// Sends the rest of `req` on `stream`, whose [`prelude`] the opener has sent (with `End` when
 /// [`ends_with_head`]), and turns the frames that come back into a response.
 pub async fn forward(
@@ -75,6 +86,7 @@ pub async fn forward(
     let upgrade = is_upgrade_request(req.headers()).then(|| hyper::upgrade::on(&mut req));
 
     let mut upgrade_send = None;
+    let mut body_failed = None;
     if upgrade.is_some() {
         // After End the stream becomes a raw pipe.
         upgrade_send = Some(send);
@@ -86,7 +98,8 @@ pub async fn forward(
         // The request body streams in its own task, so the response can start (and, for
         // gRPC, stream) while the upload is still going. The task ends with the visitor's
         // body, or when the stream is stopped by the other side.
-        let body = req.into_body();
+        let (body, failed) = crate::visitor_body::watch(req.into_body());
+        body_failed = Some(failed);
         tokio::spawn(async move {
             match send_message(Vec::new(), body, &mut send).await {
                 Ok(()) => {
@@ -97,10 +110,22 @@ pub async fn forward(
         });
     }
 
-    let head = match read_frame(&mut recv, max_frame_len)
-        .await
-        .map_err(developer_failed)?
-    {
+    // A visitor's body that fails makes the developer's side fail too (the body is aborted),
+    // and it would answer 502: the watch reports the visitor's failure before that abort is
+    // even sent, so it is seen first, while waiting or once the head is in.
+    let first = read_frame(&mut recv, max_frame_len);
+    let first = match body_failed.as_mut() {
+        Some(failed) => tokio::select! {
+            biased;
+            Ok(why) = failed => return Err(TunnelError::Visitor(why)),
+            read = first => read,
+        },
+        None => first.await,
+    };
+    if let Some(why) = body_failed.as_mut().and_then(crate::visitor_body::failure) {
+        return Err(TunnelError::Visitor(why));
+    }
+    let head = match first.map_err(developer_failed)? {
         Some(Frame::ResponseHead(h)) => h,
         Some(Frame::Abort(a)) => return Err(TunnelError::Developer(a.reason)),
         Some(other) => {
@@ -118,9 +143,16 @@ pub async fn forward(
 
     let status = http::StatusCode::from_u16(head.status)
         .map_err(|_| TunnelError::BadResponse(format!("status {} is not valid", head.status)))?;
-    let mut headers = head.headers.into_map();
     let switching = status == http::StatusCode::SWITCHING_PROTOCOLS;
+    if status.is_informational() && !switching {
+        // hyper writes interim responses itself; as the final answer, it would write none.
+        return Err(TunnelError::BadResponse(format!(
+            "status {status} is not a final response"
+        )));
+    }
+    let mut headers = head.headers.into_map();
     strip_hop_by_hop(&mut headers, switching);
+    crate::checks::one_content_length(&mut headers).map_err(TunnelError::BadResponse)?;
 
     let mut resp = Response::new(crate::empty());
     *resp.status_mut() = status;
@@ -148,9 +180,16 @@ pub async fn forward(
             ))
         }
         _ => {
-            *resp.body_mut() = FrameBody::new(recv, max_frame_len)
-                .map_err(|e| Box::new(e) as BoxError)
-                .boxed_unsync();
+            let mut body = FrameBody::new(recv, max_frame_len);
+            if is_trailers_only(resp.headers()) {
+                // hyper's HTTP/2 server ends the stream with the head only if the body is
+                // already known to be empty; otherwise it sends HEADERS, then an empty DATA
+                // frame, which gRPC's C core and Go clients read as a call without a status.
+                // The head says nothing follows, so its End is at most a packet behind it; the
+                // caller's response timeout bounds the wait for a client that never sends it.
+                body.wait_for_next_frame().await;
+            }
+            *resp.body_mut() = body.map_err(|e| Box::new(e) as BoxError).boxed_unsync();
         }
     }
     Ok(resp)

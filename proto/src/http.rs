@@ -21,18 +21,22 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Names as constants: removing by `&str` parses the name again on every call, which was a few
 /// percent of the edge's instructions per request.
-const HOP_BY_HOP: [HeaderName; 6] = [
+/// `Trailer` is not among them: it is end to end (RFC 9110 §6.6.2), and hyper's HTTP/1.1
+/// encoder sends only the trailer fields that the message's `Trailer` names.
+const HOP_BY_HOP: [HeaderName; 5] = [
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     http::header::PROXY_AUTHENTICATE,
     http::header::PROXY_AUTHORIZATION,
-    http::header::TRAILER,
     http::header::TRANSFER_ENCODING,
 ];
 
 /// Headers that describe one hop, not the message (RFC 9110 §7.6.1), plus those that the
-/// connection named in `Connection`. `te: trailers` is end-to-end in practice (gRPC needs it)
-/// and is kept; `upgrade`/`connection: upgrade` are kept when `keep_upgrade` (WebSocket).
+/// connection named in `Connection`. Of `TE`, the `trailers` token is kept (as `te: trailers`,
+/// even when `Connection` names `TE`, as RFC 9110 §10.1.4 asks a sender to): it says the
+/// visitor accepts trailers, without which an HTTP/1.1 server sends none and gRPC refuses the
+/// call. Transfer codings the visitor accepts concern its own hop only and go.
+/// `upgrade`/`connection: upgrade` are kept when `keep_upgrade` (WebSocket).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     // Most messages carry none of these: one pass over the (few) names present is far cheaper
     // than hashing and probing for each of the eight, twice per request at the edge.
@@ -54,16 +58,20 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
         .filter(|n| !(keep_upgrade && n == http::header::UPGRADE))
         .collect();
+    let te_trailers = headers
+        .get_all(http::header::TE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"trailers"));
     for name in named {
         headers.remove(name);
     }
     for name in &HOP_BY_HOP {
         headers.remove(name);
     }
-    let te_trailers = headers
-        .get(http::header::TE)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    if !te_trailers {
+    if te_trailers {
+        headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
+    } else {
         headers.remove(http::header::TE);
     }
     if keep_upgrade {
@@ -352,9 +360,24 @@ impl FrameBody {
     pub async fn look_ahead_now(&mut self) {
         std::future::poll_fn(|cx| {
             if !self.done && self.peeked.is_none() {
-                self.look_ahead(cx);
+                let _ = self.look_ahead(cx);
             }
             Poll::Ready(())
+        })
+        .await
+    }
+
+    /// Waits for the next frame (or the stream's failure) and keeps it for the first poll: a
+    /// body whose `End` comes next is empty from then on ([`Body::is_end_stream`]). For a head
+    /// that says nothing follows it — a gRPC "trailers-only" answer — so that the edge's HTTP/2
+    /// server sends it as one HEADERS frame with END_STREAM instead of HEADERS and an empty
+    /// DATA frame. The caller bounds the wait.
+    pub async fn wait_for_next_frame(&mut self) {
+        std::future::poll_fn(|cx| {
+            if self.done || self.peeked.is_some() {
+                return Poll::Ready(());
+            }
+            self.look_ahead(cx)
         })
         .await
     }
@@ -383,13 +406,14 @@ impl FrameBody {
     }
 
     /// If the next frame has arrived, takes it: `End` ends the body now, anything else waits
-    /// in `peeked` for the next poll.
-    fn look_ahead(&mut self, cx: &mut Context<'_>) {
+    /// in `peeked` for the next poll. `Pending` when it has not arrived.
+    fn look_ahead(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         match self.poll_next_frame(cx) {
-            Poll::Pending => {}
+            Poll::Pending => return Poll::Pending,
             Poll::Ready(Ok(Some(Frame::End))) => self.finish(cx),
             Poll::Ready(other) => self.peeked = Some(body_frame(other)),
         }
+        Poll::Ready(())
     }
 
     /// After `End`: reads the stream's own end if it is already there (it travels with `End`),
@@ -438,11 +462,11 @@ impl Body for FrameBody {
                     if d.is_empty() {
                         continue;
                     }
-                    this.look_ahead(cx);
+                    let _ = this.look_ahead(cx);
                     Ok(http_body::Frame::data(d))
                 }
                 Ok(Frame::Trailers(t)) => {
-                    this.look_ahead(cx);
+                    let _ = this.look_ahead(cx);
                     Ok(http_body::Frame::trailers(t.0))
                 }
                 Ok(Frame::End) => {
@@ -768,6 +792,27 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn waiting_for_the_next_frame_makes_a_head_only_message_empty_when_end_comes_late() {
+        let (mut tx, rx) = tokio::io::duplex(64);
+        let mut body = FrameBody::new(Box::new(rx), MAX_FRAME_LEN);
+        let waiter = tokio::spawn(async move {
+            body.wait_for_next_frame().await;
+            body
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!waiter.is_finished(), "nothing has arrived yet");
+        let mut end = Vec::new();
+        Frame::End.encode(&mut end).unwrap();
+        tx.write_all(&end).await.unwrap();
+        drop(tx);
+        let body = tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("End arrived")
+            .unwrap();
+        assert!(body.is_end_stream());
+    }
+
     #[test]
     fn hop_by_hop_headers_are_stripped_and_named_ones_too() {
         let mut h = HeaderMap::new();
@@ -784,6 +829,32 @@ mod tests {
         let mut names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         names.sort();
         assert_eq!(names, vec!["te", "x-end-to-end"]);
+    }
+
+    #[test]
+    fn te_keeps_only_trailers_and_trailer_stays() {
+        let cases: [(&[&str], &[&str], Option<&str>); 5] = [
+            (&["trailers"], &[], Some("trailers")),
+            (&["gzip;q=0.5, Trailers"], &[], Some("trailers")),
+            (&["deflate", "trailers"], &["TE"], Some("trailers")),
+            (&["gzip, deflate"], &[], None),
+            (&["trailersx"], &["te, close"], None),
+        ];
+        for (te, connection, want) in cases {
+            let mut h = HeaderMap::new();
+            for v in te {
+                h.append("te", HeaderValue::from_str(v).unwrap());
+            }
+            for v in connection {
+                h.append("connection", HeaderValue::from_str(v).unwrap());
+            }
+            h.insert("trailer", HeaderValue::from_static("x-checksum"));
+            strip_hop_by_hop(&mut h, false);
+            let got: Vec<_> = h.get_all("te").iter().collect();
+            assert_eq!(got, want.into_iter().collect::<Vec<_>>(), "TE {te:?}");
+            assert_eq!(h.get("trailer").unwrap(), "x-checksum", "TE {te:?}");
+            assert!(h.get("connection").is_none());
+        }
     }
 
     #[test]

@@ -6,10 +6,12 @@
 pub mod apps;
 pub mod bench;
 pub mod benchkit;
+pub mod h2raw;
 pub mod http_client;
 pub mod mariadb;
 pub mod procs;
 pub mod raw;
+pub mod tls;
 
 use client::{Agent, AgentConfig, AgentEvent, AgentExit};
 use edge::{Edge, EdgeConfig, RelayConnector};
