@@ -6,11 +6,19 @@ use mysql_common::packets::HandshakeResponse;
 use mysql_common::proto::MyDeserialize;
 use mysql_common::io::ParseBuf;
 
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    // Timers on: a large packet waits (bounded) for room in the shared budget.
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime")
+    })
+}
+
 fuzz_target!(|data: &[u8]| {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
+    runtime().block_on(async {
         let budget = dbproxy::packet::PacketBudget::new(2 << 20);
         let mut reader =
             dbproxy::packet::PacketReader::new(data, 1 << 20).with_budget(budget);

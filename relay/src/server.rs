@@ -187,23 +187,45 @@ impl Relay {
                     .unwrap_or(u32::MAX),
             },
         };
+        let admitted = match (role, routing_key) {
+            (Role::Developer, Some(routing_key)) => {
+                let session = DeveloperSession {
+                    id,
+                    routing_key,
+                    client_name: hello.client_name,
+                    remote,
+                    connected_at: SystemTime::now(),
+                    liveness: Liveness::watch(conn, self.config.silence_bound()),
+                    conn: conn.clone(),
+                };
+                // Routable before Welcome: a client told it is connected gets its first
+                // visitor at once, not "offline" for the moment until it is registered.
+                self.register(&session);
+                Admitted::Developer(session)
+            }
+            (role, _) => Admitted::Infrastructure(role),
+        };
         if let Err(e) = write_frame(&mut send, &Frame::Welcome(welcome)).await {
             debug!(%remote, "could not send Welcome: {e}");
+            if let Admitted::Developer(s) = &admitted {
+                self.registry.remove_if_current(&s.routing_key, s.id);
+            }
             return None;
         }
         // The control stream carries nothing after Welcome; closing our half is harmless.
         let _ = send.finish();
-        match (role, routing_key) {
-            (Role::Developer, Some(routing_key)) => Some(Admitted::Developer(DeveloperSession {
-                id,
-                routing_key,
-                client_name: hello.client_name,
-                remote,
-                connected_at: SystemTime::now(),
-                liveness: Liveness::watch(conn, self.config.silence_bound()),
-                conn: conn.clone(),
-            })),
-            (role, _) => Some(Admitted::Infrastructure(role)),
+        Some(admitted)
+    }
+
+    /// Makes `session` the route for its key, closing the connection it replaces.
+    fn register(&self, session: &DeveloperSession) {
+        if let Some(old) = self.registry.insert(session.clone()) {
+            let reason = format!(
+                "replaced by a newer connection with the same token from {} ({})",
+                session.client_name, session.remote
+            );
+            info!(old_session = old.id, "{}", printable(&reason));
+            close(&old.conn, codes::CLOSE_REPLACED, &reason);
         }
     }
 
@@ -332,14 +354,6 @@ impl Relay {
             // The client's name is the developer's choice: escaped, like every peer string logged.
             let name = printable(&session.client_name);
             info!(remote = %session.remote, %name, "developer connected");
-            if let Some(old) = self.registry.insert(session.clone()) {
-                let reason = format!(
-                    "replaced by a newer connection with the same token from {} ({})",
-                    session.client_name, session.remote
-                );
-                info!(old_session = old.id, "{}", printable(&reason));
-                close(&old.conn, codes::CLOSE_REPLACED, &reason);
-            }
             // Developers open one stream per app database connection.
             loop {
                 match session.conn.accept_bi().await {
