@@ -5,6 +5,7 @@ use crate::audit::{AuditConfig, AuditLog};
 use crate::limits::RateLimitConfig;
 use crate::mask::{MaskRules, Masking};
 use crate::upstream::UpstreamUrl;
+use proto::Secret;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -15,8 +16,9 @@ use std::time::Duration;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DbProxyFileConfig {
-    /// The database: `mysql://user:password@host:3306`. The password never appears in logs.
-    pub upstream: Option<String>,
+    /// The database: `mysql://user:password@host:3306`. The password never appears in logs
+    /// (nor does the URL in `Debug`).
+    pub upstream: Option<Secret>,
     /// `HOST:PORT` of the relay, for a dbproxy running as its own process.
     pub relay: Option<String>,
     /// TLS name on the relay's certificate. Default: the host part of `relay`.
@@ -51,7 +53,7 @@ pub struct DbProxyFileConfig {
     /// otherwise any user and password are accepted (the tunnel already authenticated the
     /// developer).
     pub app_user: Option<String>,
-    pub app_password: Option<String>,
+    pub app_password: Option<Secret>,
     /// Columns masked on their way to developers (`[masking]`).
     pub masking: MaskingFileConfig,
     /// The audit log: one JSON line per statement (`[audit]`).
@@ -160,7 +162,7 @@ pub struct DbProxyConfig {
     pub watchdog_interval: Duration,
     pub lock_wait_bound: Duration,
     /// User and password apps must present, when the operator sets them.
-    pub app_credentials: Option<(String, String)>,
+    pub app_credentials: Option<(String, Secret)>,
     /// Masking rules and their key, when any column is masked.
     pub masking: Option<Arc<Masking>>,
     pub audit: Arc<AuditLog>,
@@ -171,10 +173,10 @@ impl DbProxyFileConfig {
     pub fn check(&self) -> Result<DbProxyConfig, String> {
         let url = self
             .upstream
-            .as_deref()
+            .as_ref()
             .ok_or("the dbproxy needs its database: `upstream = \"mysql://user:password@host:3306\"` (or --mysql URL)")?;
         Ok(DbProxyConfig {
-            upstream: UpstreamUrl::parse(url)?,
+            upstream: UpstreamUrl::parse(url.expose())?,
             grace_period: Duration::from_secs(self.grace_period_secs),
             max_session_age: Duration::from_secs(self.max_session_age_secs),
             statement_timeout_ms: self.statement_timeout_ms,
@@ -245,3 +247,6 @@ impl DbProxyFileConfig {
             .unwrap_or_else(|| self.state_dir.join("dbproxy.key"))
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -45,7 +45,7 @@ pub async fn serve_app<R, W>(
     reader: R,
     writer: W,
     max_packet: usize,
-    credentials: Option<&(String, String)>,
+    credentials: Option<&(String, proto::Secret)>,
 ) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -106,7 +106,7 @@ pub async fn serve_app<R, W>(
         }
     };
     if let Some((user, password)) = credentials {
-        let expected = scramble_native(&scramble, password.as_bytes())
+        let expected = scramble_native(&scramble, password.expose().as_bytes())
             .map(|s| s.to_vec())
             .unwrap_or_default();
         if resp.user() != user.as_bytes() || resp.scramble_buf() != expected.as_slice() {

@@ -242,7 +242,10 @@ pub async fn start_stack(args: &UpArgs, tokens: Option<TokenStore>) -> anyhow::R
     if let Some(url) = &args.mysql {
         dc.upstream = Some(url.clone());
     }
-    let db_upstream = dc.upstream.as_deref().map(dbproxy::upstream::redact);
+    let db_upstream = dc
+        .upstream
+        .as_ref()
+        .map(|u| dbproxy::upstream::redact(u.expose()));
     if dc.upstream.is_some() {
         let checked = dc.check().map_err(|e| anyhow::anyhow!("dbproxy: {e}"))?;
         warn_about_privileges(&checked).await;
@@ -325,7 +328,7 @@ pub async fn dbproxy(args: DbproxyArgs) -> anyhow::Result<i32> {
     };
     println!(
         "dbproxy → {} via relay {relay_addr}",
-        dbproxy::upstream::redact(file.upstream.as_deref().unwrap_or_default())
+        dbproxy::upstream::redact(file.upstream.as_ref().map_or("", proto::Secret::expose))
     );
     warn_about_privileges(&checked).await;
     let proxy = dbproxy::DbProxy::new(checked);
