@@ -62,12 +62,19 @@ pub struct DbProxyFileConfig {
     pub limits: LimitsFileConfig,
 }
 
-/// `[masking]`: `columns = { "shop.users.email" = "email", … }`.
+/// `[masking]`: `columns = { "shop.users.email" = "email", … }`, and the key: `secret_file`
+/// (recommended) or `secret`, never both.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct MaskingFileConfig {
-    /// 32 random bytes that key every synthetic value. Default: `<state_dir>/mask.key`,
-    /// created (mode 0600) on first use. Keep it: a new key masks every value differently.
+    /// The key inline: 64 hexadecimal digits, the 32 random bytes of the key (e.g. from
+    /// `openssl rand -hex 32`) — the same key a `secret_file` holding those bytes is, so moving
+    /// it between the two forms changes no mask. A passphrase is refused: the key must be
+    /// random. Prefer `secret_file`: config files get copied, shared and shown.
+    pub secret: Option<Secret>,
+    /// 32 random bytes that key every synthetic value. Default (without `secret`):
+    /// `<state_dir>/mask.key`, created (mode 0600) on first use. Keep it: a new key masks every
+    /// value differently.
     pub secret_file: Option<PathBuf>,
     /// `"schema.table.column" = "strategy"`: email, name, phone, digits, hash, null,
     /// fixed:VALUE, redact or redact:PREFIX:SUFFIX.
@@ -215,19 +222,35 @@ impl DbProxyFileConfig {
 
     fn masking(&self) -> Result<Option<Arc<Masking>>, String> {
         let rules = MaskRules::parse(&self.masking.columns)?;
+        // The inline key is checked even before any column is masked: a config error shows at
+        // once, not on the day masking is turned on.
+        let inline = match (&self.masking.secret, &self.masking.secret_file) {
+            (Some(_), Some(_)) => {
+                return Err("masking: set either secret or secret_file, not both \
+                            (secret_file is recommended)"
+                    .into())
+            }
+            (Some(secret), None) => Some(inline_mask_key(secret)?),
+            (None, _) => None,
+        };
         if rules.is_empty() {
             return Ok(None);
         }
-        let path = self
-            .masking
-            .secret_file
-            .clone()
-            .unwrap_or_else(|| self.state_dir.join("mask.key"));
-        let secret = certs::load_or_create_secret(&path, 32)
-            .map_err(|e| format!("masking.secret_file: {e}"))?;
-        let key: [u8; 32] = secret
-            .try_into()
-            .map_err(|_| format!("masking.secret_file {}: expected 32 bytes", path.display()))?;
+        let key = match inline {
+            Some(key) => key,
+            None => {
+                let path = self
+                    .masking
+                    .secret_file
+                    .clone()
+                    .unwrap_or_else(|| self.state_dir.join("mask.key"));
+                let secret = certs::load_or_create_secret(&path, 32)
+                    .map_err(|e| format!("masking.secret_file: {e}"))?;
+                secret.try_into().map_err(|_| {
+                    format!("masking.secret_file {}: expected 32 bytes", path.display())
+                })?
+            }
+        };
         Ok(Some(Arc::new(Masking::new(rules, &key))))
     }
 
@@ -246,6 +269,36 @@ impl DbProxyFileConfig {
             .clone()
             .unwrap_or_else(|| self.state_dir.join("dbproxy.key"))
     }
+}
+
+/// `[masking] secret`: 64 hexadecimal digits, read as the 32 bytes of the key. Errors never
+/// quote the secret.
+fn inline_mask_key(secret: &Secret) -> Result<[u8; 32], String> {
+    const EXPECTED: &str = "expected 64 hexadecimal digits (the 32 random bytes of the key, \
+                            e.g. from `openssl rand -hex 32`)";
+    let text = secret.expose().as_bytes();
+    if text.len() != 64 {
+        return Err(format!(
+            "masking.secret: {EXPECTED}, got {} characters",
+            secret.expose().chars().count()
+        ));
+    }
+    let mut key = [0u8; 32];
+    for (i, pair) in text.chunks_exact(2).enumerate() {
+        let digit = |b: u8| (b as char).to_digit(16);
+        match (digit(pair[0]), digit(pair[1])) {
+            // Both below 16: the byte fits.
+            (Some(hi), Some(lo)) => key[i] = (hi * 16 + lo) as u8,
+            _ => {
+                return Err(format!(
+                    "masking.secret: {EXPECTED}; character {} or {} is not one",
+                    2 * i + 1,
+                    2 * i + 2
+                ))
+            }
+        }
+    }
+    Ok(key)
 }
 
 #[cfg(test)]

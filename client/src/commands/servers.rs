@@ -349,3 +349,25 @@ async fn warn_about_privileges(config: &dbproxy::DbProxyConfig) {
         Err(e) => eprintln!("warning: cannot check the dbproxy's database privileges yet: {e}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_up_config_with_an_inline_masking_secret_is_accepted() {
+        // DESIGN.md's contract, as written there.
+        let key = "00112233445566778899aabbccddeeff0f1e2d3c4b5a69788796a5b4c3d2e1f0";
+        let text = format!(
+            "[dbproxy.masking]\nsecret = \"{key}\"\n[dbproxy.masking.columns]\n\
+             \"shop.customers.email\" = \"email\"\n\"shop.customers.ssn\"   = \"digits\"\n"
+        );
+        let file: UpFile = config_file::parse(&text).unwrap();
+        let masking = file.dbproxy.unwrap().masking;
+        assert_eq!(
+            masking.secret.as_ref().map(proto::Secret::expose),
+            Some(key)
+        );
+        assert_eq!(masking.columns.len(), 2);
+    }
+}
