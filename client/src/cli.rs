@@ -1,6 +1,9 @@
 //! The command line contract (DESIGN.md). Extend it; never rename or drop a flag.
 
 use clap::{Args, Parser, Subcommand};
+// Secrets (a token, a database URL with its password) are parsed into `Secret`, so the derived
+// `Debug` of these structs cannot show them.
+use proto::Secret;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -168,7 +171,7 @@ pub struct DbproxyArgs {
     pub config: Option<PathBuf>,
     /// The database, mysql://user:password@host:3306 (prefer the config file: flags show in `ps`).
     #[arg(long)]
-    pub mysql: Option<String>,
+    pub mysql: Option<Secret>,
     /// The relay, HOST:PORT (UDP).
     #[arg(long)]
     pub relay: Option<String>,
@@ -193,7 +196,7 @@ pub struct UpArgs {
     /// The database for developer sessions, mysql://user:password@host:3306: runs the dbproxy
     /// as a child process of this one (its crash never takes the edge or the relay with it).
     #[arg(long)]
-    pub mysql: Option<String>,
+    pub mysql: Option<Secret>,
     /// Public HTTP listener [default: 127.0.0.1:8080].
     #[arg(long = "edge-listen")]
     pub edge_listen: Option<SocketAddr>,
@@ -258,7 +261,7 @@ pub struct ConnectArgs {
     pub relay: String,
     /// Your token. Prefer --token-file or $DEVINPROD_TOKEN: a flag is visible in `ps`.
     #[arg(long, conflicts_with = "token_file")]
-    pub token: Option<String>,
+    pub token: Option<Secret>,
     /// File holding your token.
     #[arg(long = "token-file")]
     pub token_file: Option<PathBuf>,
@@ -284,4 +287,35 @@ pub struct ConnectArgs {
     /// Seconds between keep-alives (stay well inside NAT timeouts).
     #[arg(long = "keep-alive-secs", default_value_t = 10)]
     pub keep_alive_secs: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_of_parsed_arguments_never_shows_a_token_or_a_database_password() {
+        let token = "k3yx9qabcdefghijklmnopqrstuvwxyz01234567";
+        let url = "mysql://dbproxy:Db-Pa55word@db.internal:3306";
+        let runs: [&[&str]; 3] = [
+            &[
+                "devinprod",
+                "connect",
+                "--relay",
+                "r:4433",
+                "--token",
+                token,
+                "--http",
+                "a:1",
+            ],
+            &["devinprod", "dbproxy", "--mysql", url],
+            &["devinprod", "up", "--mysql", url],
+        ];
+        for args in runs {
+            let cli = Cli::try_parse_from(args).unwrap();
+            let shown = format!("{cli:?}");
+            assert!(!shown.contains(token), "{shown}");
+            assert!(!shown.contains("Pa55word"), "{shown}");
+        }
+    }
 }

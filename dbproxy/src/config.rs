@@ -5,6 +5,7 @@ use crate::audit::{AuditConfig, AuditLog};
 use crate::limits::RateLimitConfig;
 use crate::mask::{MaskRules, Masking};
 use crate::upstream::UpstreamUrl;
+use proto::Secret;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -15,8 +16,9 @@ use std::time::Duration;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DbProxyFileConfig {
-    /// The database: `mysql://user:password@host:3306`. The password never appears in logs.
-    pub upstream: Option<String>,
+    /// The database: `mysql://user:password@host:3306`. The password never appears in logs
+    /// (nor does the URL in `Debug`).
+    pub upstream: Option<Secret>,
     /// `HOST:PORT` of the relay, for a dbproxy running as its own process.
     pub relay: Option<String>,
     /// TLS name on the relay's certificate. Default: the host part of `relay`.
@@ -54,7 +56,7 @@ pub struct DbProxyFileConfig {
     /// otherwise any user and password are accepted (the tunnel already authenticated the
     /// developer).
     pub app_user: Option<String>,
-    pub app_password: Option<String>,
+    pub app_password: Option<Secret>,
     /// Columns masked on their way to developers (`[masking]`).
     pub masking: MaskingFileConfig,
     /// The audit log: one JSON line per statement (`[audit]`).
@@ -63,12 +65,19 @@ pub struct DbProxyFileConfig {
     pub limits: LimitsFileConfig,
 }
 
-/// `[masking]`: `columns = { "shop.users.email" = "email", … }`.
+/// `[masking]`: `columns = { "shop.users.email" = "email", … }`, and the key: `secret_file`
+/// (recommended) or `secret`, never both.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct MaskingFileConfig {
-    /// 32 random bytes that key every synthetic value. Default: `<state_dir>/mask.key`,
-    /// created (mode 0600) on first use. Keep it: a new key masks every value differently.
+    /// The key inline: 64 hexadecimal digits, the 32 random bytes of the key (e.g. from
+    /// `openssl rand -hex 32`) — the same key a `secret_file` holding those bytes is, so moving
+    /// it between the two forms changes no mask. A passphrase is refused: the key must be
+    /// random. Prefer `secret_file`: config files get copied, shared and shown.
+    pub secret: Option<Secret>,
+    /// 32 random bytes that key every synthetic value. Default (without `secret`):
+    /// `<state_dir>/mask.key`, created (mode 0600) on first use. Keep it: a new key masks every
+    /// value differently.
     pub secret_file: Option<PathBuf>,
     /// `"schema.table.column" = "strategy"`: email, name, phone, digits, hash, null,
     /// fixed:VALUE, redact or redact:PREFIX:SUFFIX.
@@ -166,7 +175,7 @@ pub struct DbProxyConfig {
     pub watchdog_interval: Duration,
     pub lock_wait_bound: Duration,
     /// User and password apps must present, when the operator sets them.
-    pub app_credentials: Option<(String, String)>,
+    pub app_credentials: Option<(String, Secret)>,
     /// Masking rules and their key, when any column is masked.
     pub masking: Option<Arc<Masking>>,
     pub audit: Arc<AuditLog>,
@@ -177,10 +186,10 @@ impl DbProxyFileConfig {
     pub fn check(&self) -> Result<DbProxyConfig, String> {
         let url = self
             .upstream
-            .as_deref()
+            .as_ref()
             .ok_or("the dbproxy needs its database: `upstream = \"mysql://user:password@host:3306\"` (or --mysql URL)")?;
         Ok(DbProxyConfig {
-            upstream: UpstreamUrl::parse(url)?,
+            upstream: UpstreamUrl::parse(url.expose())?,
             grace_period: Duration::from_secs(self.grace_period_secs),
             max_session_age: Duration::from_secs(self.max_session_age_secs),
             statement_timeout_ms: self.statement_timeout_ms,
@@ -228,19 +237,35 @@ impl DbProxyFileConfig {
 
     fn masking(&self) -> Result<Option<Arc<Masking>>, String> {
         let rules = MaskRules::parse(&self.masking.columns)?;
+        // The inline key is checked even before any column is masked: a config error shows at
+        // once, not on the day masking is turned on.
+        let inline = match (&self.masking.secret, &self.masking.secret_file) {
+            (Some(_), Some(_)) => {
+                return Err("masking: set either secret or secret_file, not both \
+                            (secret_file is recommended)"
+                    .into())
+            }
+            (Some(secret), None) => Some(inline_mask_key(secret)?),
+            (None, _) => None,
+        };
         if rules.is_empty() {
             return Ok(None);
         }
-        let path = self
-            .masking
-            .secret_file
-            .clone()
-            .unwrap_or_else(|| self.state_dir.join("mask.key"));
-        let secret = certs::load_or_create_secret(&path, 32)
-            .map_err(|e| format!("masking.secret_file: {e}"))?;
-        let key: [u8; 32] = secret
-            .try_into()
-            .map_err(|_| format!("masking.secret_file {}: expected 32 bytes", path.display()))?;
+        let key = match inline {
+            Some(key) => key,
+            None => {
+                let path = self
+                    .masking
+                    .secret_file
+                    .clone()
+                    .unwrap_or_else(|| self.state_dir.join("mask.key"));
+                let secret = certs::load_or_create_secret(&path, 32)
+                    .map_err(|e| format!("masking.secret_file: {e}"))?;
+                secret.try_into().map_err(|_| {
+                    format!("masking.secret_file {}: expected 32 bytes", path.display())
+                })?
+            }
+        };
         Ok(Some(Arc::new(Masking::new(rules, &key))))
     }
 
@@ -260,3 +285,36 @@ impl DbProxyFileConfig {
             .unwrap_or_else(|| self.state_dir.join("dbproxy.key"))
     }
 }
+
+/// `[masking] secret`: 64 hexadecimal digits, read as the 32 bytes of the key. Errors never
+/// quote the secret.
+fn inline_mask_key(secret: &Secret) -> Result<[u8; 32], String> {
+    const EXPECTED: &str = "expected 64 hexadecimal digits (the 32 random bytes of the key, \
+                            e.g. from `openssl rand -hex 32`)";
+    let text = secret.expose().as_bytes();
+    if text.len() != 64 {
+        return Err(format!(
+            "masking.secret: {EXPECTED}, got {} characters",
+            secret.expose().chars().count()
+        ));
+    }
+    let mut key = [0u8; 32];
+    for (i, pair) in text.chunks_exact(2).enumerate() {
+        let digit = |b: u8| (b as char).to_digit(16);
+        match (digit(pair[0]), digit(pair[1])) {
+            // Both below 16: the byte fits.
+            (Some(hi), Some(lo)) => key[i] = (hi * 16 + lo) as u8,
+            _ => {
+                return Err(format!(
+                    "masking.secret: {EXPECTED}; character {} or {} is not one",
+                    2 * i + 1,
+                    2 * i + 2
+                ))
+            }
+        }
+    }
+    Ok(key)
+}
+
+#[cfg(test)]
+mod tests;

@@ -63,7 +63,7 @@ pub async fn serve_app<R, W>(
     writer: W,
     max_packet: usize,
     budget: PacketBudget,
-    credentials: Option<&(String, String)>,
+    credentials: Option<&(String, proto::Secret)>,
 ) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -131,7 +131,7 @@ pub async fn serve_app<R, W>(
         }
     };
     if let Some((user, password)) = credentials {
-        let expected = scramble_native(&scramble, password.as_bytes())
+        let expected = scramble_native(&scramble, password.expose().as_bytes())
             .map(|s| s.to_vec())
             .unwrap_or_default();
         if resp.user() != user.as_bytes() || resp.scramble_buf() != expected.as_slice() {

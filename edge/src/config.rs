@@ -80,8 +80,9 @@ pub struct EdgeConfig {
     pub access: Option<AccessMode>,
     /// Client networks allowed with `access = "networks"`.
     pub allowed_networks: Vec<IpNet>,
-    /// Secret (32+ characters) that signs staff credentials, for `access = "staff"`.
-    pub staff_secret: Option<String>,
+    /// Secret (32+ characters) that signs staff credentials, for `access = "staff"`. Never
+    /// shown by `Debug`.
+    pub staff_secret: Option<proto::Secret>,
     /// How long a staff sign-in lasts, in seconds.
     pub staff_ttl_secs: u64,
     /// Domain of the staff cookie (e.g. `example.com`, so it covers every `www-<key>` host).
@@ -167,5 +168,22 @@ impl EdgeConfig {
             .unwrap_or(quinn::VarInt::MAX.into());
         t.max_idle_timeout(Some(idle));
         t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_of_the_config_never_shows_the_staff_secret() {
+        let secret = "a staff secret of at least thirty-two chars";
+        let config = EdgeConfig {
+            staff_secret: Some(secret.into()),
+            ..EdgeConfig::default()
+        };
+        let shown = format!("{config:?} {config:#?}");
+        assert!(!shown.contains(secret), "{shown}");
+        assert!(shown.contains("staff_secret"), "{shown}");
     }
 }

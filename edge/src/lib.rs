@@ -197,7 +197,7 @@ impl Edge {
         let access = access::AccessPolicy::new(
             config.access,
             &config.allowed_networks,
-            config.staff_secret.as_deref(),
+            config.staff_secret.as_ref().map(proto::Secret::expose),
             config.staff_ttl_secs,
         )?;
         let tls = match (&config.tls_cert, &config.tls_key) {

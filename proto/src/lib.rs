@@ -38,7 +38,7 @@
 //!
 //! ## Helpers every crate uses
 //! Not wire format, but needed by every peer: [`printable`] escapes a peer's string before it
-//! reaches a terminal or a log.
+//! reaches a terminal or a log, and [`Secret`] keeps a password or key out of `Debug`.
 
 #![forbid(unsafe_code)]
 
@@ -51,6 +51,7 @@ pub mod ids;
 pub mod messages;
 pub mod printable;
 pub mod seam;
+pub mod secret;
 
 pub use frame::{
     read_frame, read_required, write_data, write_frame, Frame, FrameError, MAX_FRAME_LEN,
@@ -61,6 +62,7 @@ pub use ids::{AuthToken, IdError, Role, RoutingKey};
 pub use messages::*;
 pub use printable::printable;
 pub use seam::{DbStreamHandler, OpenError, OpenFuture, StreamOpener, TunnelStream};
+pub use secret::Secret;
 
 /// The ALPN protocol id of every DevInProd QUIC connection.
 pub const ALPN: &[u8] = b"devinprod/1";

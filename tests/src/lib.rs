@@ -318,7 +318,7 @@ pub async fn relay_config_with_dbproxy(
 ) -> (TestRelay, Arc<dbproxy::DbProxy>) {
     let relay = TestRelay::start_with(config).await;
     let mut file = dbproxy::DbProxyFileConfig {
-        upstream: Some(mariadb::server().url.clone()),
+        upstream: Some(mariadb::server().url.clone().into()),
         ..Default::default()
     };
     tune(&mut file);

@@ -867,7 +867,7 @@ async fn a_separate_dbproxy_serves_sessions_through_the_relay_and_its_absence_is
 
     // A dbproxy process of its own (here its library, over real QUIC with its role cert).
     let file = dbproxy::DbProxyFileConfig {
-        upstream: Some(tests::mariadb::server().url.clone()),
+        upstream: Some(tests::mariadb::server().url.clone().into()),
         state_dir: pki.path().to_owned(),
         ..Default::default()
     };

@@ -347,7 +347,7 @@ async fn the_documented_grants_are_enough_for_the_watchdog_to_protect_production
     let pki = Pki::new();
     let (relay, _proxy) = relay_with_dbproxy(&pki, |c| {
         fast_watchdog(c);
-        c.upstream = Some(upstream);
+        c.upstream = Some(upstream.into());
     })
     .await;
     let dev = developer_with_mysql(&relay, &pki, "alice").await;

@@ -10,7 +10,7 @@ use std::time::Duration;
 /// The token from --token, --token-file or $DEVINPROD_TOKEN, in that order.
 fn token(args: &ConnectArgs) -> anyhow::Result<AuthToken> {
     let (text, source) = if let Some(t) = &args.token {
-        (t.clone(), "--token".to_owned())
+        (t.expose().to_owned(), "--token".to_owned())
     } else if let Some(f) = &args.token_file {
         let t = std::fs::read_to_string(f)
             .with_context(|| format!("cannot read token file {}", f.display()))?;

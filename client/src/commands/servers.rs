@@ -242,7 +242,10 @@ pub async fn start_stack(args: &UpArgs, tokens: Option<TokenStore>) -> anyhow::R
     if let Some(url) = &args.mysql {
         dc.upstream = Some(url.clone());
     }
-    let db_upstream = dc.upstream.as_deref().map(dbproxy::upstream::redact);
+    let db_upstream = dc
+        .upstream
+        .as_ref()
+        .map(|u| dbproxy::upstream::redact(u.expose()));
     let dbproxy_child = if dc.upstream.is_some() {
         // Its settings are checked here too, so that `up` fails at start on a bad one.
         dc.check().map_err(|e| anyhow::anyhow!("dbproxy: {e}"))?;
@@ -332,7 +335,7 @@ pub async fn dbproxy(args: DbproxyArgs) -> anyhow::Result<i32> {
     };
     println!(
         "dbproxy → {} via relay {relay_addr}",
-        dbproxy::upstream::redact(file.upstream.as_deref().unwrap_or_default())
+        dbproxy::upstream::redact(file.upstream.as_ref().map_or("", proto::Secret::expose))
     );
     warn_about_privileges(&checked).await;
     let proxy = dbproxy::DbProxy::new(checked);
@@ -362,5 +365,27 @@ async fn warn_about_privileges(config: &dbproxy::DbProxyConfig) {
             }
         }
         Err(e) => eprintln!("warning: cannot check the dbproxy's database privileges yet: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_up_config_with_an_inline_masking_secret_is_accepted() {
+        // DESIGN.md's contract, as written there.
+        let key = "00112233445566778899aabbccddeeff0f1e2d3c4b5a69788796a5b4c3d2e1f0";
+        let text = format!(
+            "[dbproxy.masking]\nsecret = \"{key}\"\n[dbproxy.masking.columns]\n\
+             \"shop.customers.email\" = \"email\"\n\"shop.customers.ssn\"   = \"digits\"\n"
+        );
+        let file: UpFile = config_file::parse(&text).unwrap();
+        let masking = file.dbproxy.unwrap().masking;
+        assert_eq!(
+            masking.secret.as_ref().map(proto::Secret::expose),
+            Some(key)
+        );
+        assert_eq!(masking.columns.len(), 2);
     }
 }
