@@ -20,6 +20,8 @@ const COM_PING: u8 = 0x0e;
 const COM_CHANGE_USER: u8 = 0x11;
 const COM_STMT_PREPARE: u8 = 0x16;
 const COM_STMT_EXECUTE: u8 = 0x17;
+/// MariaDB's array execution of a prepared statement (one packet, many parameter rows).
+const COM_STMT_BULK_EXECUTE: u8 = 0xFA;
 const COM_STMT_SEND_LONG_DATA: u8 = 0x18;
 const COM_STMT_CLOSE: u8 = 0x19;
 const COM_STMT_RESET: u8 = 0x1a;
@@ -71,7 +73,7 @@ pub async fn serve_app<R, W>(
     // A login packet is a few hundred bytes; an 80 MB one cost 167 MB before it was refused.
     let mut reader = PacketReader::new(reader, MAX_LOGIN_BYTES).with_budget(budget);
     let mut writer = PacketWriter::new(writer);
-    let (version, collation) = match session.server_info().await {
+    let server = match session.server_info().await {
         Ok(v) => v,
         Err(e) => {
             let msg = format!("DevInProd cannot open the database session: {e}");
@@ -84,7 +86,10 @@ pub async fn serve_app<R, W>(
     let scramble = scramble();
     // Connection ids shown to the app are the proxy's own.
     if writer
-        .send(0, &wire::handshake(&version, 0, &scramble, collation))
+        .send(
+            0,
+            &wire::handshake(&server.version, 0, &scramble, server.collation, server.bulk),
+        )
         .await
         .is_err()
     {
@@ -151,6 +156,9 @@ pub async fn serve_app<R, W>(
         .filter(|d| !d.is_empty());
     let (mut conn, _guard) = session.open_conn(None, resp.collation()).await;
     debug!(key = %session.key, conn = conn.id, user = %proto::printable(&String::from_utf8_lossy(resp.user())), "app connection");
+    if caps.contains(CapabilityFlags::CLIENT_IGNORE_SPACE) {
+        session.ignore_space(&mut conn).await;
+    }
     match &db {
         Some(db) => {
             if let Outcome::AppGone = session.use_db(&mut conn, db, &mut writer, reply_seq).await {
@@ -211,6 +219,10 @@ pub async fn serve_app<R, W>(
             }
             COM_STMT_PREPARE => session.prepare(&mut conn, &payload, &mut writer).await,
             COM_STMT_EXECUTE | COM_STMT_RESET => {
+                session.execute(&mut conn, &payload, &mut writer).await
+            }
+            // Offered in the handshake only when the upstream has it (MariaDB).
+            COM_STMT_BULK_EXECUTE if server.bulk => {
                 session.execute(&mut conn, &payload, &mut writer).await
             }
             // These two get no reply on a real server either.

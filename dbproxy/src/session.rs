@@ -191,11 +191,20 @@ struct Inner {
     tables: HashMap<(String, String), TableFacts>,
     statements: u64,
     wrote: bool,
-    server: Option<(String, u8)>,
+    server: Option<ServerInfo>,
     /// Advanced by every write, RELEASE and ROLLBACK TO (see `txn`).
     epoch: u64,
     /// The app connection whose transaction has written and not ended: other writers wait.
     turn: Option<u32>,
+}
+
+/// The upstream server as apps see it in the proxy's handshake.
+#[derive(Debug, Clone)]
+pub struct ServerInfo {
+    pub version: String,
+    pub collation: u8,
+    /// MariaDB's bulk execution (COM_STMT_BULK_EXECUTE) is offered: the upstream accepted it.
+    pub bulk: bool,
 }
 
 /// What `db status` shows.
@@ -483,7 +492,11 @@ impl Session {
             }
         }
         info!(key = %self.key, upstream_id = up.connection_id, "database session started ({isolation})");
-        inner.server = Some((up.server_version.clone(), up.collation));
+        inner.server = Some(ServerInfo {
+            version: up.server_version.clone(),
+            collation: up.collation,
+            bulk: up.bulk,
+        });
         locked(&self.watch.touched).clear();
         self.watch
             .upstream_id
@@ -499,14 +512,15 @@ impl Session {
         Ok(())
     }
 
-    /// Server version and collation to present to apps (connects the upstream if needed).
-    pub async fn server_info(&self) -> Result<(String, u8), UpstreamError> {
+    /// What to present to apps in the handshake (connects the upstream if needed).
+    pub async fn server_info(&self) -> Result<ServerInfo, UpstreamError> {
         let mut inner = self.inner.lock().await;
         self.ensure_upstream(&mut inner).await?;
-        Ok(inner
-            .server
-            .clone()
-            .unwrap_or_else(|| ("5.5.5-10.11.0-MariaDB".into(), 45)))
+        Ok(inner.server.clone().unwrap_or_else(|| ServerInfo {
+            version: "5.5.5-10.11.0-MariaDB".into(),
+            collation: 45,
+            bulk: false,
+        }))
     }
 
     /// A new app connection (after its handshake): counts it and gives it an id.
@@ -570,6 +584,29 @@ impl Session {
         );
         conn.report.error = Some(format!("{}: {notice}", wire::ER_SESSION_RESET));
         Some(notice)
+    }
+
+    /// The app asked for CLIENT_IGNORE_SPACE at login: a server then adds IGNORE_SPACE to the
+    /// connection's sql_mode, and `@@sql_mode` shows it. Emulated the same way for this app
+    /// connection only (it changes no lexing the policy relies on: its parser reads `f (x)` as a
+    /// call either way). A failure leaves the mode as it was; the login goes on.
+    pub async fn ignore_space(&self, conn: &mut AppConn) {
+        let mut inner = self.inner.lock().await;
+        let applied: Result<(), ServeError> = async {
+            self.ensure_upstream(&mut inner).await?;
+            self.switch_to(&mut inner, conn).await?;
+            let up = upstream(&mut inner)?;
+            let set = "SET SESSION sql_mode = CONCAT(@@session.sql_mode, ',IGNORE_SPACE')";
+            if up.run(set).await?.is_ok() {
+                self.read_back_sql_mode(&mut inner, conn).await?;
+            }
+            inner.applied_vars = conn.vars.clone();
+            Ok(())
+        }
+        .await;
+        if let Err(ServeError::Upstream(e)) = applied {
+            self.lose(&mut inner, format!("the database connection failed: {e}"));
+        }
     }
 
     /// Makes the upstream carry `conn`'s database and session variables.
@@ -1054,12 +1091,17 @@ impl Session {
         let started = Instant::now();
         conn.report = StatementReport::default();
         let outcome = self.execute_inner(conn, payload, app).await;
-        if payload.first() == Some(&0x17) {
+        let kind = match payload.first() {
+            Some(&COM_STMT_EXECUTE) => Some("execute"),
+            Some(&COM_STMT_BULK_EXECUTE) => Some("bulk execute"),
+            _ => None,
+        };
+        if let Some(kind) = kind {
             let sql = statement_id(conn, payload)
                 .and_then(|id| conn.stmts.get(&id))
                 .map(|s| s.sql.clone())
                 .unwrap_or_else(|| "".into());
-            self.audit(conn, "execute", &sql, started);
+            self.audit(conn, kind, &sql, started);
         }
         outcome
     }
@@ -1083,8 +1125,27 @@ impl Session {
             )
             .await;
         };
-        let is_execute = payload[0] == 0x17;
+        let bulk = payload[0] == COM_STMT_BULK_EXECUTE;
+        let is_execute = payload[0] == COM_STMT_EXECUTE || bulk;
         conn.report.projection = stmt.projection.clone();
+        if bulk {
+            // Flags after the id: 64 asks for a result per parameter row (a capability the
+            // proxy does not offer, so its replies could not be relayed as one); a statement
+            // the proxy answers itself has no upstream statement to run in bulk.
+            let flags = payload
+                .get(5..7)
+                .map_or(0, |f| u16::from_le_bytes([f[0], f[1]]));
+            let why = if flags & 64 != 0 {
+                Some("DevInProd refused a bulk execution with unit results: it is not offered here")
+            } else if stmt.emulated.is_some() {
+                Some("DevInProd refused a bulk execution of a statement it answers itself (run it one set of parameters at a time)")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return reply(app, wire::refused(why)).await;
+            }
+        }
         if is_execute && stmt.emulated.is_none() {
             let verdict = Verdict::Forward(Forward {
                 writes: stmt.writes,
@@ -1093,7 +1154,7 @@ impl Session {
                 return reply(app, packet).await;
             }
         }
-        if is_execute && payload.get(5).is_some_and(|flags| flags & 0x07 != 0) {
+        if payload[0] == COM_STMT_EXECUTE && payload.get(5).is_some_and(|flags| flags & 0x07 != 0) {
             return reply(
                 app,
                 wire::refused("DevInProd refused a cursor: server-side cursors are not supported"),
@@ -1297,7 +1358,7 @@ impl Session {
                     })
                     .collect();
                 let names = view_columns(columns);
-                let binary = payload.first() == Some(&0x17);
+                let binary = payload.first() == Some(&COM_STMT_EXECUTE);
                 let mut seq = 1;
                 for p in wire::typed_result(&names, &[row], conn.status(), binary) {
                     seq = app.queue(seq, &p);
@@ -1430,7 +1491,11 @@ impl Session {
         let mut affected = None;
         // Every result is looked at, masking configured: a column the analysis did not expect
         // to be masked is still masked if its definition names a masked column.
-        let binary = payload.first() == Some(&0x17);
+        // A prepared statement's rows are binary, in bulk too (INSERT … RETURNING).
+        let binary = matches!(
+            payload.first(),
+            Some(&COM_STMT_EXECUTE | &COM_STMT_BULK_EXECUTE)
+        );
         let masking_on = self.config.masking.is_some();
         let mut masker = self
             .config
@@ -2104,6 +2169,9 @@ fn view_columns(columns: &[(String, SessionVariable)]) -> Vec<(&str, bool)> {
 }
 
 /// The app's statement id a COM_STMT_* payload names (0xFFFFFFFF: the one prepared last).
+const COM_STMT_EXECUTE: u8 = 0x17;
+const COM_STMT_BULK_EXECUTE: u8 = 0xFA;
+
 fn statement_id(conn: &AppConn, payload: &[u8]) -> Option<u32> {
     let id = payload
         .get(1..5)

@@ -4,6 +4,7 @@
 use crate::packet::{Packet, PacketError, PacketReader, PacketWriter};
 use crate::wire::{self, Kind};
 use mysql_common::auth::plugins::mysql_native_password::scramble_native;
+use mysql_common::constants::{CapabilityFlags, MariadbCapabilities};
 use mysql_common::io::ParseBuf;
 use mysql_common::packets::{AuthPlugin, AuthSwitchRequest, HandshakePacket, HandshakeResponse};
 use mysql_common::proto::MySerialize;
@@ -370,6 +371,8 @@ pub struct Upstream {
     pub server_version: String,
     pub collation: u8,
     pub connection_id: u32,
+    /// The server accepted MariaDB's COM_STMT_BULK_EXECUTE on this connection.
+    pub bulk: bool,
 }
 
 impl Upstream {
@@ -395,6 +398,15 @@ impl Upstream {
             .map_err(|e| UpstreamError::Protocol(format!("bad handshake: {e}")))?;
         let nonce = hs.nonce();
         let caps = wire::capabilities() & hs.capabilities();
+        // MariaDB's extended capabilities ride in the handshake only when the server leaves out
+        // CLIENT_MYSQL (bit 0); of them, the proxy asks for bulk execution alone (it forwards
+        // an app's COM_STMT_BULK_EXECUTE, see `wire::handshake`).
+        let bulk = !hs
+            .capabilities()
+            .contains(CapabilityFlags::CLIENT_LONG_PASSWORD)
+            && hs
+                .mariadb_ext_capabilities()
+                .contains(MariadbCapabilities::MARIADB_CLIENT_STMT_BULK_OPERATIONS);
         let auth = scramble_native(&nonce, url.password.as_bytes())
             .map(|x| x.to_vec())
             .unwrap_or_default();
@@ -407,7 +419,12 @@ impl Upstream {
             caps,
             None,
             max_packet as u32,
-        );
+        )
+        .with_mariadb_ext_capabilities(if bulk {
+            MariadbCapabilities::MARIADB_CLIENT_STMT_BULK_OPERATIONS
+        } else {
+            MariadbCapabilities::empty()
+        });
         let mut buf = Vec::new();
         resp.serialize(&mut buf);
         let mut seq = writer.send(first.seq.wrapping_add(1), &buf).await?;
@@ -449,6 +466,7 @@ impl Upstream {
             server_version: hs.server_version_str().into_owned(),
             collation: hs.default_collation(),
             connection_id: hs.connection_id(),
+            bulk,
         })
     }
 

@@ -4,7 +4,7 @@
 //! no multi-statements, no LOCAL INFILE, no TLS.
 
 use bytes::BufMut;
-use mysql_common::constants::{CapabilityFlags, StatusFlags};
+use mysql_common::constants::{CapabilityFlags, MariadbCapabilities, StatusFlags};
 use mysql_common::io::BufMutExt;
 use mysql_common::packets::{ErrPacket, HandshakePacket, ServerError, SqlState};
 use mysql_common::proto::MySerialize;
@@ -44,6 +44,7 @@ pub fn handshake(
     connection_id: u32,
     scramble: &[u8; 20],
     collation: u8,
+    bulk: bool,
 ) -> Vec<u8> {
     let mut part2 = scramble[8..].to_vec();
     part2.push(0);
@@ -59,7 +60,15 @@ pub fn handshake(
         collation,
         StatusFlags::SERVER_STATUS_AUTOCOMMIT,
         Some(&b"mysql_native_password"[..]),
-    );
+    )
+    // MariaDB's extended capabilities (read by clients because CLIENT_MYSQL is not offered):
+    // bulk execution only, when the upstream has it. Connectors then send one
+    // COM_STMT_BULK_EXECUTE for a batch and read one OK with the total of affected rows.
+    .with_mariadb_ext_capabilities(if bulk {
+        MariadbCapabilities::MARIADB_CLIENT_STMT_BULK_OPERATIONS
+    } else {
+        MariadbCapabilities::empty()
+    });
     let mut out = Vec::new();
     hs.serialize(&mut out);
     out

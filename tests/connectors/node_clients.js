@@ -55,6 +55,16 @@ async function viaMariadb() {
     c.execute(`SELECT COUNT(*) AS n FROM ${table} WHERE val = ?`, ['rolled back']),
   ]);
   assert(Number(x[0].n) === 1 && Number(y[0].n) === 0, 'mariadb pipelined executes');
+  // batch(): one COM_STMT_BULK_EXECUTE where the server offers bulk (MariaDB does), answered
+  // by one OK carrying the total of affected rows; inside a transaction, undone by ROLLBACK.
+  const big = (k, v) => (typeof v === 'bigint' ? Number(v) : v);
+  const count = async (val) => Number((await c.execute(`SELECT COUNT(*) AS n FROM ${table} WHERE val = ?`, [val]))[0].n);
+  await c.beginTransaction();
+  const b = await c.batch(`INSERT INTO ${table}(val) VALUES (?)`, [['batch mariadb'], ['batch mariadb'], ['batch mariadb']]);
+  assert(!Array.isArray(b) && Number(b.affectedRows) === 3, 'mariadb batch affectedRows: ' + JSON.stringify(b, big));
+  assert((await count('batch mariadb')) === 3, 'mariadb batch rows visible in its transaction');
+  await c.rollback();
+  assert((await count('batch mariadb')) === 0, 'mariadb batch rolled back');
   await c.end();
 }
 

@@ -220,3 +220,92 @@ async fn each_connection_reads_its_own_transaction_state() {
     let other: Option<(i64, i64, String)> = b.query_first(state).await.unwrap();
     assert_eq!(other, Some((1, 0, "READ-COMMITTED".into())));
 }
+
+/// Issue 15: a client that asks for CLIENT_IGNORE_SPACE at login (the `mariadb` command line
+/// client's `--ignore-spaces`) gets IGNORE_SPACE in that connection's sql_mode, as from the
+/// server directly: `COUNT (*)` with a space then parses, and another app connection of the same
+/// developer session keeps its own mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ignore_space_asked_at_login_is_that_connections_sql_mode() {
+    use mysql_async::prelude::*;
+    init_tracing();
+    let db = TestDatabase::new();
+    db.admin("CREATE TABLE t (id INT PRIMARY KEY) ENGINE=InnoDB");
+    let server = tests::mariadb::server();
+    let pki = Pki::new();
+    let (relay, _proxy) = relay_with_dbproxy(&pki, |_| {}).await;
+    let dev = developer_with_mysql(&relay, &pki, "alice").await;
+    let tunnel = dev.mysql.unwrap();
+    let mut other = tests::mysql_conn(tunnel, &db.name).await;
+    other.query_drop("SELECT * FROM t").await.unwrap();
+    let cli = |host: String, port: u16, user: String, password: String, flag: bool| {
+        let dbname = db.name.clone();
+        move || {
+            let mut c = Command::new("mariadb");
+            c.args(["-h", &host, "-P", &port.to_string(), "-u", &user])
+                .arg(format!("-p{password}"))
+                .args(["-N", "-B", "--protocol=TCP"]);
+            if flag {
+                c.arg("--ignore-spaces");
+            }
+            c.args([
+                "-e",
+                "SELECT FIND_IN_SET('IGNORE_SPACE', @@sql_mode) > 0; SELECT COUNT (*) FROM t",
+                &dbname,
+            ]);
+            let out = c
+                .output()
+                .expect("the mariadb client (apt-get install -y mariadb-client)");
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        }
+    };
+    for (how, host, port, user, password) in [
+        (
+            "direct",
+            server.host.clone(),
+            server.port,
+            server.user.clone(),
+            server.password.clone(),
+        ),
+        (
+            "tunnel",
+            tunnel.ip().to_string(),
+            tunnel.port(),
+            "app".into(),
+            "anything".into(),
+        ),
+    ] {
+        let (ok, out, err) = tokio::task::spawn_blocking(cli(
+            host.clone(),
+            port,
+            user.clone(),
+            password.clone(),
+            true,
+        ))
+        .await
+        .unwrap();
+        assert!(ok, "[{how}] --ignore-spaces: {err}");
+        assert_eq!(
+            out.split_whitespace().collect::<Vec<_>>(),
+            ["1", "0"],
+            "[{how}]"
+        );
+        let (ok, _, err) = tokio::task::spawn_blocking(cli(host, port, user, password, false))
+            .await
+            .unwrap();
+        // Without it, the server reads `COUNT (*)` as a syntax error (and the proxy relays it).
+        assert!(
+            !ok && err.contains("1064"),
+            "[{how}] without --ignore-spaces: {err}"
+        );
+    }
+    let mode: Option<String> = other.query_first("SELECT @@sql_mode").await.unwrap();
+    assert!(
+        !mode.clone().unwrap_or_default().contains("IGNORE_SPACE"),
+        "{mode:?}"
+    );
+}
