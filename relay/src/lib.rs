@@ -97,6 +97,11 @@ impl Relay {
         &self.config
     }
 
+    /// QUIC handshakes in progress now (at most `max_pending_handshakes`).
+    pub fn pending_handshakes(&self) -> usize {
+        self.handshakes.pending()
+    }
+
     pub fn tokens(&self) -> &Arc<TokenStore> {
         &self.tokens
     }

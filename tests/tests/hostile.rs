@@ -251,3 +251,83 @@ async fn an_edge_stream_that_does_not_start_with_route_is_reset_and_the_edge_sta
     assert_eq!(reply, Some(Frame::RouteReply(proto::RouteReply::Connected)));
     scene.bystander_still_served().await;
 }
+
+/// Issue 15: QUIC handshakes that are never finished (a flood of Initials from addresses that
+/// never answer: 10,000 once took a relay from 26 to 567 MB) cost bounded state. From one
+/// address at most `max_handshakes_per_ip` are kept; from many, beyond `retry_above_handshakes`
+/// an unproven address gets a stateless Retry instead of state; and a real developer connects
+/// in the middle of the flood while the connected one stays served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_unfinished_handshakes_is_bounded_and_keeps_no_developer_out() {
+    use tests::quic_flood::{loopback_sources, send_initials};
+    let scene = Scene::new().await;
+    let config = scene.relay.relay.config().clone();
+    let tls = || {
+        certs::peer_client_config(
+            certs::load_roots(&scene.pki.ca()).unwrap(),
+            None,
+            proto::ALPN,
+        )
+        .unwrap()
+    };
+    let pause = std::time::Duration::from_millis(5);
+    let one = ["127.0.0.1".parse().unwrap()];
+    let sent = send_initials(
+        scene.relay.addr,
+        "127.0.0.1",
+        tls(),
+        &one,
+        1_000,
+        100,
+        pause,
+    )
+    .await
+    .unwrap();
+    assert_eq!(sent.initials, 1_000);
+    let pending = scene.relay.relay.pending_handshakes();
+    assert!(
+        pending > 0,
+        "the Initials started no handshake: the flood proves nothing"
+    );
+    assert!(
+        pending <= config.max_handshakes_per_ip,
+        "{pending} handshakes kept for one address (limit {})",
+        config.max_handshakes_per_ip
+    );
+
+    let flood = tokio::spawn({
+        let (addr, tls) = (scene.relay.addr, tls());
+        async move {
+            send_initials(
+                addr,
+                "127.0.0.1",
+                tls,
+                &loopback_sources(100),
+                4_000,
+                100,
+                pause,
+            )
+            .await
+        }
+    });
+    let token = scene.relay.issue_token("newcomer");
+    let app = echo_app("newcomer").await;
+    let newcomer = TestClient::connect(&scene.relay, &scene.pki, token, app).await;
+    let sent = flood.await.unwrap().unwrap();
+    assert_eq!(sent.initials, 4_000);
+    let pending = scene.relay.relay.pending_handshakes();
+    assert!(
+        pending <= config.retry_above_handshakes,
+        "{pending} handshakes kept after a flood from 100 addresses (Retry above {})",
+        config.retry_above_handshakes
+    );
+    scene.bystander_still_served().await;
+    let reply = get(
+        scene.edge.addr,
+        &format!("www-{}.example.com", newcomer.routing_key),
+        "/",
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json()["app"], "newcomer");
+}
