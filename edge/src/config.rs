@@ -86,7 +86,13 @@ pub struct EdgeConfig {
     /// How long a staff sign-in lasts, in seconds.
     pub staff_ttl_secs: u64,
     /// Domain of the staff cookie (e.g. `example.com`, so it covers every `www-<key>` host).
+    /// Staff tokens are signed for it: another edge (another domain, same secret) refuses
+    /// them. Unset: a host-only cookie, and a token good only on the host that issued it.
     pub staff_cookie_domain: Option<String>,
+    /// Signed-out staff tokens remembered (in memory, each until it expires) so that a copy of
+    /// the cookie stops working at sign-out. When that many live ones are remembered, the next
+    /// sign-out revokes every staff token issued so far (all staff sign in again).
+    pub max_revoked_staff_tokens: usize,
     /// What a request for a developer who is not connected gets: `"error"` (a 502 page that
     /// says so and refreshes itself until they are back) or `"production"`.
     pub on_missing: OnMissing,
@@ -128,6 +134,7 @@ impl Default for EdgeConfig {
             staff_secret: None,
             staff_ttl_secs: 12 * 3600,
             staff_cookie_domain: None,
+            max_revoked_staff_tokens: crate::access::DEFAULT_MAX_REVOKED_STAFF_TOKENS,
             on_missing: OnMissing::Error,
             max_frame_len: proto::MAX_FRAME_LEN as u32,
             shutdown_grace_ms: 5_000,
