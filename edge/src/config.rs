@@ -57,6 +57,11 @@ pub struct EdgeConfig {
     pub max_header_bytes: usize,
     /// Time the developer's app has to start answering (response head), in ms; beyond: 504.
     pub response_timeout_ms: u64,
+    /// Longest wait for the next piece of a visitor's request body, in milliseconds, while the
+    /// edge is ready to take it (production or the developer's side is reading); beyond it
+    /// the visitor gets 408 (if the response has not started) and the upstream request is
+    /// aborted, which frees its production connection.
+    pub body_read_timeout_ms: u64,
     /// Largest declared request body (Content-Length) for a developer route; beyond: 413.
     /// 0: no limit.
     pub max_request_body_bytes: u64,
@@ -123,6 +128,7 @@ impl Default for EdgeConfig {
             visitor_idle_timeout_ms: 75_000,
             max_header_bytes: 64 * 1024,
             response_timeout_ms: 60_000,
+            body_read_timeout_ms: 30_000,
             max_request_body_bytes: 0,
             max_requests_per_developer: 256,
             keep_alive_interval_ms: 1_000,

@@ -481,10 +481,12 @@ impl Edge {
                         let req = Request::from_parts(parts, body);
                         let max = self.config.max_frame_len as usize;
                         let timeout = Duration::from_millis(self.config.response_timeout_ms);
-                        let resp = match tokio::time::timeout(timeout, tunnel::forward(stream, req, max)).await {
+                        let idle = Duration::from_millis(self.config.body_read_timeout_ms);
+                        let resp = match tokio::time::timeout(timeout, tunnel::forward(stream, req, max, idle)).await {
                         Ok(Ok(r)) => r,
                         Ok(Err(tunnel::TunnelError::Silent)) => pages::developer_offline(format, &key),
                         Ok(Err(tunnel::TunnelError::Visitor(why))) => pages::bad_request_body(format, &why),
+                        Ok(Err(tunnel::TunnelError::VisitorStalled(idle))) => pages::body_timeout(format, idle),
                         Ok(Err(e)) => pages::page(
                             StatusCode::BAD_GATEWAY,
                             format,
@@ -693,10 +695,16 @@ impl Edge {
                 "No production upstream",
                 "This edge has no production upstream configured and the request names no developer.",
             ),
-            Some(p) => match p.forward(req).await {
+            Some(p) => match p
+                .forward(req, Duration::from_millis(self.config.body_read_timeout_ms))
+                .await
+            {
                 Ok(r) => r,
                 Err(production::ProductionError::VisitorBody(why)) => {
                     pages::bad_request_body(format, &why)
+                }
+                Err(production::ProductionError::VisitorStalled(idle)) => {
+                    pages::body_timeout(format, idle)
                 }
                 Err(e) => pages::page(StatusCode::BAD_GATEWAY, format, "Production failed", &e.to_string()),
             },
