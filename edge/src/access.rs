@@ -3,8 +3,8 @@
 //! developer could send a real user a `www-<key>` link and receive that user's production
 //! cookies on their laptop. Pure: the clock is passed in.
 
-use crate::staff::StaffTokens;
 pub use crate::staff::SignOut;
+use crate::staff::StaffTokens;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
@@ -75,12 +75,9 @@ impl AccessPolicy {
     ) -> Result<Self, AccessConfigError> {
         let mode = mode.ok_or(AccessConfigError::Unset)?;
         let staff = match (mode, secret) {
-            (AccessMode::Staff, Some(s)) if s.len() >= 32 => Some(StaffTokens::new(
-                s,
-                ttl_secs,
-                cookie_domain,
-                max_revoked,
-            )),
+            (AccessMode::Staff, Some(s)) if s.len() >= 32 => {
+                Some(StaffTokens::new(s, ttl_secs, cookie_domain, max_revoked))
+            }
             (AccessMode::Staff, _) => return Err(AccessConfigError::NoSecret),
             _ => None,
         };
@@ -242,7 +239,11 @@ pub fn strip_edge_set_cookies(headers: &mut http::HeaderMap, cookie_names: &[&st
             .then(|| String::from_utf8_lossy(name).into_owned())
     };
     // The common case: no Set-Cookie of ours, nothing rebuilt.
-    if !headers.get_all(http::header::SET_COOKIE).iter().any(|v| ours(v).is_some()) {
+    if !headers
+        .get_all(http::header::SET_COOKIE)
+        .iter()
+        .any(|v| ours(v).is_some())
+    {
         return Vec::new();
     }
     let mut removed = Vec::new();
@@ -328,9 +329,12 @@ mod tests {
         let mut h = http::HeaderMap::new();
         h.insert(
             http::header::COOKIE,
-            format!("a=b; {STAFF_COOKIE}={}", other.issue_staff(1_000, host).unwrap())
-                .parse()
-                .unwrap(),
+            format!(
+                "a=b; {STAFF_COOKIE}={}",
+                other.issue_staff(1_000, host).unwrap()
+            )
+            .parse()
+            .unwrap(),
         );
         assert!(p.check_host(ip, &h, host, 2_000).is_err());
         assert!(p
@@ -347,7 +351,10 @@ mod tests {
         assert_eq!(p.sign_out(&h, "www.example.com", 2_000), SignOut::Revoked);
         assert!(p.check_host(ip, &h, host, 2_001).is_err());
         // The Host header stands for the host in `check`.
-        h.insert(http::header::HOST, "www-k3yx9q.example.com:8080".parse().unwrap());
+        h.insert(
+            http::header::HOST,
+            "www-k3yx9q.example.com:8080".parse().unwrap(),
+        );
         let fresh = p.issue_staff(2_000, "example.com").unwrap();
         h.insert(STAFF_HEADER, fresh.parse().unwrap());
         assert_eq!(p.check(ip, &h, 2_001), Ok(()));
@@ -407,7 +414,10 @@ mod tests {
             h.append(http::header::SET_COOKIE, v.parse().unwrap());
         }
         let removed = strip_edge_set_cookies(&mut h, &[STAFF_COOKIE, "devinprod_key"]);
-        assert_eq!(removed, ["devinprod_staff", "devinprod_key", "devinprod_key"]);
+        assert_eq!(
+            removed,
+            ["devinprod_staff", "devinprod_key", "devinprod_key"]
+        );
         let left: Vec<_> = h
             .get_all(http::header::SET_COOKIE)
             .iter()

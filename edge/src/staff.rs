@@ -252,7 +252,13 @@ mod tests {
         let later = t.replacen(".4600.", ".9999.", 1);
         assert_ne!(later, t);
         assert!(!s.verify(&later, "example.com", 2_000));
-        for bad in ["", "v2", "v2.1.2.3.4", &format!("{t}0"), &"v".repeat(10_000)] {
+        for bad in [
+            "",
+            "v2",
+            "v2.1.2.3.4",
+            &format!("{t}0"),
+            &"v".repeat(10_000),
+        ] {
             assert!(!s.verify(bad, "example.com", 2_000), "{bad}");
         }
         // Old-style (v1) tokens are not domain-bound: refused.
@@ -267,7 +273,10 @@ mod tests {
         assert_eq!(s.revoke(&t, "example.com", 1_001), SignOut::Revoked);
         assert!(!s.verify(&t, "www-k3yx9q.example.com", 1_002));
         assert!(s.verify(&kept, "example.com", 1_002));
-        assert_eq!(s.revoke("v2.forged", "example.com", 1_002), SignOut::Nothing);
+        assert_eq!(
+            s.revoke("v2.forged", "example.com", 1_002),
+            SignOut::Nothing
+        );
         assert_eq!(s.remembered(), 1);
         // Two more fill the set; expired ids make room again.
         for _ in 0..2 {

@@ -108,7 +108,9 @@ impl Body for WatchedBody {
                         }
                         t
                     }
-                    None => this.timer.insert(Box::pin(tokio::time::sleep_until(deadline))),
+                    None => this
+                        .timer
+                        .insert(Box::pin(tokio::time::sleep_until(deadline))),
                 };
                 this.armed = true;
                 if timer.as_mut().poll(cx).is_pending() {

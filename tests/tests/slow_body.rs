@@ -35,22 +35,25 @@ async fn recording_app(name: &'static str) -> (SocketAddr, mpsc::UnboundedReceiv
             let tx = tx.clone();
             tokio::spawn(async move {
                 let per_request = tx.clone();
-                let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    let tx = per_request.clone();
-                    async move {
-                        let body = req.into_body().collect().await;
-                        let len = match body {
-                            Ok(b) => b.to_bytes().len(),
-                            Err(e) => {
-                                let _ = tx.send(Seen::BodyFailed);
-                                return Err(e);
-                            }
-                        };
-                        let _ = tx.send(Seen::Body(len));
-                        let json = serde_json::json!({"app": name, "body_len": len});
-                        Ok(http::Response::new(Full::new(Bytes::from(json.to_string()))))
-                    }
-                });
+                let service =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let tx = per_request.clone();
+                        async move {
+                            let body = req.into_body().collect().await;
+                            let len = match body {
+                                Ok(b) => b.to_bytes().len(),
+                                Err(e) => {
+                                    let _ = tx.send(Seen::BodyFailed);
+                                    return Err(e);
+                                }
+                            };
+                            let _ = tx.send(Seen::Body(len));
+                            let json = serde_json::json!({"app": name, "body_len": len});
+                            Ok(http::Response::new(Full::new(Bytes::from(
+                                json.to_string(),
+                            ))))
+                        }
+                    });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
@@ -93,7 +96,10 @@ async fn stall_mid_body(edge: SocketAddr, host: &str) -> (String, Duration) {
         .await
         .expect("the edge held a stalled body past every bound")
         .unwrap();
-    (String::from_utf8_lossy(&out).into_owned(), started.elapsed())
+    (
+        String::from_utf8_lossy(&out).into_owned(),
+        started.elapsed(),
+    )
 }
 
 /// Uploads 1000 bytes in 10 pieces, one every 200 ms (each pause under the body timeout, the

@@ -77,11 +77,7 @@ async fn the_staff_cookie_is_secure_whenever_the_visitor_came_over_https() {
     let relay = TestRelay::start(&pki).await;
 
     // Plain HTTP, and a visitor who claims HTTPS without being a trusted proxy: not Secure.
-    let plain = TestEdge::start(
-        staff_config(None, "example.com"),
-        relay.relay.registry(),
-    )
-    .await;
+    let plain = TestEdge::start(staff_config(None, "example.com"), relay.relay.registry()).await;
     let (_, set) = staff_cookie(&get(plain.addr, "www.example.com", "/_devinprod/login").await);
     assert!(!set.contains("Secure"), "{set}");
     let claimed = send(
@@ -180,7 +176,10 @@ async fn signing_out_revokes_the_staff_cookie_even_where_it_was_copied() {
     let (copied, _) = staff_cookie(&get(edge.addr, "www.example.com", "/_devinprod/login").await);
     let (other, _) = staff_cookie(&get(edge.addr, "www.example.com", "/_devinprod/login").await);
     assert_ne!(copied, other, "each sign-in is its own credential");
-    assert_eq!(get_with_cookie(edge.addr, &host, "/", &copied).await.status, 200);
+    assert_eq!(
+        get_with_cookie(edge.addr, &host, "/", &copied).await.status,
+        200
+    );
 
     let out = get_with_cookie(edge.addr, "www.example.com", "/_devinprod/logout", &copied).await;
     assert_eq!(out.status, 200);
@@ -205,7 +204,10 @@ async fn signing_out_revokes_the_staff_cookie_even_where_it_was_copied() {
     .await;
     assert_eq!(header.status, 403);
     // Another staff member's sign-in is untouched.
-    assert_eq!(get_with_cookie(edge.addr, &host, "/", &other).await.status, 200);
+    assert_eq!(
+        get_with_cookie(edge.addr, &host, "/", &other).await.status,
+        200
+    );
 }
 
 /// An app that answers every request with these Set-Cookie headers.
@@ -278,5 +280,8 @@ async fn an_app_cannot_set_the_edges_own_cookies_on_a_visitor() {
         .filter(|c| c.trim_start().starts_with("devinprod_key"))
         .collect();
     assert_eq!(ours.len(), 1, "{set:?}");
-    assert!(ours[0].starts_with(&format!("devinprod_key={key};")), "{set:?}");
+    assert!(
+        ours[0].starts_with(&format!("devinprod_key={key};")),
+        "{set:?}"
+    );
 }
