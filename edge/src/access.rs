@@ -3,8 +3,9 @@
 //! developer could send a real user a `www-<key>` link and receive that user's production
 //! cookies on their laptop. Pure: the clock is passed in.
 
+pub use crate::staff::SignOut;
+use crate::staff::StaffTokens;
 use ipnet::IpNet;
-use ring::hmac;
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
 
@@ -34,27 +35,50 @@ pub enum AccessConfigError {
     NoNetworks,
 }
 
+/// Who may reach developer routes, as configured; for `"staff"`, the [`StaffTokens`] too.
 pub struct AccessPolicy {
     mode: AccessMode,
     networks: Vec<IpNet>,
-    key: Option<hmac::Key>,
-    ttl_secs: u64,
+    staff: Option<StaffTokens>,
 }
 
+/// Signed-out staff tokens remembered by default (see `max_revoked_staff_tokens`).
+pub const DEFAULT_MAX_REVOKED_STAFF_TOKENS: usize = 10_000;
+
 impl AccessPolicy {
+    /// A policy whose staff tokens are bound to the host they were issued on (no cookie domain).
     pub fn new(
         mode: Option<AccessMode>,
         networks: &[IpNet],
         secret: Option<&str>,
         ttl_secs: u64,
     ) -> Result<Self, AccessConfigError> {
+        Self::with_cookie_domain(
+            mode,
+            networks,
+            secret,
+            ttl_secs,
+            None,
+            DEFAULT_MAX_REVOKED_STAFF_TOKENS,
+        )
+    }
+
+    /// A policy whose staff tokens are bound to `cookie_domain` (`staff_cookie_domain`) when
+    /// given, and which remembers at most `max_revoked` signed-out tokens.
+    pub fn with_cookie_domain(
+        mode: Option<AccessMode>,
+        networks: &[IpNet],
+        secret: Option<&str>,
+        ttl_secs: u64,
+        cookie_domain: Option<&str>,
+        max_revoked: usize,
+    ) -> Result<Self, AccessConfigError> {
         let mode = mode.ok_or(AccessConfigError::Unset)?;
-        let key = match (mode, secret) {
+        let staff = match (mode, secret) {
             (AccessMode::Staff, Some(s)) if s.len() >= 32 => {
-                Some(hmac::Key::new(hmac::HMAC_SHA256, s.as_bytes()))
+                Some(StaffTokens::new(s, ttl_secs, cookie_domain, max_revoked))
             }
             (AccessMode::Staff, _) => return Err(AccessConfigError::NoSecret),
-            (_, Some(s)) if s.len() >= 32 => Some(hmac::Key::new(hmac::HMAC_SHA256, s.as_bytes())),
             _ => None,
         };
         if mode == AccessMode::Networks && networks.is_empty() {
@@ -63,8 +87,7 @@ impl AccessPolicy {
         Ok(Self {
             mode,
             networks: networks.to_vec(),
-            key,
-            ttl_secs,
+            staff,
         })
     }
 
@@ -72,44 +95,43 @@ impl AccessPolicy {
         self.mode
     }
 
-    /// A staff credential valid until `now + ttl`: `v1.<expiry>.<hex hmac>`.
-    pub fn issue(&self, now: u64) -> Option<String> {
-        let key = self.key.as_ref()?;
-        let expiry = now + self.ttl_secs;
-        let body = format!("v1.{expiry}");
-        let tag = hmac::sign(key, body.as_bytes());
-        Some(format!("{body}.{}", hex(tag.as_ref())))
+    /// A staff credential for a sign-in on `host`, valid until `now + ttl`; `None` when this
+    /// edge does not use staff sign-in or `host` is outside `staff_cookie_domain`.
+    pub fn issue_staff(&self, now: u64, host: &str) -> Option<String> {
+        self.staff.as_ref()?.issue(now, host)
     }
 
-    /// A staff credential, only when this edge uses staff sign-in.
-    pub fn issue_staff(&self, now: u64) -> Option<String> {
-        if self.mode == AccessMode::Staff {
-            self.issue(now)
-        } else {
-            None
+    /// Signs out the staff credential this request carries (cookie or header), if any.
+    pub fn sign_out(&self, headers: &http::HeaderMap, host: &str, now: u64) -> SignOut {
+        match (&self.staff, presented(headers)) {
+            (Some(staff), Some(token)) => staff.revoke(&token, host, now),
+            _ => SignOut::Nothing,
         }
     }
 
     pub fn ttl_secs(&self) -> u64 {
-        self.ttl_secs
+        self.staff.as_ref().map_or(0, StaffTokens::ttl_secs)
     }
 
-    fn verify(&self, token: &str, now: u64) -> bool {
-        let Some(key) = &self.key else { return false };
-        let Some((body, tag)) = token.rsplit_once('.') else {
-            return false;
-        };
-        let Some(expiry) = body.strip_prefix("v1.").and_then(|e| e.parse::<u64>().ok()) else {
-            return false;
-        };
-        let Some(tag) = unhex(tag) else { return false };
-        // Constant-time comparison inside ring.
-        expiry > now && hmac::verify(key, body.as_bytes(), &tag).is_ok()
-    }
-
-    /// `Ok` if a request from `client` with these headers may reach a developer route;
-    /// otherwise why not (for the 403 page).
+    /// [`AccessPolicy::check_host`] for the host in the `Host` header.
     pub fn check(&self, client: IpAddr, headers: &http::HeaderMap, now: u64) -> Result<(), String> {
+        let host = headers
+            .get(http::header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .map(|h| crate::routing::host_and_port(h).0)
+            .unwrap_or("");
+        self.check_host(client, headers, host, now)
+    }
+
+    /// `Ok` if a request from `client` for `host` (port removed) with these headers may reach a
+    /// developer route; otherwise why not (for the 403 page).
+    pub fn check_host(
+        &self,
+        client: IpAddr,
+        headers: &http::HeaderMap,
+        host: &str,
+        now: u64,
+    ) -> Result<(), String> {
         match self.mode {
             AccessMode::Anyone => Ok(()),
             AccessMode::Networks => {
@@ -119,27 +141,29 @@ impl AccessPolicy {
                     Err(format!("developer routes are open only to the company's networks, and {client} is not one of them"))
                 }
             }
-            AccessMode::Staff => {
-                let presented = headers
-                    .get(STAFF_HEADER)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned)
-                    .or_else(|| cookie(headers, STAFF_COOKIE));
-                match presented {
-                    Some(t) if self.verify(&t, now) => Ok(()),
-                    Some(_) => Err("your DevInProd staff sign-in has expired or is not valid; sign in again at /_devinprod/login".into()),
-                    None => Err("developer routes are open only to DevInProd staff; sign in at /_devinprod/login".into()),
-                }
-            }
+            AccessMode::Staff => match presented(headers) {
+                Some(t) if self.staff.as_ref().is_some_and(|s| s.verify(&t, host, now)) => Ok(()),
+                Some(_) => Err("your DevInProd staff sign-in has expired, was signed out or is not valid here; sign in again at /_devinprod/login".into()),
+                None => Err("developer routes are open only to DevInProd staff; sign in at /_devinprod/login".into()),
+            },
         }
     }
 }
 
-fn hex(b: &[u8]) -> String {
+/// The staff credential a request presents: the header, else the cookie.
+fn presented(headers: &http::HeaderMap) -> Option<String> {
+    headers
+        .get(STAFF_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| cookie(headers, STAFF_COOKIE))
+}
+
+pub(crate) fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-fn unhex(s: &str) -> Option<Vec<u8>> {
+pub(crate) fn unhex(s: &str) -> Option<Vec<u8>> {
     if !s.len().is_multiple_of(2) {
         return None;
     }
@@ -198,6 +222,50 @@ pub fn strip_edge_credentials(headers: &mut http::HeaderMap, cookie_names: &[&st
     }
 }
 
+/// Removes from a response every `Set-Cookie` that would set one of the edge's own cookies
+/// (`cookie_names`, e.g. the routing and staff cookies) on the visitor, and returns the names
+/// it removed. Cookie names are case-sensitive (RFC 6265), but browsers trim the whitespace
+/// around a name, so ` devinprod_staff =x` is ours too; a value without `=` is a name-less
+/// cookie to browsers, judged by the same trimmed text to be safe.
+pub fn strip_edge_set_cookies(headers: &mut http::HeaderMap, cookie_names: &[&str]) -> Vec<String> {
+    let ours = |v: &http::HeaderValue| {
+        let bytes = v.as_bytes();
+        let pair = bytes.split(|b| *b == b';').next().unwrap_or(bytes);
+        let name = pair.split(|b| *b == b'=').next().unwrap_or(pair);
+        let name = name.trim_ascii();
+        cookie_names
+            .iter()
+            .any(|n| n.as_bytes() == name)
+            .then(|| String::from_utf8_lossy(name).into_owned())
+    };
+    // The common case: no Set-Cookie of ours, nothing rebuilt.
+    if !headers
+        .get_all(http::header::SET_COOKIE)
+        .iter()
+        .any(|v| ours(v).is_some())
+    {
+        return Vec::new();
+    }
+    let mut removed = Vec::new();
+    let kept: Vec<http::HeaderValue> = headers
+        .get_all(http::header::SET_COOKIE)
+        .iter()
+        .filter(|v| match ours(v) {
+            Some(name) => {
+                removed.push(name);
+                false
+            }
+            None => true,
+        })
+        .cloned()
+        .collect();
+    headers.remove(http::header::SET_COOKIE);
+    for v in kept {
+        headers.append(http::header::SET_COOKIE, v);
+    }
+    removed
+}
+
 /// The client's address: the socket peer, or — when the peer is a trusted proxy — the
 /// rightmost address in `X-Forwarded-For` that is not itself a trusted proxy.
 pub fn client_ip(peer: IpAddr, headers: &http::HeaderMap, trusted: &[IpNet]) -> IpAddr {
@@ -227,41 +295,69 @@ mod tests {
 
     #[test]
     fn staff_tokens_verify_until_they_expire_and_forgeries_fail() {
-        let p = AccessPolicy::new(Some(AccessMode::Staff), &[], Some(SECRET), 3600).unwrap();
-        let token = p.issue(1_000).unwrap();
+        let p = AccessPolicy::with_cookie_domain(
+            Some(AccessMode::Staff),
+            &[],
+            Some(SECRET),
+            3600,
+            Some("example.com"),
+            10,
+        )
+        .unwrap();
+        let ip: IpAddr = "203.0.113.9".parse().unwrap();
+        let host = "www-k3yx9q.example.com";
+        let token = p.issue_staff(1_000, "www.example.com").unwrap();
         let mut h = http::HeaderMap::new();
         h.insert(STAFF_HEADER, token.parse().unwrap());
-        assert_eq!(p.check("203.0.113.9".parse().unwrap(), &h, 2_000), Ok(()));
+        assert_eq!(p.check_host(ip, &h, host, 2_000), Ok(()));
         assert!(p
-            .check("203.0.113.9".parse().unwrap(), &h, 5_000)
+            .check_host(ip, &h, host, 5_000)
             .unwrap_err()
             .contains("expired"));
-        let forged = token.replace("v1.4600", "v1.9999");
+        let forged = token.replacen(".4600.", ".9999.", 1);
         h.insert(STAFF_HEADER, forged.parse().unwrap());
-        assert!(p.check("203.0.113.9".parse().unwrap(), &h, 2_000).is_err());
-        let other = AccessPolicy::new(
+        assert!(p.check_host(ip, &h, host, 2_000).is_err());
+        let other = AccessPolicy::with_cookie_domain(
             Some(AccessMode::Staff),
             &[],
             Some("another secret of thirty-two chars!"),
             3600,
+            Some("example.com"),
+            10,
         )
         .unwrap();
         let mut h = http::HeaderMap::new();
         h.insert(
             http::header::COOKIE,
-            format!("a=b; {STAFF_COOKIE}={}", other.issue(1_000).unwrap())
-                .parse()
-                .unwrap(),
-        );
-        assert!(p.check("203.0.113.9".parse().unwrap(), &h, 2_000).is_err());
-        assert!(p
-            .check(
-                "203.0.113.9".parse().unwrap(),
-                &http::HeaderMap::new(),
-                2_000
+            format!(
+                "a=b; {STAFF_COOKIE}={}",
+                other.issue_staff(1_000, host).unwrap()
             )
+            .parse()
+            .unwrap(),
+        );
+        assert!(p.check_host(ip, &h, host, 2_000).is_err());
+        assert!(p
+            .check_host(ip, &http::HeaderMap::new(), host, 2_000)
             .unwrap_err()
             .contains("/_devinprod/login"));
+        // Signed out: refused from then on, on every host.
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            http::header::COOKIE,
+            format!("{STAFF_COOKIE}={token}").parse().unwrap(),
+        );
+        assert_eq!(p.check_host(ip, &h, host, 2_000), Ok(()));
+        assert_eq!(p.sign_out(&h, "www.example.com", 2_000), SignOut::Revoked);
+        assert!(p.check_host(ip, &h, host, 2_001).is_err());
+        // The Host header stands for the host in `check`.
+        h.insert(
+            http::header::HOST,
+            "www-k3yx9q.example.com:8080".parse().unwrap(),
+        );
+        let fresh = p.issue_staff(2_000, "example.com").unwrap();
+        h.insert(STAFF_HEADER, fresh.parse().unwrap());
+        assert_eq!(p.check(ip, &h, 2_001), Ok(()));
     }
 
     #[test]
@@ -300,6 +396,41 @@ mod tests {
         assert_eq!(
             client_ip("10.9.9.9".parse().unwrap(), &h, &trusted),
             "10.9.9.9".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn an_app_cannot_set_the_edges_cookies() {
+        let mut h = http::HeaderMap::new();
+        for v in [
+            "session=abc; Path=/",
+            "devinprod_staff=v2.forged; Domain=example.com; Path=/",
+            " devinprod_key\t= k3yx9q",
+            "devinprod_key",
+            "Devinprod_Key=other-cookie",
+            "devinprod_keyring=other-cookie",
+            "theme=dark",
+        ] {
+            h.append(http::header::SET_COOKIE, v.parse().unwrap());
+        }
+        let removed = strip_edge_set_cookies(&mut h, &[STAFF_COOKIE, "devinprod_key"]);
+        assert_eq!(
+            removed,
+            ["devinprod_staff", "devinprod_key", "devinprod_key"]
+        );
+        let left: Vec<_> = h
+            .get_all(http::header::SET_COOKIE)
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
+        assert_eq!(
+            left,
+            [
+                "session=abc; Path=/",
+                "Devinprod_Key=other-cookie",
+                "devinprod_keyring=other-cookie",
+                "theme=dark"
+            ]
         );
     }
 

@@ -57,6 +57,11 @@ pub struct EdgeConfig {
     pub max_header_bytes: usize,
     /// Time the developer's app has to start answering (response head), in ms; beyond: 504.
     pub response_timeout_ms: u64,
+    /// Longest wait for the next piece of a visitor's request body, in milliseconds, while the
+    /// edge is ready to take it (production or the developer's side is reading); beyond it
+    /// the visitor gets 408 (if the response has not started) and the upstream request is
+    /// aborted, which frees its production connection.
+    pub body_read_timeout_ms: u64,
     /// Largest declared request body (Content-Length) for a developer route; beyond: 413.
     /// 0: no limit.
     pub max_request_body_bytes: u64,
@@ -86,7 +91,13 @@ pub struct EdgeConfig {
     /// How long a staff sign-in lasts, in seconds.
     pub staff_ttl_secs: u64,
     /// Domain of the staff cookie (e.g. `example.com`, so it covers every `www-<key>` host).
+    /// Staff tokens are signed for it: another edge (another domain, same secret) refuses
+    /// them. Unset: a host-only cookie, and a token good only on the host that issued it.
     pub staff_cookie_domain: Option<String>,
+    /// Signed-out staff tokens remembered (in memory, each until it expires) so that a copy of
+    /// the cookie stops working at sign-out. When that many live ones are remembered, the next
+    /// sign-out revokes every staff token issued so far (all staff sign in again).
+    pub max_revoked_staff_tokens: usize,
     /// What a request for a developer who is not connected gets: `"error"` (a 502 page that
     /// says so and refreshes itself until they are back) or `"production"`.
     pub on_missing: OnMissing,
@@ -117,6 +128,7 @@ impl Default for EdgeConfig {
             visitor_idle_timeout_ms: 75_000,
             max_header_bytes: 64 * 1024,
             response_timeout_ms: 60_000,
+            body_read_timeout_ms: 30_000,
             max_request_body_bytes: 0,
             max_requests_per_developer: 256,
             keep_alive_interval_ms: 1_000,
@@ -128,6 +140,7 @@ impl Default for EdgeConfig {
             staff_secret: None,
             staff_ttl_secs: 12 * 3600,
             staff_cookie_domain: None,
+            max_revoked_staff_tokens: crate::access::DEFAULT_MAX_REVOKED_STAFF_TOKENS,
             on_missing: OnMissing::Error,
             max_frame_len: proto::MAX_FRAME_LEN as u32,
             shutdown_grace_ms: 5_000,

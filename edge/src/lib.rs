@@ -29,6 +29,7 @@ mod forwarded;
 pub mod pages;
 pub mod production;
 pub mod routing;
+mod staff;
 pub mod tunnel;
 mod visitor_body;
 mod visitor_conn;
@@ -194,11 +195,13 @@ impl Edge {
             .as_deref()
             .map(Production::new)
             .transpose()?;
-        let access = access::AccessPolicy::new(
+        let access = access::AccessPolicy::with_cookie_domain(
             config.access,
             &config.allowed_networks,
             config.staff_secret.as_ref().map(proto::Secret::expose),
             config.staff_ttl_secs,
+            config.staff_cookie_domain.as_deref(),
+            config.max_revoked_staff_tokens,
         )?;
         let tls = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => {
@@ -343,7 +346,7 @@ impl Edge {
             return pages::page(StatusCode::BAD_REQUEST, format, "Ambiguous host", &why);
         }
 
-        if let Some(resp) = self.staff_sign_in(&parts) {
+        if let Some(resp) = self.staff_sign_in(&parts, visitor) {
             return resp;
         }
 
@@ -353,12 +356,19 @@ impl Edge {
         let client = access::client_ip(peer.ip(), &parts.headers, &self.config.trusted_proxies);
         let mut refused = None;
         if let RouteDecision::Developer(key, _) = &decision {
-            if let Err(why) = self.access.check(client, &parts.headers, unix_now()) {
+            let host = routing::request_host(&parts).unwrap_or_default();
+            if let Err(why) = self
+                .access
+                .check_host(client, &parts.headers, host, unix_now())
+            {
                 refused = Some((key.clone(), why));
                 decision = RouteDecision::Production;
                 cookie = None;
             }
         }
+
+        // The routing cookie is `Secure` for a visitor who came over HTTPS, like the staff one.
+        let secure_cookie = cookie.is_some() && self.visitor_https(&parts.headers, visitor);
 
         // Phase 2: prepare.
         let host = routing::request_authority(&parts)
@@ -471,10 +481,12 @@ impl Edge {
                         let req = Request::from_parts(parts, body);
                         let max = self.config.max_frame_len as usize;
                         let timeout = Duration::from_millis(self.config.response_timeout_ms);
-                        let resp = match tokio::time::timeout(timeout, tunnel::forward(stream, req, max)).await {
+                        let idle = Duration::from_millis(self.config.body_read_timeout_ms);
+                        let resp = match tokio::time::timeout(timeout, tunnel::forward(stream, req, max, idle)).await {
                         Ok(Ok(r)) => r,
                         Ok(Err(tunnel::TunnelError::Silent)) => pages::developer_offline(format, &key),
                         Ok(Err(tunnel::TunnelError::Visitor(why))) => pages::bad_request_body(format, &why),
+                        Ok(Err(tunnel::TunnelError::VisitorStalled(idle))) => pages::body_timeout(format, idle),
                         Ok(Err(e)) => pages::page(
                             StatusCode::BAD_GATEWAY,
                             format,
@@ -525,8 +537,30 @@ impl Edge {
                 (resp, Target::Production)
             }
         };
+        // The edge's own cookies are the edge's to set: a developer's app that sets them could
+        // pin a visitor to its route, or plant a staff cookie of its choosing. Production's
+        // responses are filtered too: it is trusted, but has no business setting these either
+        // (the edge sets the routing cookie itself, from `?devinprod=`), and one rule for every
+        // response is one less thing to get wrong (a fallback to production, say).
+        if resp.headers().contains_key(http::header::SET_COOKIE) {
+            let removed = access::strip_edge_set_cookies(
+                resp.headers_mut(),
+                &[access::STAFF_COOKIE, routing::COOKIE],
+            );
+            for name in removed {
+                warn!(
+                    %peer, %path, %target,
+                    "response tried to set the edge's cookie {:?}: removed",
+                    proto::printable(&name)
+                );
+            }
+        }
         if let Some(action) = cookie {
-            if let Ok(v) = HeaderValue::from_str(&routing::set_cookie(&action)) {
+            let mut set = routing::set_cookie(&action);
+            if secure_cookie {
+                set.push_str("; Secure");
+            }
+            if let Ok(v) = HeaderValue::from_str(&set) {
                 resp.headers_mut().append(http::header::SET_COOKIE, v);
             }
         }
@@ -563,49 +597,86 @@ impl Edge {
         })
     }
 
+    /// Whether the visitor reached us over HTTPS: this edge terminates TLS, or a trusted proxy
+    /// in front of it says so (`X-Forwarded-Proto: https`, its first value being the visitor's).
+    fn visitor_https(&self, headers: &http::HeaderMap, visitor: &Visitor) -> bool {
+        self.scheme == "https"
+            || (visitor.trusted
+                && headers
+                    .get("x-forwarded-proto")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.split(',').next())
+                    .is_some_and(|p| p.trim().eq_ignore_ascii_case("https")))
+    }
+
     /// `/_devinprod/login` and `/_devinprod/logout`, on any host: the staff sign-in. The
     /// operator puts these paths behind the company's SSO proxy; whoever reaches them is staff.
-    fn staff_sign_in(&self, parts: &http::request::Parts) -> Option<Response<BoxBody>> {
+    /// The cookie is `Secure` when the visitor came over HTTPS; its token is signed for
+    /// `staff_cookie_domain` (else this host); signing out revokes it for good (see `staff`).
+    fn staff_sign_in(
+        &self,
+        parts: &http::request::Parts,
+        visitor: &Visitor,
+    ) -> Option<Response<BoxBody>> {
         let path = parts.uri.path();
         if path != "/_devinprod/login" && path != "/_devinprod/logout" {
             return None;
         }
-        let domain = self
-            .config
-            .staff_cookie_domain
-            .as_deref()
-            .map(|d| format!("; Domain={d}"))
-            .unwrap_or_default();
+        let format = pages::PageFormat::of(&parts.headers);
+        let host = routing::request_host(parts).unwrap_or_default();
+        let mut attributes = String::from("Path=/; HttpOnly; SameSite=Lax");
+        if self.visitor_https(&parts.headers, visitor) {
+            attributes.push_str("; Secure");
+        }
+        if let Some(d) = &self.config.staff_cookie_domain {
+            attributes.push_str("; Domain=");
+            attributes.push_str(d);
+        }
+        let now = unix_now();
         let (title, detail, cookie) = if path == "/_devinprod/logout" {
+            let detail = match self.access.sign_out(&parts.headers, host, now) {
+                access::SignOut::RevokedAll => {
+                    warn!(
+                        peer = %visitor.addr,
+                        "staff sign-out: {} signed-out tokens already remembered \
+                         (max_revoked_staff_tokens): every staff sign-in so far is revoked",
+                        self.config.max_revoked_staff_tokens
+                    );
+                    "You are no longer signed in as DevInProd staff (and this credential no longer works anywhere)."
+                }
+                access::SignOut::Revoked => {
+                    "You are no longer signed in as DevInProd staff (and this credential no longer works anywhere)."
+                }
+                access::SignOut::Nothing => "You are no longer signed in as DevInProd staff.",
+            };
             (
                 "Signed out",
-                "You are no longer signed in as DevInProd staff.".to_owned(),
-                format!(
-                    "{}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax{domain}",
-                    access::STAFF_COOKIE
-                ),
+                detail.to_owned(),
+                format!("{}=; Max-Age=0; {attributes}", access::STAFF_COOKIE),
             )
-        } else if let Some(token) = self.access.issue_staff(unix_now()) {
+        } else if self.access.mode() != access::AccessMode::Staff {
+            return Some(pages::page(
+                StatusCode::NOT_FOUND,
+                format,
+                "No staff sign-in",
+                "This edge does not use staff sign-in (access is not \"staff\").",
+            ));
+        } else if let Some(token) = self.access.issue_staff(now, host) {
             let ttl = self.access.ttl_secs();
             (
                 "Signed in",
                 format!("You are signed in as DevInProd staff for {} hours: developer routes (www-<key>) now open for you.", ttl / 3600),
-                format!("{}={token}; Path=/; Max-Age={ttl}; HttpOnly; SameSite=Lax{domain}", access::STAFF_COOKIE),
+                format!("{}={token}; Max-Age={ttl}; {attributes}", access::STAFF_COOKIE),
             )
         } else {
             return Some(pages::page(
-                StatusCode::NOT_FOUND,
-                pages::PageFormat::of(&parts.headers),
-                "No staff sign-in",
-                "This edge does not use staff sign-in (access is not \"staff\").",
+                StatusCode::BAD_REQUEST,
+                format,
+                "No staff sign-in here",
+                "Staff sign in on a host under this edge's staff_cookie_domain.",
             ));
         };
-        let mut resp = pages::page(
-            StatusCode::OK,
-            pages::PageFormat::of(&parts.headers),
-            title,
-            &detail,
-        );
+        let mut resp = pages::page(StatusCode::OK, format, title, &detail);
         if let Ok(v) = HeaderValue::from_str(&cookie) {
             resp.headers_mut().insert(http::header::SET_COOKIE, v);
         }
@@ -624,10 +695,16 @@ impl Edge {
                 "No production upstream",
                 "This edge has no production upstream configured and the request names no developer.",
             ),
-            Some(p) => match p.forward(req).await {
+            Some(p) => match p
+                .forward(req, Duration::from_millis(self.config.body_read_timeout_ms))
+                .await
+            {
                 Ok(r) => r,
                 Err(production::ProductionError::VisitorBody(why)) => {
                     pages::bad_request_body(format, &why)
+                }
+                Err(production::ProductionError::VisitorStalled(idle)) => {
+                    pages::body_timeout(format, idle)
                 }
                 Err(e) => pages::page(StatusCode::BAD_GATEWAY, format, "Production failed", &e.to_string()),
             },

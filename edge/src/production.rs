@@ -1,5 +1,6 @@
 //! Phase 3b: forward a request without a routing key to production, through a pooled client.
 
+use crate::visitor_body::BodyFailure;
 use crate::{BoxBody, BoxError};
 use http::{Request, Response, Uri};
 use http_body::Body as _;
@@ -27,6 +28,9 @@ pub enum ProductionError {
     /// The visitor's request body failed (malformed, cut), and the request with it.
     #[error("the request's body could not be read: {0}")]
     VisitorBody(String),
+    /// The visitor's request body stalled for `body_read_timeout_ms`; the request was aborted.
+    #[error("the visitor sent no request body data for {} ms", .0.as_millis())]
+    VisitorStalled(std::time::Duration),
 }
 
 impl Production {
@@ -52,9 +56,12 @@ impl Production {
         })
     }
 
+    /// Forwards `req`; its body may keep production waiting for at most `body_idle` between
+    /// pieces (then the request is aborted and its connection closed).
     pub async fn forward(
         &self,
         mut req: Request<Incoming>,
+        body_idle: std::time::Duration,
     ) -> Result<Response<BoxBody>, ProductionError> {
         let upgrade = is_upgrade_request(req.headers()).then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
@@ -84,9 +91,8 @@ impl Production {
                 None,
             )
         } else {
-            let (body, failed) = crate::visitor_body::watch(body);
-            let body = body.map_err(|e| Box::new(e) as BoxError).boxed_unsync();
-            (body, Some(failed))
+            let (body, failed) = crate::visitor_body::watch(body, body_idle);
+            (body.boxed_unsync(), Some(failed))
         };
         let mut resp = self
             .client
@@ -95,7 +101,8 @@ impl Production {
             .map_err(
                 |e| match body_failed.as_mut().and_then(crate::visitor_body::failure) {
                     // The body failed before the request did: that is why it did.
-                    Some(why) => ProductionError::VisitorBody(why),
+                    Some(BodyFailure::Broken(why)) => ProductionError::VisitorBody(why),
+                    Some(BodyFailure::Stalled(idle)) => ProductionError::VisitorStalled(idle),
                     None => ProductionError::Upstream(e.to_string()),
                 },
             )?;

@@ -225,7 +225,7 @@ pub fn without_userinfo(authority: &str) -> &str {
 
 /// `authority` split as `Authority::host` and `Authority::port_u16` would (an empty port is
 /// none), borrowed. Anything that is not `[user@]host[:port]` is returned whole as the host.
-fn host_and_port(authority: &str) -> (&str, Option<&str>) {
+pub(crate) fn host_and_port(authority: &str) -> (&str, Option<&str>) {
     let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
     let (host, rest) = if host_port.starts_with('[') {
         // An IPv6 literal keeps its brackets, as in `Authority::host`.

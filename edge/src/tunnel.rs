@@ -1,6 +1,7 @@
 //! Phase 3a: forward a request to a developer over a tunnel stream and turn the frames that
 //! come back into a response. Bodies stream both ways; a 101 turns the stream into a raw pipe.
 
+use crate::visitor_body::BodyFailure;
 use crate::{BoxBody, BoxError};
 use http::{Request, Response};
 use http_body::Body as _;
@@ -19,6 +20,9 @@ pub enum TunnelError {
     /// developer's side made of it.
     #[error("the request's body could not be read: {0}")]
     Visitor(String),
+    /// The visitor's request body stalled for `body_read_timeout_ms`; the request was aborted.
+    #[error("the visitor sent no request body data for {} ms", .0.as_millis())]
+    VisitorStalled(std::time::Duration),
     #[error("the developer's client failed: {0}")]
     Developer(String),
     #[error("the developer's client sent an invalid response: {0}")]
@@ -27,6 +31,13 @@ pub enum TunnelError {
     /// visitor, the developer is offline.
     #[error("the developer's connection went silent")]
     Silent,
+}
+
+fn visitor_failed(why: BodyFailure) -> TunnelError {
+    match why {
+        BodyFailure::Broken(why) => TunnelError::Visitor(why),
+        BodyFailure::Stalled(idle) => TunnelError::VisitorStalled(idle),
+    }
 }
 
 fn developer_failed(e: FrameError) -> TunnelError {
@@ -76,11 +87,13 @@ fn is_trailers_only(headers: &http::HeaderMap) -> bool {
 }
 
 /// Sends the rest of `req` on `stream`, whose [`prelude`] the opener has sent (with `End` when
-/// [`ends_with_head`]), and turns the frames that come back into a response.
+/// [`ends_with_head`]), and turns the frames that come back into a response. The visitor's
+/// body may keep the developer's side waiting for at most `body_idle` between pieces.
 pub async fn forward(
     stream: TunnelStream,
     mut req: Request<Incoming>,
     max_frame_len: usize,
+    body_idle: std::time::Duration,
 ) -> Result<Response<BoxBody>, TunnelError> {
     let TunnelStream { mut send, mut recv } = stream;
     let upgrade = is_upgrade_request(req.headers()).then(|| hyper::upgrade::on(&mut req));
@@ -98,7 +111,7 @@ pub async fn forward(
         // The request body streams in its own task, so the response can start (and, for
         // gRPC, stream) while the upload is still going. The task ends with the visitor's
         // body, or when the stream is stopped by the other side.
-        let (body, failed) = crate::visitor_body::watch(req.into_body());
+        let (body, failed) = crate::visitor_body::watch(req.into_body(), body_idle);
         body_failed = Some(failed);
         tokio::spawn(async move {
             match send_message(Vec::new(), body, &mut send).await {
@@ -117,13 +130,13 @@ pub async fn forward(
     let first = match body_failed.as_mut() {
         Some(failed) => tokio::select! {
             biased;
-            Ok(why) = failed => return Err(TunnelError::Visitor(why)),
+            Ok(why) = failed => return Err(visitor_failed(why)),
             read = first => read,
         },
         None => first.await,
     };
     if let Some(why) = body_failed.as_mut().and_then(crate::visitor_body::failure) {
-        return Err(TunnelError::Visitor(why));
+        return Err(visitor_failed(why));
     }
     let head = match first.map_err(developer_failed)? {
         Some(Frame::ResponseHead(h)) => h,

@@ -9,6 +9,7 @@ pub mod benchkit;
 pub mod h2raw;
 pub mod http_client;
 pub mod mariadb;
+pub mod nginx;
 pub mod procs;
 pub mod quic_flood;
 pub mod raw;

@@ -420,6 +420,8 @@ async fn staff_only_developer_routes_refuse_visitors_and_serve_signed_in_staff()
     let mut config = tests::TestEdge::config(Some(prod));
     config.access = Some(edge::access::AccessMode::Staff);
     config.staff_secret = Some("a staff secret of at least thirty-two chars".into());
+    // One sign-in covers every www-<key> host (the token is signed for this domain).
+    config.staff_cookie_domain = Some("example.com".into());
     let edge = TestEdge::start(config, relay.relay.registry()).await;
     let token = relay.issue_token("alice");
     let key = token.routing_key().to_string();
@@ -448,7 +450,8 @@ async fn staff_only_developer_routes_refuse_visitors_and_serve_signed_in_staff()
     assert_eq!(login.status, 200);
     let set = login.headers["set-cookie"].to_str().unwrap();
     let staff_cookie = set.split(';').next().unwrap().to_owned();
-    assert!(staff_cookie.starts_with("devinprod_staff=v1."), "{set}");
+    assert!(staff_cookie.starts_with("devinprod_staff=v2."), "{set}");
+    assert!(set.contains("; Domain=example.com"), "{set}");
     let cookies = format!("{staff_cookie}; session=user-session");
     let served = send(
         &client(),
