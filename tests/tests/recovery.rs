@@ -258,11 +258,18 @@ async fn an_oversized_login_packet_is_refused_by_its_header() {
     let len = u32::from_le_bytes([greeting[0], greeting[1], greeting[2], 0]) as usize;
     let mut rest = vec![0u8; len];
     tcp.read_exact(&mut rest).await.unwrap();
-    // A 16 MiB chunk announced ("more follows"), then a first megabyte of it.
-    tcp.write_all(&[0xFF, 0xFF, 0xFF, 1]).await.unwrap();
-    let _ = tcp.write_all(&vec![b'x'; 1 << 20]).await;
+    // A 16 MiB chunk announced ("more follows"), then a first megabyte of it, written while
+    // the reply is read: once the refusal closes the connection, bytes still in flight make
+    // the kernel reset it, and a reset discards a reply not yet read.
+    let (mut rx, mut tx) = tcp.into_split();
+    tx.write_all(&[0xFF, 0xFF, 0xFF, 1]).await.unwrap();
+    let writer = tokio::spawn(async move {
+        let _ = tx.write_all(&vec![b'x'; 1 << 20]).await;
+        tx
+    });
     let mut reply = Vec::new();
-    let _ = tokio::time::timeout(tests::WAIT, tcp.read_to_end(&mut reply)).await;
+    let _ = tokio::time::timeout(tests::WAIT, rx.read_to_end(&mut reply)).await;
+    drop(writer);
     assert!(reply.len() > 7, "no error packet: {reply:?}");
     assert_eq!(reply[4], 0xFF, "an ERR packet");
     assert_eq!(u16::from_le_bytes([reply[5], reply[6]]), 1153);
