@@ -39,7 +39,8 @@ pub struct DbProxyFileConfig {
     pub consistent_snapshot: bool,
     /// Largest MySQL packet accepted from an app or the database.
     pub max_packet_bytes: usize,
-    /// Memory all large packets (64 KiB and more) read from apps may hold at once, in bytes;
+    /// Memory all large packets (64 KiB and more) read from apps may hold at once, in bytes,
+    /// each counted three times (the copies parsing its statement makes), at most all of it;
     /// a packet that finds no room within 2 s gets error 1041 and its connection is closed.
     pub max_packet_memory_bytes: usize,
     /// How long a write waits while another app connection of the same session has an open

@@ -199,7 +199,8 @@ pub async fn serve_app<R, W>(
         let outcome = match command {
             COM_QUIT => break,
             COM_QUERY => {
-                let sql = String::from_utf8_lossy(&payload[1..]).into_owned();
+                // Borrowed when valid UTF-8: a large statement is not copied here.
+                let sql = String::from_utf8_lossy(&payload[1..]);
                 session.query(&mut conn, &sql, &payload, &mut writer).await
             }
             COM_INIT_DB => {

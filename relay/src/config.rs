@@ -37,6 +37,9 @@ pub struct RelayConfig {
     /// offline" at once; a request waiting on it fails), in milliseconds. Its connection stays
     /// open until `idle_timeout_ms`, so it is routable again as soon as it is heard from.
     pub silence_bound_ms: u64,
+    /// A developer's database stream that finds no live dbproxy waits this long for one to
+    /// connect (one starting with `up`, or restarting) before it is refused, in milliseconds.
+    pub dbproxy_wait_ms: u64,
     /// A connection silent for this long is dead, in milliseconds.
     pub idle_timeout_ms: u64,
     /// Time a peer has to open its control stream and send Hello, in milliseconds; also the
@@ -96,6 +99,7 @@ impl Default for RelayConfig {
             public_urls: vec!["http://www-{key}.localhost:8080".into()],
             keep_alive_interval_ms: 1_000,
             silence_bound_ms: 3_000,
+            dbproxy_wait_ms: 5_000,
             idle_timeout_ms: 30_000,
             handshake_timeout_ms: 10_000,
             max_streams_per_peer: 4096,
@@ -145,6 +149,9 @@ impl RelayConfig {
             max_per_ip: self.max_handshakes_per_ip,
             retry_above: self.retry_above_handshakes,
         }
+    }
+    pub fn dbproxy_wait(&self) -> Duration {
+        Duration::from_millis(self.dbproxy_wait_ms)
     }
     pub fn silence_bound(&self) -> Duration {
         Duration::from_millis(self.silence_bound_ms)

@@ -67,6 +67,8 @@ pub struct Relay {
     /// from.
     pub(crate) dbproxies:
         std::sync::Mutex<Vec<(u64, quinn::Connection, Arc<certs::liveness::Liveness>)>>,
+    /// Told when a dbproxy connects (database streams may be waiting for one).
+    pub(crate) dbproxy_joined: tokio::sync::Notify,
     /// Connection attempts still in their handshake (bounded: see `handshakes`).
     pub(crate) handshakes: Arc<handshakes::HandshakeGate>,
     /// Failed developer Hellos per source address (token guessing).
@@ -83,6 +85,7 @@ impl Relay {
             next_session_id: AtomicU64::new(1),
             db_handler: std::sync::Mutex::new(None),
             dbproxies: std::sync::Mutex::new(Vec::new()),
+            dbproxy_joined: tokio::sync::Notify::new(),
             handshakes: Arc::default(),
         })
     }

@@ -92,6 +92,7 @@ impl Relay {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .push((id, conn.clone(), liveness));
+                self.dbproxy_joined.notify_waiters();
                 let why = conn.closed().await;
                 self.dbproxies
                     .lock()
@@ -478,26 +479,27 @@ impl Relay {
             }
             return;
         }
-        // The same dbproxy for every stream of a session, as long as the set of live peers
-        // holds (a silent one — a dbproxy that died or lost its network — is skipped at once).
-        let peer = {
-            let peers = self.dbproxies.lock().unwrap_or_else(|p| p.into_inner());
-            let live: Vec<(&quinn::Connection, &Arc<Liveness>)> = peers
-                .iter()
-                .filter(|(_, _, liveness)| !liveness.is_silent())
-                .map(|(_, conn, liveness)| (conn, liveness))
-                .collect();
-            let hash = key
-                .as_str()
-                .bytes()
-                .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
-            (!live.is_empty()).then(|| {
-                let (conn, liveness) = live[(hash % live.len() as u64) as usize];
-                (conn.clone(), liveness.clone())
-            })
+        // No live dbproxy yet (one starting with `up`, or restarting): wait a bounded time for
+        // one, so that an app connecting right after `connect` says Connected is not refused.
+        let deadline = tokio::time::Instant::now() + self.config.dbproxy_wait();
+        let peer = loop {
+            let joined = self.dbproxy_joined.notified();
+            tokio::pin!(joined);
+            joined.as_mut().enable();
+            if let Some(peer) = self.live_dbproxy(&key) {
+                break Some(peer);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                break None;
+            }
+            // A silent dbproxy heard from again is no event: look again every 250 ms too.
+            let _ = timeout(Duration::from_millis(250), joined).await;
         };
         let opened = match peer {
-            None => Err("no database proxy is connected to the relay".to_owned()),
+            None => Err(format!(
+                "no database proxy is connected to the relay (it waited {} ms for one)",
+                self.config.dbproxy_wait_ms
+            )),
             Some((conn, liveness)) => match conn.open_bi().await {
                 Ok((mut send, recv)) => {
                     let header =
@@ -534,6 +536,28 @@ impl Relay {
                 let _ = dev_send.finish();
             }
         }
+    }
+}
+
+impl Relay {
+    /// The dbproxy for `key`'s streams: the same for every stream of a session, as long as the
+    /// set of live peers holds (a silent one — a dbproxy that died or lost its network — is
+    /// skipped at once).
+    fn live_dbproxy(&self, key: &proto::RoutingKey) -> Option<(quinn::Connection, Arc<Liveness>)> {
+        let peers = self.dbproxies.lock().unwrap_or_else(|p| p.into_inner());
+        let live: Vec<(&quinn::Connection, &Arc<Liveness>)> = peers
+            .iter()
+            .filter(|(_, _, liveness)| !liveness.is_silent())
+            .map(|(_, conn, liveness)| (conn, liveness))
+            .collect();
+        let hash = key
+            .as_str()
+            .bytes()
+            .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+        (!live.is_empty()).then(|| {
+            let (conn, liveness) = live[(hash % live.len() as u64) as usize];
+            (conn.clone(), liveness.clone())
+        })
     }
 }
 

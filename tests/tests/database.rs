@@ -865,6 +865,20 @@ async fn a_separate_dbproxy_serves_sessions_through_the_relay_and_its_absence_is
         "{message}"
     );
 
+    // An app connecting before the dbproxy does waits for it (`dbproxy_wait_ms`, 5 s): one
+    // attempt, started first, succeeds once the dbproxy connects (`up` starts its dbproxy as a
+    // child process, and apps start as soon as `connect` says Connected).
+    let first_try = tokio::spawn({
+        let opts = mysql_async::OptsBuilder::default()
+            .ip_or_hostname(addr.ip().to_string())
+            .tcp_port(addr.port())
+            .user(Some("app"))
+            .db_name(Some(db.name.clone()))
+            .prefer_socket(false);
+        async move { mysql_async::Conn::new(opts).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+
     // A dbproxy process of its own (here its library, over real QUIC with its role cert).
     let file = dbproxy::DbProxyFileConfig {
         upstream: Some(tests::mariadb::server().url.clone().into()),
@@ -880,21 +894,10 @@ async fn a_separate_dbproxy_serves_sessions_through_the_relay_and_its_absence_is
         })
         .await
     });
-    let mut conn = None;
-    for _ in 0..100 {
-        let opts = mysql_async::OptsBuilder::default()
-            .ip_or_hostname(addr.ip().to_string())
-            .tcp_port(addr.port())
-            .user(Some("app"))
-            .db_name(Some(db.name.clone()))
-            .prefer_socket(false);
-        if let Ok(c) = mysql_async::Conn::new(opts).await {
-            conn = Some(c);
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    let mut app = conn.expect("the dbproxy never became reachable through the relay");
+    let mut app = first_try
+        .await
+        .unwrap()
+        .expect("the app connection that waited for the dbproxy");
     app.query_drop("UPDATE t SET val = 'dev' WHERE id = 1")
         .await
         .unwrap();

@@ -2,14 +2,16 @@
 //! benchmark. MariaDB reached through DevInProd's database tunnel against the same MariaDB
 //! reached directly, in the same run, with real processes:
 //!
-//! * `devinprod up --mysql URL --config up.toml` — relay, admin API, edge and the dbproxy in
-//!   one process (the all-in-one topology: the relay hands database streams to the dbproxy in
-//!   process), with the session rate limits (`[dbproxy.limits]`) off;
+//! * `devinprod up --mysql URL --config up.toml` — relay, admin API and edge in one process,
+//!   the dbproxy its supervised child (the all-in-one topology), with the session rate limits
+//!   (`[dbproxy.limits]`) off;
 //! * `devinprod connect --mysql-listen 127.0.0.1:PORT --quiet` — the developer's client, a
 //!   separate process, one QUIC connection over loopback to the relay;
 //! * the drivers: `SELECT 1` round trips with mysql_async (this process), and
 //!   `sysbench oltp_read_only --threads=1` on a table set prepared directly in a database this
-//!   benchmark creates and drops (DDL is refused through the tunnel).
+//!   benchmark creates and drops (DDL is refused through the tunnel);
+//! * hostile load: several app connections each send one huge statement at once; the
+//!   dbproxy's peak memory against its packet memory budget.
 //!
 //! `--keep` keeps the temporary directory (state, `up.log`, `connect.log`) and prints its path.
 //!
@@ -21,6 +23,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, ExitCode, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 use tests::benchkit::{self as kit, ChildGuard};
 
@@ -35,6 +38,9 @@ struct Plan {
     sysbench_secs: u64,
     sysbench_rounds: usize,
     table_size: u64,
+    /// Hostile load: this many app connections each send one statement of `huge_bytes`.
+    huge_conns: usize,
+    huge_bytes: usize,
 }
 
 impl Plan {
@@ -48,6 +54,8 @@ impl Plan {
                 sysbench_secs: 2,
                 sysbench_rounds: 1,
                 table_size: 1000,
+                huge_conns: 2,
+                huge_bytes: 8 << 20,
             }
         } else {
             Self {
@@ -58,6 +66,8 @@ impl Plan {
                 sysbench_secs: 10,
                 sysbench_rounds: 3,
                 table_size: 10_000,
+                huge_conns: 8,
+                huge_bytes: 60 << 20,
             }
         }
     }
@@ -72,7 +82,21 @@ struct Report {
     tps_direct: Vec<f64>,
     tps_tunnel: Vec<f64>,
     sysbench_version: String,
+    huge: Option<Huge>,
     failures: Vec<String>,
+}
+
+/// Hostile load: app connections that each send one huge statement at the same time.
+struct Huge {
+    conns: usize,
+    bytes: usize,
+    rss_before_kib: u64,
+    rss_after_kib: u64,
+    hwm_kib: u64,
+    /// How each statement was answered: MySQL error code (0: no error), and how many.
+    answers: Vec<(u16, usize)>,
+    /// The developer's session still answered `SELECT 1` afterwards.
+    session_ok: bool,
 }
 
 /// A database server reachable at `host:port`.
@@ -457,6 +481,11 @@ async fn bench(plan: &Plan, bin: &Path, db: &Db, report: &mut Report) -> Result<
         }
     }
 
+    // Hostile load: huge statements at once, against the dbproxy's packet memory budget.
+    let dbproxy_pid = tests::procs::child_of(up.pid(), "dbproxy")
+        .ok_or("no dbproxy child process of `devinprod up`")?;
+    report.huge = Some(huge_statements(plan, &tunnel_opts, dbproxy_pid).await?);
+
     // Both processes still alive: neither crashed under the load.
     for p in [&mut up, &mut connect] {
         if let Some(s) = p.try_wait() {
@@ -464,6 +493,79 @@ async fn bench(plan: &Plan, bin: &Path, db: &Db, report: &mut Report) -> Result<
         }
     }
     Ok(())
+}
+
+/// `plan.huge_conns` app connections through the tunnel each send one statement of
+/// `plan.huge_bytes` at the same time (an unterminated string: the policy reads all of it and
+/// refuses it, so nothing reaches MariaDB). Each needs a buffer of its size in the dbproxy; the
+/// packet memory budget (`max_packet_memory_bytes`) bounds their total.
+async fn huge_statements(
+    plan: &Plan,
+    tunnel: &mysql_async::Opts,
+    dbproxy: u32,
+) -> Result<Huge, String> {
+    use mysql_async::prelude::Queryable;
+    let opts: mysql_async::Opts = mysql_async::OptsBuilder::from_opts(tunnel.clone())
+        .max_allowed_packet(Some(1 << 30))
+        .into();
+    let mut conns = Vec::new();
+    for _ in 0..plan.huge_conns {
+        let c = mysql_async::Conn::new(opts.clone())
+            .await
+            .map_err(|e| format!("huge statements: connect: {e}"))?;
+        conns.push(c);
+    }
+    let rss_before_kib = kit::rss_kib(dbproxy).ok_or("dbproxy gone")?;
+    let sql = Arc::new(format!("SELECT '{}", "x".repeat(plan.huge_bytes - 8)));
+    let tasks: Vec<_> = conns
+        .into_iter()
+        .map(|mut c| {
+            let sql = sql.clone();
+            tokio::spawn(async move {
+                let r = tokio::time::timeout(Duration::from_secs(120), c.query_drop(sql.as_str()))
+                    .await;
+                let _ = c.disconnect().await;
+                match r {
+                    Ok(Ok(())) => Ok(0u16),
+                    Ok(Err(mysql_async::Error::Server(e))) => Ok(e.code),
+                    Ok(Err(e)) => Err(format!("huge statement: {e}")),
+                    Err(_) => Err("huge statement: no answer within 120 s".to_owned()),
+                }
+            })
+        })
+        .collect();
+    let mut answers = std::collections::BTreeMap::new();
+    for t in tasks {
+        let code = t.await.map_err(|e| e.to_string())??;
+        *answers.entry(code).or_insert(0) += 1;
+    }
+    let hwm_kib = kit::proc_status_kib(dbproxy, "VmHWM:").ok_or("dbproxy gone")?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_after_kib = kit::rss_kib(dbproxy).ok_or("dbproxy gone")?;
+    let session_ok = match mysql_async::Conn::new(tunnel.clone()).await {
+        Ok(mut c) => c.query_drop("SELECT 1").await.is_ok(),
+        Err(_) => false,
+    };
+    eprintln!(
+        "db-bench: {} statements of {} MiB at once: dbproxy RSS {:.0} → peak {:.0} MiB; answers {answers:?}",
+        plan.huge_conns,
+        plan.huge_bytes >> 20,
+        rss_before_kib as f64 / 1024.0,
+        hwm_kib as f64 / 1024.0
+    );
+    Ok(Huge {
+        conns: plan.huge_conns,
+        bytes: plan.huge_bytes,
+        rss_before_kib,
+        rss_after_kib,
+        hwm_kib,
+        answers: answers.into_iter().collect(),
+        session_ok,
+    })
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1}", kib as f64 / 1024.0)
 }
 
 fn log_file(path: &Path) -> Result<Stdio, String> {
@@ -664,8 +766,9 @@ fn render(plan: &Plan, db: &Db, r: &Report) -> String {
     s.push('\n');
     let notes = [
         format!(
-            "Tunnel: `devinprod up --mysql {}` (relay + admin API + edge + the dbproxy in one process: \
-             the relay hands database streams to the dbproxy in process; default dbproxy settings \
+            "Tunnel: `devinprod up --mysql {}` (relay + admin API + edge in one process, the dbproxy \
+             its supervised child process, which the relay hands database streams to over QUIC on \
+             loopback; default dbproxy settings \
              except the per-session rate limits, off: `[dbproxy.limits] statements_per_sec = 0, \
              rows_per_min = 0` — they are a safety bound, not what is measured) and `devinprod connect \
              --mysql-listen 127.0.0.1:PORT --quiet` (a separate process; one QUIC connection over \
@@ -709,6 +812,53 @@ fn render(plan: &Plan, db: &Db, r: &Report) -> String {
     ];
     for n in notes {
         s.push_str(&format!("- {n}\n"));
+    }
+    if let Some(h) = &r.huge {
+        s.push_str(&format!(
+            "\n#### Hostile load: {} huge statements at once\n\n",
+            h.conns
+        ));
+        let answers = h
+            .answers
+            .iter()
+            .map(|(code, n)| match code {
+                0 => format!("{n} × ran"),
+                1227 => format!("{n} × refused by the policy (1227)"),
+                1041 => format!("{n} × out of packet memory (1041)"),
+                c => format!("{n} × error {c}"),
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let rows = vec![vec![
+            format!("{} × {} MiB", h.conns, h.bytes >> 20),
+            format!("{:.0}", (h.conns * h.bytes) as f64 / (1 << 20) as f64),
+            mib(h.rss_before_kib),
+            format!("**{}**", mib(h.hwm_kib)),
+            mib(h.rss_after_kib),
+            answers,
+            if h.session_ok { "yes" } else { "**no**" }.into(),
+        ]];
+        s.push_str(&kit::table(
+            &[
+                "statements sent at once",
+                "their total (MiB)",
+                "dbproxy RSS before (MiB)",
+                "dbproxy peak (VmHWM, MiB)",
+                "RSS after (MiB)",
+                "answers",
+                "session still serves `SELECT 1`",
+            ],
+            &rows,
+        ));
+        s.push_str(
+            "\n- Each app connection (mysql_async, `max_allowed_packet` raised on the client so it \
+             sends them) sends `SELECT 'xxx…` — an unterminated string the policy reads to the end \
+             and refuses, so nothing reaches MariaDB; the dbproxy process is `devinprod up`'s child. \
+             A packet of 64 KiB or more is read into memory taken from one budget \
+             (`max_packet_memory_bytes` = 256 MiB by default, `max_packet_bytes` = 64 MiB each); a \
+             packet that finds no room within 2 s is answered 1041 and its connection closed. \
+             Before the budget (issue 15), four such connections cost +754 MB.\n",
+        );
     }
     for f in &r.failures {
         s.push_str(&format!(
