@@ -99,10 +99,10 @@ pub async fn serve(listener: TcpListener, current: CurrentConnection) {
         tokio::spawn(async move {
             match open(tunnel).await {
                 Ok((permit, send, recv)) => {
-                    let mut tunnel = tokio::io::join(recv, send);
-                    let _ = tokio::io::copy_bidirectional(&mut tcp, &mut tunnel).await;
+                    splice(&mut tcp, recv, send).await;
                     // The stream is done: its permit goes back for the app's next connection.
                     drop(permit);
+                    linger(tcp).await;
                 }
                 Err(refused) => {
                     if refused.code == ER_CON_COUNT_ERROR {
@@ -112,11 +112,52 @@ pub async fn serve(listener: TcpListener, current: CurrentConnection) {
                     }
                     let message = format!("DevInProd: {}", refused.why);
                     let _ = tcp.write_all(&error_packet(refused.code, &message)).await;
-                    let _ = tcp.shutdown().await;
+                    linger(tcp).await;
                 }
             }
         });
     }
+}
+
+/// Copies both ways until both are done. Unlike `copy_bidirectional`, a direction that fails
+/// does not end the other: when the dbproxy refuses a packet and stops reading while the app is
+/// still sending it, the refusal on its way back still reaches the app.
+async fn splice<R, W>(tcp: &mut tokio::net::TcpStream, mut recv: R, mut send: W)
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let (mut from_app, mut to_app) = tcp.split();
+    let down = async {
+        let _ = tokio::io::copy(&mut recv, &mut to_app).await;
+        let _ = to_app.shutdown().await;
+    };
+    let up = async {
+        let _ = tokio::io::copy(&mut from_app, &mut send).await;
+        let _ = send.shutdown().await;
+    };
+    tokio::join!(down, up);
+}
+
+/// How long bytes an app still sends are read and dropped before its socket is closed.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// Closes an app's connection without destroying what it has not read yet. Closing a socket
+/// with unread bytes makes the kernel reset the connection, and a reset discards the data the
+/// app has not read: the error packet that refused its oversized packet while it was still
+/// sending it. So: FIN first, then read and drop what still comes, for at most `LINGER`.
+async fn linger(mut tcp: tokio::net::TcpStream) {
+    use tokio::io::AsyncReadExt;
+    let _ = tcp.shutdown().await;
+    let mut sink = vec![0u8; 16 * 1024];
+    let _ = tokio::time::timeout(LINGER, async {
+        while let Ok(n) = tcp.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// Opens one database stream on the current relay connection, within its stream budget; the
