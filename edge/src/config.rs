@@ -62,6 +62,10 @@ pub struct EdgeConfig {
     /// the visitor gets 408 (if the response has not started) and the upstream request is
     /// aborted, which frees its production connection.
     pub body_read_timeout_ms: u64,
+    /// A request body must come at least this fast on average: the visitor may keep the far
+    /// side waiting `body_read_timeout_ms` in all, plus one second per this many bytes it has
+    /// sent; beyond it, as for a stall (0: no minimum rate).
+    pub body_min_bytes_per_sec: u64,
     /// Largest declared request body (Content-Length) for a developer route; beyond: 413.
     /// 0: no limit.
     pub max_request_body_bytes: u64,
@@ -129,6 +133,7 @@ impl Default for EdgeConfig {
             max_header_bytes: 64 * 1024,
             response_timeout_ms: 60_000,
             body_read_timeout_ms: 30_000,
+            body_min_bytes_per_sec: 500,
             max_request_body_bytes: 0,
             max_requests_per_developer: 256,
             keep_alive_interval_ms: 1_000,
@@ -156,6 +161,14 @@ pub enum OnMissing {
 }
 
 impl EdgeConfig {
+    /// How slowly a visitor may send a request body (see [`crate::visitor_body`]).
+    pub fn body_pace(&self) -> crate::visitor_body::BodyPace {
+        crate::visitor_body::BodyPace {
+            idle: std::time::Duration::from_millis(self.body_read_timeout_ms),
+            min_bytes_per_sec: self.body_min_bytes_per_sec,
+        }
+    }
+
     pub fn ca_path(&self) -> PathBuf {
         self.ca
             .clone()

@@ -31,7 +31,7 @@ pub mod production;
 pub mod routing;
 mod staff;
 pub mod tunnel;
-mod visitor_body;
+pub mod visitor_body;
 mod visitor_conn;
 
 pub use config::{EdgeConfig, OnMissing};
@@ -481,12 +481,12 @@ impl Edge {
                         let req = Request::from_parts(parts, body);
                         let max = self.config.max_frame_len as usize;
                         let timeout = Duration::from_millis(self.config.response_timeout_ms);
-                        let idle = Duration::from_millis(self.config.body_read_timeout_ms);
-                        let resp = match tokio::time::timeout(timeout, tunnel::forward(stream, req, max, idle)).await {
+                        let pace = self.config.body_pace();
+                        let resp = match tokio::time::timeout(timeout, tunnel::forward(stream, req, max, pace)).await {
                         Ok(Ok(r)) => r,
                         Ok(Err(tunnel::TunnelError::Silent)) => pages::developer_offline(format, &key),
                         Ok(Err(tunnel::TunnelError::Visitor(why))) => pages::bad_request_body(format, &why),
-                        Ok(Err(tunnel::TunnelError::VisitorStalled(idle))) => pages::body_timeout(format, idle),
+                        Ok(Err(tunnel::TunnelError::VisitorStalled(why))) => pages::body_timeout(format, &why),
                         Ok(Err(e)) => pages::page(
                             StatusCode::BAD_GATEWAY,
                             format,
@@ -696,15 +696,15 @@ impl Edge {
                 "This edge has no production upstream configured and the request names no developer.",
             ),
             Some(p) => match p
-                .forward(req, Duration::from_millis(self.config.body_read_timeout_ms))
+                .forward(req, self.config.body_pace())
                 .await
             {
                 Ok(r) => r,
                 Err(production::ProductionError::VisitorBody(why)) => {
                     pages::bad_request_body(format, &why)
                 }
-                Err(production::ProductionError::VisitorStalled(idle)) => {
-                    pages::body_timeout(format, idle)
+                Err(production::ProductionError::VisitorStalled(why)) => {
+                    pages::body_timeout(format, &why)
                 }
                 Err(e) => pages::page(StatusCode::BAD_GATEWAY, format, "Production failed", &e.to_string()),
             },

@@ -155,17 +155,15 @@ pub fn bad_request_body(format: PageFormat, why: &str) -> Response<BoxBody> {
     )
 }
 
-/// 408 for a request whose body stalled (`body_read_timeout_ms`): the upstream request was
-/// aborted, and the connection closes after this answer (the rest of the body is not read).
-pub fn body_timeout(format: PageFormat, idle: std::time::Duration) -> Response<BoxBody> {
+/// 408 for a request whose body stalled (`body_read_timeout_ms`) or came too slowly
+/// (`body_min_bytes_per_sec`): the upstream request was aborted, and the connection closes
+/// after this answer (the rest of the body is not read).
+pub fn body_timeout(format: PageFormat, why: &str) -> Response<BoxBody> {
     let mut resp = page(
         StatusCode::REQUEST_TIMEOUT,
         format,
         "Request body timed out",
-        &format!(
-            "The edge waited {} ms for more of this request's body and gave up.",
-            idle.as_millis()
-        ),
+        &format!("The edge gave up on this request's body: {why}."),
     );
     resp.headers_mut().insert(
         http::header::CONNECTION,

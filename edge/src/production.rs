@@ -28,9 +28,10 @@ pub enum ProductionError {
     /// The visitor's request body failed (malformed, cut), and the request with it.
     #[error("the request's body could not be read: {0}")]
     VisitorBody(String),
-    /// The visitor's request body stalled for `body_read_timeout_ms`; the request was aborted.
-    #[error("the visitor sent no request body data for {} ms", .0.as_millis())]
-    VisitorStalled(std::time::Duration),
+    /// The visitor's request body stalled (`body_read_timeout_ms`, `body_min_bytes_per_sec`);
+    /// the request was aborted.
+    #[error("{0}")]
+    VisitorStalled(String),
 }
 
 impl Production {
@@ -56,12 +57,12 @@ impl Production {
         })
     }
 
-    /// Forwards `req`; its body may keep production waiting for at most `body_idle` between
-    /// pieces (then the request is aborted and its connection closed).
+    /// Forwards `req`; its body may keep production waiting as long as `body_pace` allows
+    /// (then the request is aborted and its connection closed).
     pub async fn forward(
         &self,
         mut req: Request<Incoming>,
-        body_idle: std::time::Duration,
+        body_pace: crate::visitor_body::BodyPace,
     ) -> Result<Response<BoxBody>, ProductionError> {
         let upgrade = is_upgrade_request(req.headers()).then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
@@ -91,7 +92,7 @@ impl Production {
                 None,
             )
         } else {
-            let (body, failed) = crate::visitor_body::watch(body, body_idle);
+            let (body, failed) = crate::visitor_body::watch(body, body_pace);
             (body.boxed_unsync(), Some(failed))
         };
         let mut resp = self
@@ -102,7 +103,7 @@ impl Production {
                 |e| match body_failed.as_mut().and_then(crate::visitor_body::failure) {
                     // The body failed before the request did: that is why it did.
                     Some(BodyFailure::Broken(why)) => ProductionError::VisitorBody(why),
-                    Some(BodyFailure::Stalled(idle)) => ProductionError::VisitorStalled(idle),
+                    Some(BodyFailure::Stalled(why)) => ProductionError::VisitorStalled(why),
                     None => ProductionError::Upstream(e.to_string()),
                 },
             )?;

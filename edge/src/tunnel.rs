@@ -20,9 +20,10 @@ pub enum TunnelError {
     /// developer's side made of it.
     #[error("the request's body could not be read: {0}")]
     Visitor(String),
-    /// The visitor's request body stalled for `body_read_timeout_ms`; the request was aborted.
-    #[error("the visitor sent no request body data for {} ms", .0.as_millis())]
-    VisitorStalled(std::time::Duration),
+    /// The visitor's request body stalled (`body_read_timeout_ms`, `body_min_bytes_per_sec`);
+    /// the request was aborted.
+    #[error("{0}")]
+    VisitorStalled(String),
     #[error("the developer's client failed: {0}")]
     Developer(String),
     #[error("the developer's client sent an invalid response: {0}")]
@@ -36,7 +37,7 @@ pub enum TunnelError {
 fn visitor_failed(why: BodyFailure) -> TunnelError {
     match why {
         BodyFailure::Broken(why) => TunnelError::Visitor(why),
-        BodyFailure::Stalled(idle) => TunnelError::VisitorStalled(idle),
+        BodyFailure::Stalled(why) => TunnelError::VisitorStalled(why),
     }
 }
 
@@ -88,12 +89,12 @@ fn is_trailers_only(headers: &http::HeaderMap) -> bool {
 
 /// Sends the rest of `req` on `stream`, whose [`prelude`] the opener has sent (with `End` when
 /// [`ends_with_head`]), and turns the frames that come back into a response. The visitor's
-/// body may keep the developer's side waiting for at most `body_idle` between pieces.
+/// body may keep the developer's side waiting as long as `body_pace` allows.
 pub async fn forward(
     stream: TunnelStream,
     mut req: Request<Incoming>,
     max_frame_len: usize,
-    body_idle: std::time::Duration,
+    body_pace: crate::visitor_body::BodyPace,
 ) -> Result<Response<BoxBody>, TunnelError> {
     let TunnelStream { mut send, mut recv } = stream;
     let upgrade = is_upgrade_request(req.headers()).then(|| hyper::upgrade::on(&mut req));
@@ -111,7 +112,7 @@ pub async fn forward(
         // The request body streams in its own task, so the response can start (and, for
         // gRPC, stream) while the upload is still going. The task ends with the visitor's
         // body, or when the stream is stopped by the other side.
-        let (body, failed) = crate::visitor_body::watch(req.into_body(), body_idle);
+        let (body, failed) = crate::visitor_body::watch(req.into_body(), body_pace);
         body_failed = Some(failed);
         tokio::spawn(async move {
             match send_message(Vec::new(), body, &mut send).await {

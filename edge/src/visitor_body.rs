@@ -5,9 +5,13 @@
 //!
 //! The stall clock (`body_read_timeout_ms`) runs only while the far side is asking for more
 //! (the body is polled and the visitor has nothing): a far side that is slow to read (back
-//! pressure) does not count against the visitor. When it runs out, the body fails, which
-//! aborts the upstream request: hyper's client drops its production connection, and the
-//! tunnel sends an `Abort` frame to the developer's side.
+//! pressure) does not count against the visitor. A visitor that sends a byte now and then,
+//! just inside that bound, is held to a minimum rate too (`body_min_bytes_per_sec`, as
+//! Apache's mod_reqtimeout MinRate): all the time it has kept the far side waiting may not
+//! exceed `body_read_timeout_ms` plus one second per `body_min_bytes_per_sec` bytes it sent.
+//! When either runs out, the body fails, which aborts the upstream request: hyper's client
+//! drops its production connection, and the tunnel sends an `Abort` frame to the developer's
+//! side.
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -17,28 +21,51 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::oneshot;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
+
+/// How slowly a visitor may send a request body while the far side waits for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyPace {
+    /// Longest wait for the next piece.
+    pub idle: Duration,
+    /// Each this many bytes received buys one more second of waiting in all; 0: no minimum.
+    pub min_bytes_per_sec: u64,
+}
+
+impl BodyPace {
+    /// The total waiting a visitor that has sent `received` bytes is allowed.
+    fn allowance(&self, received: u64) -> Option<Duration> {
+        (self.min_bytes_per_sec > 0).then(|| {
+            self.idle + Duration::from_secs_f64(received as f64 / self.min_bytes_per_sec as f64)
+        })
+    }
+}
 
 /// Why a visitor's body failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum BodyFailure {
     /// Malformed or cut off: 400.
     Broken(String),
-    /// Nothing arrived for this long while the far side waited: 408.
-    Stalled(Duration),
+    /// Nothing arrived for `idle` while the far side waited, or too little in all: 408.
+    Stalled(String),
 }
 
 /// The error a stalled body ends with, as the far side sees it.
 #[derive(Debug, thiserror::Error)]
-#[error("the visitor sent no request body data for {} ms", .0.as_millis())]
-pub(crate) struct Stalled(Duration);
+#[error("{0}")]
+pub(crate) struct Stalled(String);
 
 /// A request body that reports its first error on a channel, before passing it on: whoever
 /// holds the receiver learns of it before anything the error causes downstream.
 pub(crate) struct WatchedBody {
     inner: Incoming,
     failed: Option<oneshot::Sender<BodyFailure>>,
-    idle: Duration,
+    pace: BodyPace,
+    /// Bytes received so far, and the far side's waiting on the visitor so far (not counting
+    /// the wait in progress, which started at `waiting_since`).
+    received: u64,
+    waited: Duration,
+    waiting_since: Option<Instant>,
     /// The stall clock; created the first time the visitor keeps the far side waiting.
     timer: Option<Pin<Box<Sleep>>>,
     /// Whether the clock is running (the last poll found nothing).
@@ -46,18 +73,21 @@ pub(crate) struct WatchedBody {
     done: bool,
 }
 
-/// `body`, and the receiver of why it failed (nothing is sent if it does not). `idle` is the
-/// longest the visitor may keep the far side waiting for the next frame.
+/// `body`, and the receiver of why it failed (nothing is sent if it does not). `pace` bounds
+/// how long the visitor may keep the far side waiting.
 pub(crate) fn watch(
     body: Incoming,
-    idle: Duration,
+    pace: BodyPace,
 ) -> (WatchedBody, oneshot::Receiver<BodyFailure>) {
     let (tx, rx) = oneshot::channel();
     (
         WatchedBody {
             inner: body,
             failed: Some(tx),
-            idle,
+            pace,
+            received: 0,
+            waited: Duration::ZERO,
+            waiting_since: None,
             timer: None,
             armed: false,
             done: false,
@@ -94,13 +124,33 @@ impl Body for WatchedBody {
             }
             Poll::Ready(other) => {
                 this.armed = false;
-                if other.is_none() {
-                    this.done = true;
+                if let Some(since) = this.waiting_since.take() {
+                    this.waited += since.elapsed();
+                }
+                match &other {
+                    Some(Ok(frame)) => {
+                        if let Some(data) = frame.data_ref() {
+                            this.received += data.len() as u64;
+                        }
+                    }
+                    None => this.done = true,
+                    Some(Err(_)) => {}
                 }
                 Poll::Ready(other.map(|r| r.map_err(|e| Box::new(e) as crate::BoxError)))
             }
             Poll::Pending => {
-                let deadline = tokio::time::Instant::now() + this.idle;
+                let now = Instant::now();
+                let since = *this.waiting_since.get_or_insert(now);
+                // The wait ends at the idle bound, or sooner where the minimum rate says so.
+                let mut deadline = since + this.pace.idle;
+                let mut too_slow = false;
+                if let Some(allowance) = this.pace.allowance(this.received) {
+                    let by_rate = since + allowance.saturating_sub(this.waited);
+                    if by_rate < deadline {
+                        deadline = by_rate;
+                        too_slow = true;
+                    }
+                }
                 let timer = match &mut this.timer {
                     Some(t) => {
                         if !this.armed {
@@ -116,10 +166,23 @@ impl Body for WatchedBody {
                 if timer.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;
                 }
-                let idle = this.idle;
-                this.report(BodyFailure::Stalled(idle));
+                let why = if too_slow {
+                    format!(
+                        "the visitor sent {} bytes of request body in {} ms of waiting, \
+                         slower than {} bytes/s",
+                        this.received,
+                        (this.waited + now.saturating_duration_since(since)).as_millis(),
+                        this.pace.min_bytes_per_sec
+                    )
+                } else {
+                    format!(
+                        "the visitor sent no request body data for {} ms",
+                        this.pace.idle.as_millis()
+                    )
+                };
+                this.report(BodyFailure::Stalled(why.clone()));
                 this.done = true;
-                Poll::Ready(Some(Err(Box::new(Stalled(idle)))))
+                Poll::Ready(Some(Err(Box::new(Stalled(why)))))
             }
         }
     }

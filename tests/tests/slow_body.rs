@@ -1,6 +1,8 @@
 //! Slow request bodies (issue 15): a visitor whose body stalls for `body_read_timeout_ms` gets
 //! 408 and the upstream request is aborted — production's connection is freed — on both the
-//! production and the developer path; a slow but steady upload is not cut off.
+//! production and the developer path; so does one that trickles in a byte at a time, each
+//! inside the bound but slower than `body_min_bytes_per_sec` in all (slowloris); a slow but
+//! steady upload is not cut off.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -172,6 +174,8 @@ async fn a_slow_but_steady_upload_is_not_cut_off() {
     let _client = TestClient::connect(&relay, &pki, token, dev).await;
     let mut config = TestEdge::config(Some(prod));
     config.body_read_timeout_ms = BODY_TIMEOUT_MS;
+    // The uploads below send 500 bytes/s: well over this minimum.
+    config.body_min_bytes_per_sec = 100;
     let edge = TestEdge::start(config, relay.relay.registry()).await;
 
     let (to_prod, to_dev) = tokio::join!(
@@ -185,4 +189,70 @@ async fn a_slow_but_steady_upload_is_not_cut_off() {
     }
     wait_for(&mut prod_seen, Seen::Body(1000)).await;
     wait_for(&mut dev_seen, Seen::Body(1000)).await;
+}
+
+/// Sends a head declaring 1000 bytes, then one byte every 300 ms (each pause inside the body
+/// timeout) until the edge answers; returns the answer and how long it took.
+async fn trickle_body(edge: SocketAddr, host: &str) -> (String, Duration) {
+    let s = tokio::net::TcpStream::connect(edge).await.unwrap();
+    let (mut rx, mut tx) = s.into_split();
+    let started = Instant::now();
+    tx.write_all(
+        format!("POST /upload HTTP/1.1\r\nhost: {host}\r\ncontent-length: 1000\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let writer = tokio::spawn(async move {
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if tx.write_all(b"x").await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut out = Vec::new();
+    tokio::time::timeout(WAIT, rx.read_to_end(&mut out))
+        .await
+        .expect("the edge held a trickling body past every bound")
+        .unwrap();
+    writer.abort();
+    (
+        String::from_utf8_lossy(&out).into_owned(),
+        started.elapsed(),
+    )
+}
+
+#[tokio::test]
+async fn a_body_trickling_in_under_the_minimum_rate_gets_408_and_its_upstream_request_is_aborted() {
+    init_tracing();
+    let pki = Pki::new();
+    let relay = TestRelay::start(&pki).await;
+    let (prod, mut prod_seen) = recording_app("production").await;
+    let (dev, mut dev_seen) = recording_app("developer").await;
+    let token = relay.issue_token("slowloris");
+    let dev_host = format!("www-{}.example.com", token.routing_key());
+    let _client = TestClient::connect(&relay, &pki, token, dev).await;
+    let mut config = TestEdge::config(Some(prod));
+    config.body_read_timeout_ms = BODY_TIMEOUT_MS;
+    config.body_min_bytes_per_sec = 100;
+    let edge = TestEdge::start(config, relay.relay.registry()).await;
+
+    for (host, seen) in [
+        ("www.example.com", &mut prod_seen),
+        (dev_host.as_str(), &mut dev_seen),
+    ] {
+        let (answer, took) = trickle_body(edge.addr, host).await;
+        assert!(answer.starts_with("HTTP/1.1 408 "), "{host}: {answer}");
+        assert!(
+            answer.contains("slower than 100 bytes/s"),
+            "{host}: {answer}"
+        );
+        // 500 ms of waiting, plus 10 ms per byte sent: under a second of 300 ms pauses.
+        assert!(
+            took < Duration::from_secs(5),
+            "{host}: 408 only after {took:?}"
+        );
+        wait_for(seen, Seen::BodyFailed).await;
+    }
+    wait_for(&mut prod_seen, Seen::ConnectionClosed).await;
 }
