@@ -192,10 +192,26 @@ pub async fn serve_app<R, W>(
                 break;
             }
         };
+        writer.reply_to(packet.seq);
         let payload = packet.payload;
         let Some(&command) = payload.first() else {
             break;
         };
+        // Larger than the database accepts: a server closes the connection on such a packet,
+        // which would end the developer's whole session. Refused here; the app's connection
+        // goes on (the packet was read whole).
+        let limit = session.upstream_max_packet();
+        if payload.len() > limit {
+            let msg = format!(
+                "Got a packet bigger than 'max_allowed_packet' bytes: {} bytes, the database accepts {limit} (DevInProd did not send it)",
+                payload.len()
+            );
+            let packet = wire::err(wire::ER_NET_PACKET_TOO_LARGE, b"08S01", &msg);
+            if let Outcome::AppGone = send(&mut writer, packet).await {
+                break;
+            }
+            continue;
+        }
         let outcome = match command {
             COM_QUIT => break,
             COM_QUERY => {

@@ -200,6 +200,10 @@ pub struct PacketWriter<W> {
     buf: BytesMut,
     /// Packets queued since the writer was made (whether they are sent yet or not).
     packets: u64,
+    /// Added to every sequence id: replies are written as if the command they answer came in
+    /// one packet (ids from 1), but one of 16 MiB or more came in chunks, and the reply's ids
+    /// must continue from its last chunk's (a driver otherwise sees "packet out of order").
+    seq_base: u8,
 }
 
 impl<W: AsyncWrite + Unpin> PacketWriter<W> {
@@ -208,7 +212,13 @@ impl<W: AsyncWrite + Unpin> PacketWriter<W> {
             inner,
             buf: BytesMut::with_capacity(16 * 1024),
             packets: 0,
+            seq_base: 0,
         }
+    }
+
+    /// The replies that follow answer a command whose last chunk had sequence id `seq`.
+    pub fn reply_to(&mut self, seq: u8) {
+        self.seq_base = seq;
     }
 
     /// How many packets were queued so far: a statement that failed before this moved has
@@ -220,7 +230,7 @@ impl<W: AsyncWrite + Unpin> PacketWriter<W> {
     /// Queues `payload` with sequence id `seq`; returns the next sequence id.
     pub fn queue(&mut self, seq: u8, payload: &[u8]) -> u8 {
         self.packets += 1;
-        encode(seq, payload, &mut self.buf)
+        encode(seq.wrapping_add(self.seq_base), payload, &mut self.buf).wrapping_sub(self.seq_base)
     }
 
     pub async fn flush(&mut self) -> std::io::Result<()> {

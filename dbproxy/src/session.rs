@@ -231,6 +231,9 @@ pub struct Session {
     watch: Watch,
     /// Statements per second and rows per minute (see `limits`).
     limits: std::sync::Mutex<SessionLimits>,
+    /// The upstream's `max_allowed_packet` (the largest command it takes without closing the
+    /// connection); `usize::MAX` until known.
+    upstream_max_packet: AtomicUsize,
 }
 
 /// Lock-free facts about the session for the lock watchdog, which must never wait for `inner`
@@ -303,6 +306,7 @@ impl Session {
             last_seen: std::sync::Mutex::new(Instant::now()),
             watch: Watch::default(),
             limits: std::sync::Mutex::new(SessionLimits::new(&config_limits, Instant::now())),
+            upstream_max_packet: AtomicUsize::new(usize::MAX),
         }
     }
 
@@ -491,6 +495,18 @@ impl Session {
                 )))
             }
         }
+        if let Ok(c) = up.run("SELECT @@max_allowed_packet").await? {
+            if let Some(n) = c
+                .rows()
+                .into_iter()
+                .next()
+                .and_then(|r| r.into_iter().next())
+                .flatten()
+                .and_then(|v| v.parse::<usize>().ok())
+            {
+                self.upstream_max_packet.store(n, Ordering::Relaxed);
+            }
+        }
         info!(key = %self.key, upstream_id = up.connection_id, "database session started ({isolation})");
         inner.server = Some(ServerInfo {
             version: up.server_version.clone(),
@@ -510,6 +526,11 @@ impl Session {
         inner.tables.clear();
         inner.stored_functions = None;
         Ok(())
+    }
+
+    /// The largest command the upstream takes (its `max_allowed_packet`), once known.
+    pub fn upstream_max_packet(&self) -> usize {
+        self.upstream_max_packet.load(Ordering::Relaxed)
     }
 
     /// What to present to apps in the handshake (connects the upstream if needed).

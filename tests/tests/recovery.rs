@@ -270,3 +270,54 @@ async fn an_oversized_login_packet_is_refused_by_its_header() {
     assert_eq!(u16::from_le_bytes([reply[5], reply[6]]), 1153);
     assert!(String::from_utf8_lossy(&reply).contains("over the limit"));
 }
+
+/// Statements of 16 MiB or more come in several chunks, and the reply's sequence ids must
+/// continue from the last chunk's (numbered as if the command were one packet, it is "packet
+/// out of order" to a driver). One under the database's `max_allowed_packet` runs; one over it
+/// would make the server close the session's connection — rolling back the developer's whole
+/// session — so it is refused with MariaDB's own error 1153 instead, and the session goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_of_several_chunks_run_or_are_refused_and_the_session_goes_on() {
+    init_tracing();
+    let db = TestDatabase::new();
+    db.admin("CREATE TABLE t (id INT PRIMARY KEY) ENGINE=InnoDB");
+    let pki = Pki::new();
+    let (relay, _proxy) = relay_with_dbproxy(&pki, |_| {}).await;
+    let connect = |addr: std::net::SocketAddr| {
+        let opts = mysql_async::OptsBuilder::default()
+            .ip_or_hostname(addr.ip().to_string())
+            .tcp_port(addr.port())
+            .user(Some("app"))
+            .db_name(Some(db.name.clone()))
+            .prefer_socket(false)
+            .max_allowed_packet(Some(64 << 20));
+        mysql_async::Conn::new(opts)
+    };
+    let huge = format!("SELECT LENGTH('{}')", "x".repeat(17 << 20));
+
+    // The private server takes 64 MiB packets: a 17 MiB statement (two chunks) runs.
+    let alice = developer_with_mysql(&relay, &pki, "alice").await;
+    let mut app = connect(alice.mysql.unwrap()).await.unwrap();
+    let len: Option<u64> = app.query_first(huge.as_str()).await.unwrap();
+    assert_eq!(len, Some(17 << 20));
+
+    // A session started while the server takes 16 MiB (MariaDB's default): refused.
+    db.admin("SET GLOBAL max_allowed_packet = 16777216");
+    let bob = developer_with_mysql(&relay, &pki, "bob").await;
+    let mut app = connect(bob.mysql.unwrap()).await.unwrap();
+    app.query_drop("BEGIN").await.unwrap();
+    app.query_drop("INSERT INTO t VALUES (1)").await.unwrap();
+    let refused = app.query_drop(huge.as_str()).await;
+    db.admin("SET GLOBAL max_allowed_packet = 67108864");
+    match refused {
+        Err(mysql_async::Error::Server(e)) => {
+            assert_eq!(e.code, 1153, "{}", e.message);
+            assert!(e.message.contains("did not send it"), "{}", e.message);
+        }
+        other => panic!("expected error 1153, got {other:?}"),
+    }
+    // The same connection, the same transaction.
+    let ids: Vec<i64> = app.query("SELECT id FROM t").await.unwrap();
+    assert_eq!(ids, [1]);
+    assert_eq!(db.admin("SELECT COUNT(*) FROM t").trim(), "0");
+}
