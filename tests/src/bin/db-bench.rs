@@ -66,8 +66,10 @@ impl Plan {
                 sysbench_secs: 10,
                 sysbench_rounds: 3,
                 table_size: 10_000,
+                // Under MariaDB's default max_allowed_packet (16 MiB), so that the policy
+                // reads each (a larger one is refused by its size, unread).
                 huge_conns: 8,
-                huge_bytes: 60 << 20,
+                huge_bytes: 15 << 20,
             }
         }
     }
@@ -855,9 +857,11 @@ fn render(plan: &Plan, db: &Db, r: &Report) -> String {
              sends them) sends `SELECT 'xxx…` — an unterminated string the policy reads to the end \
              and refuses, so nothing reaches MariaDB; the dbproxy process is `devinprod up`'s child. \
              A packet of 64 KiB or more is read into memory taken from one budget \
-             (`max_packet_memory_bytes` = 256 MiB by default, `max_packet_bytes` = 64 MiB each); a \
-             packet that finds no room within 2 s is answered 1041 and its connection closed. \
-             Before the budget (issue 15), four such connections cost +754 MB.\n",
+             (`max_packet_memory_bytes` = 256 MiB by default, `max_packet_bytes` = 64 MiB each), \
+             counted three times (the copies parsing it makes); a packet that finds no room \
+             within 2 s is answered 1041 and its connection closed. A statement over the \
+             database's `max_allowed_packet` is refused (1153) before it is parsed. Before the \
+             budget (issue 15), four connections sending 64 MB packets cost +754 MB.\n",
         );
     }
     for f in &r.failures {
