@@ -744,19 +744,40 @@ impl Session {
                     app,
                 )
                 .await;
-            match r {
-                Ok(outcome) => {
-                    conn.used = true;
-                    return outcome;
-                }
-                Err(ServeError::Upstream(e))
-                    if !conn.used && !retried && app.packets() == before =>
-                {
-                    retried = true;
-                    self.lose(&mut inner, format!("the database connection failed: {e}"));
-                }
-                Err(e) => return self.failed(&mut inner, conn, e, app).await,
+            let told_app = app.packets() != before;
+            if let Some(outcome) = self
+                .settle(&mut inner, conn, r, told_app, &mut retried, app)
+                .await
+            {
+                return outcome;
             }
+        }
+    }
+
+    /// After one attempt at a statement: its outcome, or `None` to try it once more. That is
+    /// when the upstream failed before the app was told anything, on an app connection that
+    /// has run nothing yet: a new connection must not fail inside its own connect because the
+    /// session's upstream died while it was idle (the session reconnects on the retry).
+    async fn settle<W: AsyncWrite + Unpin>(
+        &self,
+        inner: &mut Inner,
+        conn: &mut AppConn,
+        attempt: Result<Outcome, ServeError>,
+        told_app: bool,
+        retried: &mut bool,
+        app: &mut PacketWriter<W>,
+    ) -> Option<Outcome> {
+        match attempt {
+            Ok(outcome) => {
+                conn.used = true;
+                Some(outcome)
+            }
+            Err(ServeError::Upstream(e)) if !conn.used && !*retried && !told_app => {
+                *retried = true;
+                self.lose(inner, format!("the database connection failed: {e}"));
+                None
+            }
+            Err(e) => Some(self.failed(inner, conn, e, app).await),
         }
     }
 
@@ -1022,18 +1043,12 @@ impl Session {
             let r = self
                 .prepare_in(&mut inner, conn, &f, &reach, payload, app)
                 .await;
-            match r {
-                Ok(o) => {
-                    conn.used = true;
-                    return o;
-                }
-                Err(ServeError::Upstream(e))
-                    if !conn.used && !retried && app.packets() == before =>
-                {
-                    retried = true;
-                    self.lose(&mut inner, format!("the database connection failed: {e}"));
-                }
-                Err(e) => return self.failed(&mut inner, conn, e, app).await,
+            let told_app = app.packets() != before;
+            if let Some(outcome) = self
+                .settle(&mut inner, conn, r, told_app, &mut retried, app)
+                .await
+            {
+                return outcome;
             }
         }
     }
