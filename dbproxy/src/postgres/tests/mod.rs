@@ -6,7 +6,7 @@
 
 mod backend;
 mod frontend;
-
+mod psql;
 mod startup;
 mod upstream;
 
