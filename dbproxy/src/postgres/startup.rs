@@ -4,8 +4,8 @@
 //! clear), CancelRequest asks to cancel another connection's query (and is the whole
 //! connection), anything else is a StartupMessage whose code is the protocol version.
 //!
-//! The server's rules are kept: a packet of at most [`MAX_STARTUP_PACKET_LENGTH`] bytes, each
-//! encryption request at most once, major version 3 only. A newer 3.x minor version (3.2 is
+//! The server's rules are kept: at most [`MAX_STARTUP_PACKET_LENGTH`] bytes after the length
+//! word, each encryption request at most once, major version 3 only. A newer 3.x minor version (3.2 is
 //! PostgreSQL 18's) and `_pq_.` protocol options are negotiated down with
 //! NegotiateProtocolVersion ([`StartupMessage::negotiation`]), as a server that speaks 3.0
 //! does.
@@ -15,9 +15,11 @@ use super::{Peer, PgWireError, Problem};
 use bytes::{Buf, Bytes, BytesMut};
 use std::fmt;
 
-/// The longest start-up packet accepted, the server's own limit (`MAX_STARTUP_PACKET_LENGTH`
-/// in its `pqcomm.h`).
+/// The most bytes a start-up packet may hold after its length word: the server's own limit
+/// (`MAX_STARTUP_PACKET_LENGTH` in its `pqcomm.h`, checked against the length minus 4).
 pub const MAX_STARTUP_PACKET_LENGTH: usize = 10_000;
+/// The length word itself.
+const LENGTH_WORD: usize = 4;
 /// The most parameters a StartupMessage may carry. The server has no count of its own (only
 /// the packet length); drivers send about ten.
 pub const MAX_STARTUP_PARAMETERS: usize = 64;
@@ -210,19 +212,19 @@ impl StartupDecoder {
                 minimum: HEADER_LENGTH,
             });
         }
-        if length as usize > MAX_STARTUP_PACKET_LENGTH {
+        if length as usize > LENGTH_WORD + MAX_STARTUP_PACKET_LENGTH {
             return Err(PgWireError::TooLong {
                 from: Peer::App,
                 message: "start-up packet",
                 length: length.into(),
-                limit: MAX_STARTUP_PACKET_LENGTH,
+                limit: LENGTH_WORD + MAX_STARTUP_PACKET_LENGTH,
             });
         }
         if buf.len() < length as usize {
             return Ok(None);
         }
         let mut packet = buf.split_to(length as usize).freeze();
-        packet.advance(4);
+        packet.advance(LENGTH_WORD);
         let code = packet.get_u32();
         let packet = match code {
             SSL_REQUEST_CODE => {

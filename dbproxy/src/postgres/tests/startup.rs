@@ -190,20 +190,28 @@ fn postgres_cancel_request_without_a_process_id_is_refused() {
 }
 
 #[test]
-fn postgres_startup_packet_over_10000_bytes_is_refused_from_its_length_alone() {
-    let error = startup_error(&10_001u32.to_be_bytes());
+fn postgres_startup_packet_over_10000_bytes_after_its_length_is_refused_from_its_length_alone() {
+    let error = startup_error(&10_005u32.to_be_bytes());
     assert_eq!(
         error,
         PgWireError::TooLong {
             from: Peer::App,
             message: "start-up packet",
-            length: 10_001,
-            limit: MAX_STARTUP_PACKET_LENGTH
+            length: 10_005,
+            limit: 4 + MAX_STARTUP_PACKET_LENGTH
         }
     );
     // The longest allowed is waited for.
-    let mut buf = BytesMut::from(&10_000u32.to_be_bytes()[..]);
+    let mut buf = BytesMut::from(&10_004u32.to_be_bytes()[..]);
     assert_eq!(StartupDecoder::new().decode(&mut buf), Ok(None));
+    // And decodes: 4 + 4 + "user\0bob\0" + "options\0" + 9977 bytes and a NUL + the final NUL.
+    let options = vec![b'x'; 9_977];
+    let packet = startup_packet(196_608, &[(b"user", b"bob"), (b"options", &options)]);
+    assert_eq!(packet.len(), 10_004);
+    let StartupPacket::Startup(startup) = decode_one(&packet) else {
+        panic!("not a StartupMessage");
+    };
+    assert_eq!(startup.options().map(str::len), Some(9_977));
 }
 
 #[test]
