@@ -10,6 +10,7 @@ pub mod h2raw;
 pub mod http_client;
 pub mod mariadb;
 pub mod nginx;
+pub mod postgres;
 pub mod procs;
 pub mod quic_flood;
 pub mod raw;
