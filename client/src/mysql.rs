@@ -136,7 +136,16 @@ where
         let _ = tokio::io::copy(&mut from_app, &mut send).await;
         let _ = send.shutdown().await;
     };
-    tokio::join!(down, up);
+    tokio::pin!(down, up);
+    tokio::select! {
+        // The app has said all: the database side's answers still come.
+        _ = &mut up => down.await,
+        // The database side is done (or gone): the app has `LINGER` to finish what it was
+        // sending, not as long as an idle pooled connection stays open.
+        _ = &mut down => {
+            let _ = tokio::time::timeout(LINGER, up).await;
+        }
+    }
 }
 
 /// How long bytes an app still sends are read and dropped before its socket is closed.

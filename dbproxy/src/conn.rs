@@ -187,6 +187,8 @@ pub async fn serve_app<R, W>(
             Err(e) => {
                 debug!(key = %session.key, conn = conn.id, "app connection failed: {e}");
                 if let Some(packet) = read_failure(&e) {
+                    // Not numbered after the previous command's chunks.
+                    writer.reply_to(0);
                     let _ = writer.send(1, &packet).await;
                 }
                 break;
@@ -200,8 +202,15 @@ pub async fn serve_app<R, W>(
         // Larger than the database accepts: a server closes the connection on such a packet,
         // which would end the developer's whole session. Refused here; the app's connection
         // goes on (the packet was read whole).
+        // (A server refuses a packet of exactly its limit too.) A command that has no reply
+        // (long data, close) gets none: its error waits for the statement's next execute, as
+        // on a server, so the app's replies stay in step.
         let limit = session.upstream_max_packet();
-        if payload.len() > limit {
+        if payload.len() >= limit {
+            if matches!(command, COM_STMT_SEND_LONG_DATA | COM_STMT_CLOSE) {
+                session.refuse_long_data(&mut conn, &payload, limit);
+                continue;
+            }
             let msg = format!(
                 "Got a packet bigger than 'max_allowed_packet' bytes: {} bytes, the database accepts {limit} (DevInProd did not send it)",
                 payload.len()

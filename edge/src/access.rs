@@ -230,7 +230,16 @@ pub fn strip_edge_credentials(headers: &mut http::HeaderMap, cookie_names: &[&st
 pub fn strip_edge_set_cookies(headers: &mut http::HeaderMap, cookie_names: &[&str]) -> Vec<String> {
     let ours = |v: &http::HeaderValue| {
         let bytes = v.as_bytes();
-        let pair = bytes.split(|b| *b == b';').next().unwrap_or(bytes);
+        let mut pair = bytes
+            .split(|b| *b == b';')
+            .next()
+            .unwrap_or(bytes)
+            .trim_ascii();
+        // `=devinprod_key=x`: a cookie with an empty name, which browsers send back as its
+        // value alone — `devinprod_key=x`. Judged by that value.
+        while let Some(rest) = pair.strip_prefix(b"=") {
+            pair = rest.trim_ascii();
+        }
         let name = pair.split(|b| *b == b'=').next().unwrap_or(pair);
         let name = name.trim_ascii();
         cookie_names
@@ -410,13 +419,22 @@ mod tests {
             "Devinprod_Key=other-cookie",
             "devinprod_keyring=other-cookie",
             "theme=dark",
+            // Name-less cookies: browsers send them back as `devinprod_key=…`.
+            "=devinprod_key=k3yx9q; Path=/deeper",
+            " = devinprod_staff=v2.x",
         ] {
             h.append(http::header::SET_COOKIE, v.parse().unwrap());
         }
         let removed = strip_edge_set_cookies(&mut h, &[STAFF_COOKIE, "devinprod_key"]);
         assert_eq!(
             removed,
-            ["devinprod_staff", "devinprod_key", "devinprod_key"]
+            [
+                "devinprod_staff",
+                "devinprod_key",
+                "devinprod_key",
+                "devinprod_key",
+                "devinprod_staff"
+            ]
         );
         let left: Vec<_> = h
             .get_all(http::header::SET_COOKIE)

@@ -193,7 +193,16 @@ impl StaffTokens {
             revoked.ids.retain(|_, expiry| *expiry > now);
         }
         if revoked.ids.len() >= revoked.capacity {
-            revoked.cut_off = now;
+            // Everything issued up to now — and, should the clock have stepped back, up to
+            // the newest token this one or a remembered one says was issued — so that no
+            // token forgotten here works again.
+            let newest_remembered = revoked
+                .ids
+                .values()
+                .map(|expiry| expiry.saturating_sub(self.ttl_secs))
+                .max()
+                .unwrap_or(0);
+            revoked.cut_off = now.max(t.issued).max(newest_remembered);
             revoked.ids = HashMap::new();
             return SignOut::RevokedAll;
         }

@@ -280,7 +280,7 @@ async fn an_oversized_login_packet_is_refused_by_its_header() {
 async fn statements_of_several_chunks_run_or_are_refused_and_the_session_goes_on() {
     init_tracing();
     let db = TestDatabase::new();
-    db.admin("CREATE TABLE t (id INT PRIMARY KEY) ENGINE=InnoDB");
+    db.admin("CREATE TABLE t (id INT PRIMARY KEY, b LONGBLOB) ENGINE=InnoDB");
     let pki = Pki::new();
     let (relay, _proxy) = relay_with_dbproxy(&pki, |_| {}).await;
     let connect = |addr: std::net::SocketAddr| {
@@ -306,9 +306,30 @@ async fn statements_of_several_chunks_run_or_are_refused_and_the_session_goes_on
     let bob = developer_with_mysql(&relay, &pki, "bob").await;
     let mut app = connect(bob.mysql.unwrap()).await.unwrap();
     app.query_drop("BEGIN").await.unwrap();
-    app.query_drop("INSERT INTO t VALUES (1)").await.unwrap();
+    app.query_drop("INSERT INTO t (id) VALUES (1)")
+        .await
+        .unwrap();
     let refused = app.query_drop(huge.as_str()).await;
+    // A 17 MiB parameter goes as long data (COM_STMT_SEND_LONG_DATA, which has no reply) in
+    // 16 MiB chunks, each as large as the server's limit: the execute fails, in step.
+    let long_data = app
+        .exec_drop(
+            "INSERT INTO t (id, b) VALUES (?, ?)",
+            (2, vec![b'x'; 17 << 20]),
+        )
+        .await;
     db.admin("SET GLOBAL max_allowed_packet = 67108864");
+    match long_data {
+        Err(mysql_async::Error::Server(e)) => {
+            assert_eq!(e.code, 1153, "{}", e.message);
+            assert!(
+                e.message.contains("Parameter of prepared statement"),
+                "{}",
+                e.message
+            );
+        }
+        other => panic!("expected error 1153 for the long data, got {other:?}"),
+    }
     match refused {
         Err(mysql_async::Error::Server(e)) => {
             assert_eq!(e.code, 1153, "{}", e.message);

@@ -62,6 +62,9 @@ pub struct AppConn {
     /// Its prepared statements: the id the app knows → the upstream's.
     stmts: HashMap<u32, PreparedStatement>,
     next_stmt: u32,
+    /// A statement whose long data (COM_STMT_SEND_LONG_DATA) was too large to send, and why:
+    /// its next execute gets that error instead of running.
+    long_data_refused: Option<(u32, String)>,
     /// The id of the statement it prepared last: what id 0xFFFFFFFF names (MariaDB's
     /// "the statement just prepared", which lets a connector send PREPARE and EXECUTE together).
     last_prepared: Option<u32>,
@@ -123,6 +126,7 @@ impl AppConn {
             stmts: HashMap::new(),
             next_stmt: 1,
             last_prepared: None,
+            long_data_refused: None,
             report: StatementReport::default(),
         }
     }
@@ -539,6 +543,20 @@ impl Session {
         Ok(())
     }
 
+    /// A COM_STMT_SEND_LONG_DATA (or COM_STMT_CLOSE) too large for the upstream: not sent,
+    /// and, as a server does with long data it could not take, the statement's next execute
+    /// fails with the reason (these commands have no reply of their own).
+    pub fn refuse_long_data(&self, conn: &mut AppConn, payload: &[u8], limit: usize) {
+        if let Some(id) = statement_id(conn, payload) {
+            let why = format!(
+                "Parameter of prepared statement {id} is bigger than 'max_allowed_packet' bytes: \
+                 {} bytes, the database accepts {limit} (DevInProd did not send it)",
+                payload.len()
+            );
+            conn.long_data_refused = Some((id, why));
+        }
+    }
+
     /// The largest command the upstream takes (its `max_allowed_packet`), once known.
     pub fn upstream_max_packet(&self) -> usize {
         self.upstream_max_packet.load(Ordering::Relaxed)
@@ -777,6 +795,7 @@ fn view_columns(columns: &[(String, SessionVariable)]) -> Vec<(&str, bool)> {
 }
 
 const COM_STMT_EXECUTE: u8 = 0x17;
+const COM_STMT_RESET: u8 = 0x1A;
 const COM_STMT_BULK_EXECUTE: u8 = 0xFA;
 
 /// The app's statement id a COM_STMT_* payload names (0xFFFFFFFF: the one prepared last).

@@ -494,6 +494,20 @@ impl Session {
             )
             .await;
         };
+        if let Some((refused, why)) = conn.long_data_refused.take() {
+            // A reset drops the statement's long data, and its error with it (and is sent on,
+            // for the long data that did go).
+            if Some(refused) == id && payload[0] != COM_STMT_RESET {
+                return reply(
+                    app,
+                    wire::err(wire::ER_NET_PACKET_TOO_LARGE, b"08S01", &why),
+                )
+                .await;
+            }
+            if Some(refused) != id {
+                conn.long_data_refused = Some((refused, why));
+            }
+        }
         let bulk = payload[0] == COM_STMT_BULK_EXECUTE;
         let is_execute = payload[0] == COM_STMT_EXECUTE || bulk;
         conn.report.projection = stmt.projection.clone();
