@@ -30,6 +30,17 @@ use tokio::task::JoinHandle;
 /// Upper bound for any single wait in a test.
 pub const WAIT: Duration = Duration::from_secs(20);
 
+/// A fresh database name (`dip_` and 12 random hex digits), for a test's own database on a
+/// shared server (MariaDB or PostgreSQL).
+pub fn unique_db_name() -> String {
+    let mut b = [0u8; 6];
+    getrandom::fill(&mut b).unwrap();
+    format!(
+        "dip_{}",
+        b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+    )
+}
+
 pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(

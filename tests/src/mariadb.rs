@@ -161,12 +161,7 @@ pub struct TestDatabase {
 
 impl TestDatabase {
     pub fn new() -> Self {
-        let mut b = [0u8; 6];
-        getrandom::fill(&mut b).unwrap();
-        let name = format!(
-            "dip_{}",
-            b.iter().map(|x| format!("{x:02x}")).collect::<String>()
-        );
+        let name = crate::unique_db_name();
         server().admin(&format!("CREATE DATABASE {name}"));
         Self { name }
     }
