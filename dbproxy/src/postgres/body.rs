@@ -3,7 +3,7 @@
 //! parameter value" rather than as an offset.
 
 use super::{Peer, PgWireError, Problem};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 pub(crate) struct Body {
     bytes: Bytes,
@@ -129,4 +129,44 @@ impl Body {
     pub(crate) fn capacity_for(&self, count: usize, min_size: usize) -> usize {
         count.min(self.remaining() / min_size.max(1))
     }
+}
+
+/// Bytes before a typed message's body: its type byte and its length word.
+pub(super) const TYPED_HEADER_LENGTH: usize = 5;
+
+/// Cuts the typed message at the front of `buf` (type byte, length, body) once it is all there:
+/// `Ok(None)` until then. `from` sent it; `name` names it in errors. Its length is checked
+/// against `limit` as soon as the 4 bytes of it arrive, before anything waits for the body.
+pub(super) fn take_typed_message(
+    buf: &mut BytesMut,
+    from: Peer,
+    name: &'static str,
+    limit: usize,
+) -> Result<Option<Bytes>, PgWireError> {
+    let Some(header) = buf.get(1..TYPED_HEADER_LENGTH) else {
+        return Ok(None);
+    };
+    let length = i32::from_be_bytes([header[0], header[1], header[2], header[3]]);
+    if length < 4 {
+        return Err(PgWireError::LengthTooShort {
+            from,
+            message: name,
+            length: length.into(),
+            minimum: 4,
+        });
+    }
+    // A positive i32 always fits a usize on the targets we build for (32 bits+).
+    let length = length as usize;
+    if length > limit {
+        return Err(PgWireError::TooLong {
+            from,
+            message: name,
+            length: length as u64,
+            limit,
+        });
+    }
+    if buf.len() < 1 + length {
+        return Ok(None);
+    }
+    Ok(Some(buf.split_to(1 + length).freeze()))
 }

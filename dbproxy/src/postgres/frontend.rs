@@ -8,7 +8,7 @@
 //! Text the protocol calls a string (SQL, statement and portal names) must be UTF-8: the
 //! dbproxy will ask apps for `client_encoding` UTF8.
 
-use super::body::Body;
+use super::body::{take_typed_message, Body, TYPED_HEADER_LENGTH as HEADER_LENGTH};
 use super::{Format, Peer, PgWireError, Problem};
 use bytes::{Bytes, BytesMut};
 
@@ -16,8 +16,6 @@ use bytes::{Bytes, BytesMut};
 pub const SMALL_MESSAGE_LIMIT: usize = 10_000;
 /// The longest password or SASL message, the server's `PG_MAX_AUTH_TOKEN_LENGTH`.
 pub const AUTHENTICATION_MESSAGE_LIMIT: usize = 65_535;
-/// A message's type byte and length field.
-const HEADER_LENGTH: usize = 5;
 
 /// What a Describe or Close names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -203,36 +201,13 @@ impl FrontendDecoder {
             from: Peer::App,
             tag,
         })?;
-        let Some(header) = buf.get(1..HEADER_LENGTH) else {
-            return Ok(None);
-        };
-        let length = i32::from_be_bytes([header[0], header[1], header[2], header[3]]);
-        if length < 4 {
-            return Err(PgWireError::LengthTooShort {
-                from: Peer::App,
-                message: kind.name,
-                length: length.into(),
-                minimum: 4,
-            });
-        }
         let limit = match kind.limit {
             Limit::Caller => self.max_message_length,
             Limit::AtMost(limit) => limit.min(self.max_message_length),
         };
-        // A positive i32 always fits a usize on the targets we build for (32 bits+).
-        let length = length as usize;
-        if length > limit {
-            return Err(PgWireError::TooLong {
-                from: Peer::App,
-                message: kind.name,
-                length: length as u64,
-                limit,
-            });
-        }
-        if buf.len() < 1 + length {
+        let Some(frame) = take_typed_message(buf, Peer::App, kind.name, limit)? else {
             return Ok(None);
-        }
-        let frame = buf.split_to(1 + length).freeze();
+        };
         let body = Body::new(Peer::App, kind.name, frame.slice(HEADER_LENGTH..));
         parse(tag, body).map(Some)
     }

@@ -9,13 +9,10 @@
 //! connection will read it before using this decoder).
 
 use super::backend::{FieldDescription, TransactionStatus};
-use super::body::Body;
+use super::body::{take_typed_message, Body, TYPED_HEADER_LENGTH as HEADER_LENGTH};
 use super::startup::{ProtocolNegotiation, ProtocolVersion};
 use super::{Format, Peer, PgError, PgWireError, Problem};
 use bytes::{Bytes, BytesMut};
-
-/// A message's type byte and length field.
-const HEADER_LENGTH: usize = 5;
 
 /// The name of a message a server may send, `None` for a type byte no server sends.
 fn message_name(tag: u8) -> Option<&'static str> {
@@ -78,32 +75,10 @@ impl BackendFrameDecoder {
             from: Peer::Server,
             tag,
         })?;
-        let Some(header) = buf.get(1..HEADER_LENGTH) else {
+        let Some(frame) = take_typed_message(buf, Peer::Server, name, self.max_message_length)?
+        else {
             return Ok(None);
         };
-        let length = i32::from_be_bytes([header[0], header[1], header[2], header[3]]);
-        if length < 4 {
-            return Err(PgWireError::LengthTooShort {
-                from: Peer::Server,
-                message: name,
-                length: length.into(),
-                minimum: 4,
-            });
-        }
-        // A positive i32 always fits a usize on the targets we build for (32 bits+).
-        let length = length as usize;
-        if length > self.max_message_length {
-            return Err(PgWireError::TooLong {
-                from: Peer::Server,
-                message: name,
-                length: length as u64,
-                limit: self.max_message_length,
-            });
-        }
-        if buf.len() < 1 + length {
-            return Ok(None);
-        }
-        let frame = buf.split_to(1 + length).freeze();
         Ok(Some(BackendFrame {
             tag,
             body: frame.slice(HEADER_LENGTH..),
