@@ -141,8 +141,9 @@ pub struct EdgeArgs {
 /// `--threads` of `relay`, `edge` and `dbproxy` (the default is `main.rs`'s `runtime_for`).
 #[derive(Args, Debug, Default)]
 pub struct ServerThreads {
-    /// Worker threads of this server [default: one per CPU core on hosts with more than two
-    /// cores, else 1]. 1 runs it on a single thread: the least CPU per request.
+    /// Worker threads of this server [default: relay and dbproxy one per CPU core on hosts
+    /// with more than two cores, else 1; edge one per CPU core, each serving visitor
+    /// connections on its own (`workers` in edge.toml)]. 1 runs it on a single thread.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub threads: Option<u16>,
 }
@@ -216,6 +217,10 @@ pub struct UpArgs {
     /// spreads many connections over cores at a higher cost per request.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub threads: Option<u16>,
+    /// Threads that serve the edge's visitor connections, each with its own connections to
+    /// production [default: one per CPU core; `workers` in the [edge] table].
+    #[arg(long = "edge-workers", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub edge_workers: Option<u16>,
 }
 
 #[derive(Args, Debug, Default)]

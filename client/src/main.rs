@@ -55,7 +55,12 @@ fn main() -> std::process::ExitCode {
 ///   other (futex, a context switch) and send a packet per write. Measured (BENCHMARKS.md,
 ///   round 3): `up` at 32 connections 17–22 instead of 27–35 µs CPU per request, 0.13 instead
 ///   of 1.25 UDP sends per request;
-/// * `relay`, `edge` and `dbproxy` take one worker per core on hosts with more than two cores,
+/// * the edge serves visitor connections on worker threads of its own, one per core by
+///   default, each a single-threaded runtime with its own production connections (as nginx's
+///   worker processes; `edge::Edge::run`): production traffic uses every core without the
+///   cross-thread wake-ups of a work-stealing runtime. Its main runtime, like `up`'s, has one
+///   thread;
+/// * `relay` and `dbproxy` take one worker per core on hosts with more than two cores,
 ///   where they have cores to spread many developers' or visitors' connections over, and one
 ///   thread on smaller hosts, where a second worker costs more than it gives (measured on two
 ///   cores: the edge in front of production 40–42k instead of 31–36k requests/s, the relay a
@@ -65,7 +70,9 @@ fn runtime_for(command: &Command) -> tokio::runtime::Builder {
     let server_default = if cores > 2 { cores } else { 1 };
     let (asked, default) = match command {
         Command::Relay(a) => (a.runtime.threads, server_default),
-        Command::Edge(a) => (a.runtime.threads, server_default),
+        // The edge's `--threads` are its visitor-connection workers, each a single-threaded
+        // runtime of its own (`edge::Edge::run`); this runtime keeps the relay connection.
+        Command::Edge(_) => (None, 1),
         Command::Dbproxy(a) => (a.runtime.threads, server_default),
         Command::Up(a) => (a.threads, 1),
         Command::Demo(a) => (a.up.threads, 1),

@@ -109,6 +109,10 @@ pub struct EdgeConfig {
     pub max_frame_len: u32,
     /// How long a shutting-down edge lets in-flight requests finish, in milliseconds.
     pub shutdown_grace_ms: u64,
+    /// Threads that serve visitor connections, each with a single-threaded runtime and
+    /// connections to production of its own (as nginx's worker processes): the production
+    /// path uses this many cores. Unset: one per CPU core.
+    pub workers: Option<usize>,
 }
 
 impl Default for EdgeConfig {
@@ -149,9 +153,13 @@ impl Default for EdgeConfig {
             on_missing: OnMissing::Error,
             max_frame_len: proto::MAX_FRAME_LEN as u32,
             shutdown_grace_ms: 5_000,
+            workers: None,
         }
     }
 }
+
+/// Most visitor-connection worker threads an edge starts.
+pub const MAX_WORKERS: usize = 1024;
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -162,6 +170,14 @@ pub enum OnMissing {
 
 impl EdgeConfig {
     /// How slowly a visitor may send a request body (see [`crate::visitor_body`]).
+    /// Visitor-connection worker threads: `workers`, else one per CPU core (at least 1, at
+    /// most [`MAX_WORKERS`]).
+    pub fn worker_threads(&self) -> usize {
+        self.workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+            .clamp(1, MAX_WORKERS)
+    }
+
     pub fn body_pace(&self) -> crate::visitor_body::BodyPace {
         crate::visitor_body::BodyPace {
             idle: std::time::Duration::from_millis(self.body_read_timeout_ms),

@@ -28,6 +28,7 @@ pub mod connector;
 mod forwarded;
 pub mod pages;
 pub mod production;
+mod production_pool;
 pub mod routing;
 mod staff;
 pub mod tunnel;
@@ -82,6 +83,11 @@ impl Drop for InFlight<'_> {
             }
         }
     }
+}
+
+/// Resolves once the edge's stop flag is set (or its sender is gone).
+async fn until_stopped(stopped: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|stop| *stop).await;
 }
 
 fn unix_now() -> u64 {
@@ -171,6 +177,12 @@ impl Visitor {
     }
 }
 
+/// What one worker thread of the edge keeps for itself (see [`Edge::run`]).
+pub struct Worker {
+    /// Its own connections to production.
+    production: Option<Production>,
+}
+
 /// The edge: configuration, route finder, the way to developers and the way to production.
 /// Build it with [`Edge::new`], then drive [`Edge::run`] with a listener and a shutdown future.
 pub struct Edge {
@@ -184,6 +196,7 @@ pub struct Edge {
     router: RouteFinder,
     access: access::AccessPolicy,
     opener: Arc<dyn StreamOpener>,
+    /// Production's address, checked at start; each worker connects with its own copy.
     production: Option<Production>,
 }
 
@@ -227,8 +240,82 @@ impl Edge {
 
     /// Serves HTTP/1.1 and HTTP/2 (prior knowledge) on `listener` until `shutdown` completes,
     /// then lets in-flight requests finish for `shutdown_grace_ms`.
+    ///
+    /// With `workers` above 1 (the default on a host with several cores), that many threads
+    /// accept from the same listening socket, each running its visitor connections on a
+    /// single-threaded runtime with production connections of its own ([`Worker`]): a request
+    /// to production never leaves the thread that accepted it, and the production path uses
+    /// every core, as nginx's worker processes do. The calling runtime is worker 0 (and keeps
+    /// the tunnel to developers: requests for them reach the relay from any worker).
     pub async fn run(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-        tokio::pin!(shutdown);
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let mut finished = Vec::new();
+        for index in 1..self.config.worker_threads() {
+            match self.spawn_worker(index, &listener, stopped.clone()) {
+                Ok(done) => finished.push(done),
+                Err(e) => {
+                    warn!("cannot start edge worker thread {index}: {e}; going on with {index}");
+                    break;
+                }
+            }
+        }
+        let serving = self.clone().serve(listener, stopped);
+        tokio::pin!(serving, shutdown);
+        tokio::select! {
+            _ = &mut shutdown => {}
+            _ = &mut serving => {}
+        }
+        let _ = stop.send(true);
+        serving.await;
+        // The other workers had the same grace; a little more to notice the stop.
+        let bound = Duration::from_millis(self.config.shutdown_grace_ms) + Duration::from_secs(1);
+        for done in finished {
+            let _ = tokio::time::timeout(bound, done).await;
+        }
+    }
+
+    /// Worker `index`: a thread with a single-threaded runtime serving connections accepted
+    /// from a duplicate of `listener`'s socket. The receiver resolves when the thread is done.
+    fn spawn_worker(
+        self: &Arc<Self>,
+        index: usize,
+        listener: &TcpListener,
+        stopped: tokio::sync::watch::Receiver<bool>,
+    ) -> std::io::Result<tokio::sync::oneshot::Receiver<()>> {
+        let socket: std::net::TcpListener = socket2::SockRef::from(listener).try_clone()?.into();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (done, finished) = tokio::sync::oneshot::channel();
+        let edge = self.clone();
+        // `edge-PORT-wN`: which listener, which worker (a thread name holds 15 bytes).
+        let port = listener.local_addr().map_or(0, |a| a.port());
+        std::thread::Builder::new()
+            .name(format!("edge-{port}-w{index}"))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    match TcpListener::from_std(socket) {
+                        Ok(listener) => edge.serve(listener, stopped).await,
+                        Err(e) => warn!("edge worker {index} cannot listen: {e}"),
+                    }
+                });
+                // Connections still open after the grace period end with the runtime.
+                drop(runtime);
+                let _ = done.send(());
+            })?;
+        Ok(finished)
+    }
+
+    /// One worker's accept loop, until `stopped` turns true; then in-flight requests get
+    /// `shutdown_grace_ms` to finish.
+    async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        mut stopped: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let worker = Arc::new(Worker {
+            production: self.production.as_ref().map(Production::for_worker),
+        });
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
@@ -246,7 +333,7 @@ impl Edge {
         info!(addr = ?listening, "edge listening");
         loop {
             let (stream, peer) = tokio::select! {
-                _ = &mut shutdown => break,
+                () = until_stopped(&mut stopped) => break,
                 accepted = listener.accept() => match accepted {
                     Ok(a) => a,
                     Err(e) => {
@@ -267,15 +354,17 @@ impl Edge {
                 .map_or(0, |a| a.port());
             let visitor = Arc::new(Visitor::new(peer, local_port, &self.config.trusted_proxies));
             let edge = self.clone();
+            let worker = worker.clone();
             let phase = Arc::new(visitor_conn::ConnPhase::default());
             let service_phase = phase.clone();
             let service = hyper::service::service_fn(move |req| {
                 let edge = edge.clone();
+                let worker = worker.clone();
                 let phase = service_phase.clone();
                 let visitor = visitor.clone();
                 phase.request_started();
                 async move {
-                    let resp = edge.handle(req, &visitor).await;
+                    let resp = edge.handle(req, &visitor, &worker).await;
                     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                         phase.turn_off();
                     }
@@ -332,7 +421,12 @@ impl Edge {
     }
 
     /// One request, phase by phase.
-    pub async fn handle(&self, req: Request<Incoming>, visitor: &Visitor) -> Response<BoxBody> {
+    pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+        visitor: &Visitor,
+        worker: &Worker,
+    ) -> Response<BoxBody> {
         let peer = visitor.addr;
         let started = Instant::now();
         let method = req.method().clone();
@@ -509,7 +603,7 @@ impl Edge {
                         if self.config.on_missing == OnMissing::Production =>
                     {
                         let resp = self
-                            .to_production(Request::from_parts(parts, body), format)
+                            .to_production(worker, Request::from_parts(parts, body), format)
                             .await;
                         (resp, Target::ProductionFallback(key))
                     }
@@ -532,7 +626,7 @@ impl Edge {
             }
             RouteDecision::Production => {
                 let resp = self
-                    .to_production(Request::from_parts(parts, body), format)
+                    .to_production(worker, Request::from_parts(parts, body), format)
                     .await;
                 (resp, Target::Production)
             }
@@ -685,10 +779,11 @@ impl Edge {
 
     async fn to_production(
         &self,
+        worker: &Worker,
         req: Request<Incoming>,
         format: pages::PageFormat,
     ) -> Response<BoxBody> {
-        match &self.production {
+        match &worker.production {
             None => pages::page(
                 StatusCode::BAD_GATEWAY,
                 format,

@@ -1,22 +1,23 @@
-//! Phase 3b: forward a request without a routing key to production, through a pooled client.
+//! Phase 3b: forward a request without a routing key to production, over a keep-alive
+//! connection of the worker's own pool ([`crate::production_pool`]).
 
+use crate::production_pool::ProductionPool;
 use crate::visitor_body::BodyFailure;
 use crate::{BoxBody, BoxError};
 use http::{Request, Response, Uri};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use proto::http::{is_upgrade_request, strip_hop_by_hop};
+use std::sync::Arc;
 use tracing::debug;
 
-/// The production upstream: a base URL and a connection pool to it.
+/// The production upstream: its address and one worker's connections to it. Each edge worker
+/// thread has its own ([`Production::for_worker`]).
 pub struct Production {
-    scheme: http::uri::Scheme,
     authority: http::uri::Authority,
-    client: Client<HttpConnector, BoxBody>,
+    pool: Arc<ProductionPool>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -46,15 +47,18 @@ impl Production {
         if scheme != http::uri::Scheme::HTTP {
             return Err(ProductionError::BadUrl(url.into()));
         }
-        let client = Client::builder(TokioExecutor::new())
-            // The visitor's Host goes to production unchanged, as behind any reverse proxy.
-            .set_host(false)
-            .build_http();
-        Ok(Self {
-            scheme,
-            authority,
-            client,
-        })
+        Ok(Self::with_authority(authority))
+    }
+
+    fn with_authority(authority: http::uri::Authority) -> Self {
+        let port = authority.port_u16().unwrap_or(80);
+        let pool = ProductionPool::new(format!("{}:{port}", authority.host()));
+        Self { authority, pool }
+    }
+
+    /// The same upstream with connections of its own, for another worker thread.
+    pub fn for_worker(&self) -> Self {
+        Self::with_authority(self.authority.clone())
     }
 
     /// Forwards `req`; its body may keep production waiting as long as `body_pace` allows
@@ -66,25 +70,24 @@ impl Production {
     ) -> Result<Response<BoxBody>, ProductionError> {
         let upgrade = is_upgrade_request(req.headers()).then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
-        let path = parts.uri.path_and_query().cloned();
-        let mut uri = http::uri::Builder::new()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone());
-        if let Some(p) = path {
-            uri = uri.path_and_query(p);
-        } else {
-            uri = uri.path_and_query("/");
-        }
-        parts.uri = uri
-            .build()
-            .map_err(|e| ProductionError::Upstream(e.to_string()))?;
-        // Production speaks HTTP/1.1 to us whatever the visitor spoke.
-        parts.version = http::Version::HTTP_11;
+        // The visitor's Host goes to production unchanged, as behind any reverse proxy; an
+        // HTTP/2 visitor's `:authority` becomes it.
         if !parts.headers.contains_key(http::header::HOST) {
             if let Some(h) = crate::routing::request_host(&parts).and_then(|h| h.parse().ok()) {
                 parts.headers.insert(http::header::HOST, h);
             }
         }
+        // Origin form on the wire (`GET /path?query`), whatever form the visitor used.
+        let origin_form = match parts.uri.path_and_query() {
+            Some(_) if parts.uri.scheme().is_none() && parts.uri.authority().is_none() => None,
+            Some(p) => Some(p.clone()),
+            None => Some(http::uri::PathAndQuery::from_static("/")),
+        };
+        if let Some(p) = origin_form {
+            parts.uri = Uri::from(p);
+        }
+        // Production speaks HTTP/1.1 to us whatever the visitor spoke.
+        parts.version = http::Version::HTTP_11;
         // Most requests have no body to watch (a GET): no channel for them.
         let (body, mut body_failed) = if body.is_end_stream() {
             (
@@ -96,8 +99,8 @@ impl Production {
             (body.boxed_unsync(), Some(failed))
         };
         let mut resp = self
-            .client
-            .request(Request::from_parts(parts, body))
+            .pool
+            .send(Request::from_parts(parts, body))
             .await
             .map_err(
                 |e| match body_failed.as_mut().and_then(crate::visitor_body::failure) {

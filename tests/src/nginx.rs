@@ -42,6 +42,18 @@ impl Nginx {
     /// Starts nginx with `http_conf` (the contents of an `http {}` block: `server`s, `map`s)
     /// listening on `port`, and waits until it accepts connections.
     pub fn start(http_conf: &str, port: u16) -> Self {
+        Self::start_with(port, "1", &[], |_| http_conf.to_owned())
+    }
+
+    /// Like [`Nginx::start`] with `worker_processes` set to `workers` (`"auto"`: one per
+    /// core), `files` (name, contents) written into its directory first, and the `http {}`
+    /// contents made by `http_conf` from that directory's path (for `root` and the like).
+    pub fn start_with(
+        port: u16,
+        workers: &str,
+        files: &[(&str, &[u8])],
+        http_conf: impl FnOnce(&Path) -> String,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         // Workers run as an unprivileged user when nginx starts as root: they must reach their
         // temporary directories (which the master creates and hands to them) under this one.
@@ -51,14 +63,17 @@ impl Nginx {
             std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
                 .expect("chmod");
         }
+        for (name, contents) in files {
+            std::fs::write(dir.path().join(name), contents).expect("nginx file");
+        }
         let d = dir.path().display();
-        std::fs::write(dir.path().join("site.conf"), http_conf).expect("site.conf");
+        std::fs::write(dir.path().join("site.conf"), http_conf(dir.path())).expect("site.conf");
         let main = format!(
             "daemon off;\n\
-             worker_processes 1;\n\
+             worker_processes {workers};\n\
              pid {d}/nginx.pid;\n\
              error_log {d}/error.log info;\n\
-             events {{ worker_connections 256; }}\n\
+             events {{ worker_connections 1024; }}\n\
              http {{\n\
              access_log {d}/access.log;\n\
              client_body_temp_path {d}/client_body;\n\

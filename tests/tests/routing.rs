@@ -798,3 +798,102 @@ async fn the_client_reuses_app_connections_and_replaces_ones_the_app_closed() {
     let third = get(edge.addr, &host, "/").await;
     assert_eq!((third.status, third.text()), (200, "conn-2".to_owned()));
 }
+
+/// Production traffic is served by every edge worker thread (`workers`), each over kept-alive
+/// connections of its own: many visitors' requests reach production intact over few
+/// connections, and stopping the edge ends its worker threads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn production_is_served_by_the_edge_workers_over_kept_alive_connections() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    init_tracing();
+    // A production app that counts the connections it accepted.
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let prod = listener.local_addr().unwrap();
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|req: http::Request<_>| async move {
+                    let body = format!("production saw {}", req.uri());
+                    Ok::<_, std::convert::Infallible>(http::Response::new(
+                        http_body_util::Full::new(Bytes::from(body)),
+                    ))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    let pki = Pki::new();
+    let relay = TestRelay::start(&pki).await;
+    let mut config = TestEdge::config(Some(prod));
+    config.workers = Some(3);
+    let edge = TestEdge::start(config, relay.relay.registry()).await;
+
+    // This edge's worker threads (`edge-PORT-wN`; other tests run edges in this process too).
+    let prefix = format!("edge-{}-w", edge.addr.port());
+    let workers = || {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .filter(|name| name.starts_with(&prefix))
+            .count()
+    };
+    // Worker 0 is the caller's runtime; 1 and 2 are threads, started as the edge starts.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while workers() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no edge worker threads"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(workers(), 2);
+
+    const VISITORS: usize = 48;
+    const EACH: usize = 10;
+    let http = client();
+    let mut tasks = Vec::new();
+    for v in 0..VISITORS {
+        let http = http.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..EACH {
+                let path = format!("/v{v}/r{i}?q=1");
+                let reply = send(
+                    &http,
+                    edge.addr,
+                    "GET",
+                    "shop.example.com",
+                    &path,
+                    &[],
+                    Bytes::new(),
+                )
+                .await;
+                assert_eq!(reply.status, 200, "{}", reply.text());
+                assert_eq!(reply.text(), format!("production saw {path}"));
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let opened = accepted.load(Ordering::SeqCst);
+    assert!(
+        opened <= VISITORS + 8,
+        "{} requests took {opened} connections to production: they are not kept alive",
+        VISITORS * EACH
+    );
+
+    drop(edge);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while workers() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the edge's worker threads outlived it"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

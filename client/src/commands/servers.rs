@@ -66,6 +66,11 @@ fn edge_config(args: &EdgeArgs) -> anyhow::Result<EdgeConfig> {
     if let Some(v) = args.access {
         c.access = Some(v.into());
     }
+    // The edge's worker threads are its visitor-connection workers (`workers`); its own
+    // runtime, which keeps the connection to the relay, has one thread (`main.rs`).
+    if let Some(v) = args.runtime.threads {
+        c.workers = Some(usize::from(v));
+    }
     for (flag, slot) in [
         (&args.ca, &mut c.ca),
         (&args.cert, &mut c.cert),
@@ -204,6 +209,9 @@ pub async fn start_stack(args: &UpArgs, tokens: Option<TokenStore>) -> anyhow::R
     }
     if let Some(v) = &args.production {
         ec.production = Some(v.clone());
+    }
+    if let Some(v) = args.edge_workers {
+        ec.workers = Some(usize::from(v));
     }
     if ec.access.is_none() {
         if ec.listen.ip().is_loopback() {

@@ -9,6 +9,7 @@ pub mod bulk;
 pub mod external;
 pub mod http;
 pub mod proc;
+pub mod real_apps;
 pub mod stats;
 pub mod tools;
 pub mod topo;
@@ -286,9 +287,23 @@ fn run(opts: &Options) -> Result<u8, String> {
     let _ = std::fs::remove_file(&upload_file);
     eprintln!("== WebSocket: {} echoes", plan.ws_messages);
     let ws = ws::run(&mut slots, plan.ws_messages, opts.rounds);
+    // Issue 18: the production path, and real apps. Half the HTTP section's time per run: it
+    // has twice as many rows.
+    let real_secs = (plan.http_secs / 2).max(1);
+    eprintln!("== production path and real apps: wrk, {real_secs} s per run");
+    let bench_edge = slots
+        .iter()
+        .find(|s| s.kind == Kind::AllInOne)
+        .and_then(|s| s.state.as_ref().ok())
+        .map(|r| r.target.addr);
+    let mut real = real_apps::start(&env, bench_edge);
+    real.run(&wrk_bin, real_secs, opts.rounds);
 
     // Stop every path before the database and scale scenarios: they start their own.
     drop(slots);
+    let real_md = real.section(real_secs);
+    let real_failures = real.failures();
+    drop(real);
     drop(app_proc);
 
     let (db, scale) = match build {
@@ -304,6 +319,7 @@ fn run(opts: &Options) -> Result<u8, String> {
 
     let failures: Vec<String> = failures(&http, &bulk, &ws)
         .into_iter()
+        .chain(real_failures)
         .chain(db.failed.then(|| "database (db-bench)".to_owned()))
         .chain(scale.failed.then(|| "scale (scale-bench)".to_owned()))
         .collect();
@@ -313,6 +329,7 @@ fn run(opts: &Options) -> Result<u8, String> {
     md.push_str(&bulk::section(&bulk));
     md.push_str(&ws::section(&ws));
     md.push_str(&budgets(&http, &bulk));
+    md.push_str(&real_md);
     md.push_str(&db.markdown);
     md.push_str(&scale.markdown);
     if failures.is_empty() {

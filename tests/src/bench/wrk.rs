@@ -23,6 +23,24 @@ pub fn run(
     conns: u32,
     secs: u64,
 ) -> Result<WrkResult, String> {
+    run_path(
+        wrk,
+        target.addr,
+        target.host.as_deref(),
+        "/",
+        (threads, conns, secs),
+    )
+}
+
+/// `wrk -tT -cC -dSs --latency` against `http://ADDR PATH`, with `host` as its Host header
+/// when given; `load` is (threads, connections, seconds).
+pub fn run_path(
+    wrk: &Path,
+    addr: std::net::SocketAddr,
+    host: Option<&str>,
+    path: &str,
+    (threads, conns, secs): (u32, u32, u64),
+) -> Result<WrkResult, String> {
     let mut cmd = command(wrk);
     cmd.args([
         format!("-t{threads}"),
@@ -32,10 +50,10 @@ pub fn run(
         "--timeout".into(),
         "5s".into(),
     ]);
-    if let Some(host) = &target.host {
+    if let Some(host) = host {
         cmd.args(["-H".into(), format!("Host: {host}")]);
     }
-    cmd.arg(format!("http://{}/", target.addr));
+    cmd.arg(format!("http://{addr}{path}"));
     let done = proc::run("wrk", cmd, Duration::from_secs(secs + 60), false)?;
     if !done.status.success() {
         return Err(format!("wrk failed: {}", done.describe()));
