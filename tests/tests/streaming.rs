@@ -143,6 +143,56 @@ async fn websocket_echo_app() -> std::net::SocketAddr {
     addr
 }
 
+/// A WebSocket to production (no routing key) is upgraded through the edge's production pool:
+/// it echoes, closes cleanly, and the upgraded connection never goes back to the pool (the
+/// next upgrades go out normally).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_to_production_upgrades_through_the_edge_and_the_pool_stays_sound() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+    init_tracing();
+    let pki = Pki::new();
+    let relay = TestRelay::start(&pki).await;
+    let ws_app = websocket_echo_app().await;
+    let mut config = TestEdge::config(Some(ws_app));
+    // One worker: every connection shares one production pool.
+    config.workers = Some(1);
+    let edge = TestEdge::start(config, relay.relay.registry()).await;
+    for round in 0..3 {
+        let mut request = format!("ws://{}/socket", edge.addr)
+            .into_client_request()
+            .unwrap();
+        request
+            .headers_mut()
+            .insert("host", "shop.example.com".parse().unwrap());
+        let tcp = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
+        let (mut ws, resp) =
+            tokio::time::timeout(WAIT, tokio_tungstenite::client_async(request, tcp))
+                .await
+                .unwrap()
+                .unwrap();
+        assert_eq!(resp.status(), 101, "round {round}");
+        let text = format!("hello production, round {round}");
+        ws.send(Message::text(text.clone())).await.unwrap();
+        let echo = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(echo, Message::text(text));
+        ws.close(None).await.unwrap();
+        let mut closed = false;
+        while let Ok(Some(msg)) = tokio::time::timeout(WAIT, ws.next()).await {
+            match msg {
+                Ok(Message::Close(_)) => closed = true,
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        assert!(closed, "no Close frame came back (round {round})");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_text_and_a_1_mib_binary_message_echo_through_the_tunnel_then_close_cleanly() {
     use futures_util::{SinkExt, StreamExt};
