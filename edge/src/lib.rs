@@ -430,7 +430,9 @@ impl Edge {
         let peer = visitor.addr;
         let started = Instant::now();
         let method = req.method().clone();
-        let path = req.uri().path().to_owned();
+        // For the log lines: a clone of the URI shares its bytes (no copy of the path).
+        let uri = req.uri().clone();
+        let path = uri.path();
         let (mut parts, body) = req.into_parts();
 
         // Phase 0: a request that names its host two ways is refused before anything reads it.

@@ -31,6 +31,9 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 const READY_WAIT: Duration = Duration::from_secs(1);
 /// Idle connections kept at most per worker; more are closed when handed back.
 const MAX_IDLE: usize = 256;
+/// A new connection to production must be established within this: an address that drops
+/// packets would otherwise hold the visitor for the kernel's SYN retries (about two minutes).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why production could not be asked.
 #[derive(Debug)]
@@ -149,9 +152,16 @@ impl ProductionPool {
     }
 
     async fn connect(&self) -> Result<SendRequest<BoxBody>, PoolError> {
-        let tcp = TcpStream::connect(&self.addr)
-            .await
-            .map_err(PoolError::Connect)?;
+        let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.addr)).await
+        {
+            Ok(connected) => connected.map_err(PoolError::Connect)?,
+            Err(_) => {
+                return Err(PoolError::Connect(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no connection within {} s", CONNECT_TIMEOUT.as_secs()),
+                )))
+            }
+        };
         let _ = tcp.set_nodelay(true);
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(tcp))
