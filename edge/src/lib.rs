@@ -34,6 +34,7 @@ mod staff;
 pub mod tunnel;
 pub mod visitor_body;
 mod visitor_conn;
+mod workers;
 
 pub use config::{EdgeConfig, OnMissing};
 pub use connector::{ConnectorError, RelayConnector};
@@ -42,8 +43,6 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
-use hyper_util::server::conn::auto;
 use production::Production;
 use proto::http::RequestHeadRef;
 use proto::{OpenError, StreamOpener};
@@ -53,7 +52,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type of every response the edge sends.
@@ -83,11 +82,6 @@ impl Drop for InFlight<'_> {
             }
         }
     }
-}
-
-/// Resolves once the edge's stop flag is set (or its sender is gone).
-async fn until_stopped(stopped: &mut tokio::sync::watch::Receiver<bool>) {
-    let _ = stopped.wait_for(|stop| *stop).await;
 }
 
 fn unix_now() -> u64 {
@@ -177,7 +171,7 @@ impl Visitor {
     }
 }
 
-/// What one worker thread of the edge keeps for itself (see [`Edge::run`]).
+/// What one worker thread of the edge keeps for itself (see [`workers`]).
 pub struct Worker {
     /// Its own connections to production.
     production: Option<Production>,
@@ -239,185 +233,10 @@ impl Edge {
     }
 
     /// Serves HTTP/1.1 and HTTP/2 (prior knowledge) on `listener` until `shutdown` completes,
-    /// then lets in-flight requests finish for `shutdown_grace_ms`.
-    ///
-    /// With `workers` above 1 (the default on a host with several cores), that many threads
-    /// accept from the same listening socket, each running its visitor connections on a
-    /// single-threaded runtime with production connections of its own ([`Worker`]): a request
-    /// to production never leaves the thread that accepted it, and the production path uses
-    /// every core, as nginx's worker processes do. The calling runtime is worker 0 (and keeps
-    /// the tunnel to developers: requests for them reach the relay from any worker).
+    /// then lets in-flight requests finish for `shutdown_grace_ms`: on `workers` threads, see
+    /// [`workers`].
     pub async fn run(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        let mut finished = Vec::new();
-        for index in 1..self.config.worker_threads() {
-            match self.spawn_worker(index, &listener, stopped.clone()) {
-                Ok(done) => finished.push(done),
-                Err(e) => {
-                    warn!("cannot start edge worker thread {index}: {e}; going on with {index}");
-                    break;
-                }
-            }
-        }
-        let serving = self.clone().serve(listener, stopped);
-        tokio::pin!(serving, shutdown);
-        tokio::select! {
-            _ = &mut shutdown => {}
-            _ = &mut serving => {}
-        }
-        let _ = stop.send(true);
-        serving.await;
-        // The other workers had the same grace; a little more to notice the stop.
-        let bound = Duration::from_millis(self.config.shutdown_grace_ms) + Duration::from_secs(1);
-        for done in finished {
-            let _ = tokio::time::timeout(bound, done).await;
-        }
-    }
-
-    /// Worker `index`: a thread with a single-threaded runtime serving connections accepted
-    /// from a duplicate of `listener`'s socket. The receiver resolves when the thread is done.
-    fn spawn_worker(
-        self: &Arc<Self>,
-        index: usize,
-        listener: &TcpListener,
-        stopped: tokio::sync::watch::Receiver<bool>,
-    ) -> std::io::Result<tokio::sync::oneshot::Receiver<()>> {
-        let socket: std::net::TcpListener = socket2::SockRef::from(listener).try_clone()?.into();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let (done, finished) = tokio::sync::oneshot::channel();
-        let edge = self.clone();
-        // `edge-PORT-wN`: which listener, which worker (a thread name holds 15 bytes).
-        let port = listener.local_addr().map_or(0, |a| a.port());
-        std::thread::Builder::new()
-            .name(format!("edge-{port}-w{index}"))
-            .spawn(move || {
-                runtime.block_on(async move {
-                    match TcpListener::from_std(socket) {
-                        Ok(listener) => edge.serve(listener, stopped).await,
-                        Err(e) => warn!("edge worker {index} cannot listen: {e}"),
-                    }
-                });
-                // Connections still open after the grace period end with the runtime.
-                drop(runtime);
-                let _ = done.send(());
-            })?;
-        Ok(finished)
-    }
-
-    /// One worker's accept loop, until `stopped` turns true; then in-flight requests get
-    /// `shutdown_grace_ms` to finish.
-    async fn serve(
-        self: Arc<Self>,
-        listener: TcpListener,
-        mut stopped: tokio::sync::watch::Receiver<bool>,
-    ) {
-        let worker = Arc::new(Worker {
-            production: self.production.as_ref().map(Production::for_worker),
-        });
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            // `visitor_conn` runs the head clock instead, so a late head gets a 408 rather
-            // than a silent close.
-            .header_read_timeout(None)
-            .max_buf_size(self.config.max_header_bytes.max(8192));
-        builder
-            .http2()
-            .max_header_list_size(u32::try_from(self.config.max_header_bytes).unwrap_or(u32::MAX));
-        builder.http2().timer(TokioTimer::new());
-        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-        let listening = listener.local_addr().ok();
-        info!(addr = ?listening, "edge listening");
-        loop {
-            let (stream, peer) = tokio::select! {
-                () = until_stopped(&mut stopped) => break,
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        warn!("accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
-            let _ = stream.set_nodelay(true);
-            // The port this visitor reached: a listener on a wildcard address has one port,
-            // but say what the socket says.
-            let local_port = stream
-                .local_addr()
-                .ok()
-                .or(listening)
-                .map_or(0, |a| a.port());
-            let visitor = Arc::new(Visitor::new(peer, local_port, &self.config.trusted_proxies));
-            let edge = self.clone();
-            let worker = worker.clone();
-            let phase = Arc::new(visitor_conn::ConnPhase::default());
-            let service_phase = phase.clone();
-            let service = hyper::service::service_fn(move |req| {
-                let edge = edge.clone();
-                let worker = worker.clone();
-                let phase = service_phase.clone();
-                let visitor = visitor.clone();
-                phase.request_started();
-                async move {
-                    let resp = edge.handle(req, &visitor, &worker).await;
-                    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-                        phase.turn_off();
-                    }
-                    Ok::<_, std::convert::Infallible>(
-                        resp.map(|body| visitor_conn::PhaseBody::new(body, phase)),
-                    )
-                }
-            });
-            let builder = builder.clone();
-            let watcher = graceful.watcher();
-            let tls = self.tls.clone();
-            let handshake_timeout = Duration::from_millis(self.config.header_read_timeout_ms);
-            let idle_timeout = Duration::from_millis(self.config.visitor_idle_timeout_ms);
-            let clocks = (phase, handshake_timeout, idle_timeout);
-            // The TLS handshake runs in the connection's own task: a slow visitor does not hold
-            // up the accept loop.
-            tokio::spawn(async move {
-                let result = match tls {
-                    None => {
-                        let conn = builder.serve_connection_with_upgrades(
-                            visitor_conn::wrap(stream, clocks),
-                            service,
-                        );
-                        watcher.watch(conn.into_owned()).await
-                    }
-                    Some(acceptor) => {
-                        match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await
-                        {
-                            Ok(Ok(tls_stream)) => {
-                                let conn = builder.serve_connection_with_upgrades(
-                                    visitor_conn::wrap(tls_stream, clocks),
-                                    service,
-                                );
-                                watcher.watch(conn.into_owned()).await
-                            }
-                            Ok(Err(e)) => {
-                                debug!(%peer, "TLS handshake failed: {e}");
-                                return;
-                            }
-                            Err(_) => {
-                                debug!(%peer, "TLS handshake timed out");
-                                return;
-                            }
-                        }
-                    }
-                };
-                if let Err(e) = result {
-                    debug!(%peer, "connection ended: {e}");
-                }
-            });
-        }
-        let grace = Duration::from_millis(self.config.shutdown_grace_ms);
-        let _ = tokio::time::timeout(grace, graceful.shutdown()).await;
+        workers::run(self, listener, shutdown).await
     }
 
     /// One request, phase by phase.

@@ -130,6 +130,33 @@ impl RouteFinder {
         }
     }
 
+    /// Whether the first request in `head` (the raw bytes a visitor sent first, perhaps only
+    /// part of them) names a developer's host in its `Host` header. A hint for where to serve
+    /// the connection (`workers`), never a routing decision: [`RouteFinder::route`] decides
+    /// each request as it comes. `false` when the bytes do not show a Host line.
+    pub fn names_developer_host(&self, head: &[u8]) -> bool {
+        let mut lines = head.split(|b| *b == b'\n');
+        lines.next(); // the request line
+        for line in lines {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if line.is_empty() {
+                break;
+            }
+            let Some(colon) = line.iter().position(|b| *b == b':') else {
+                continue;
+            };
+            if !line[..colon].eq_ignore_ascii_case(b"host") {
+                continue;
+            }
+            let Ok(value) = std::str::from_utf8(&line[colon + 1..]) else {
+                return false;
+            };
+            let host = host_and_port(value.trim()).0;
+            return self.host_pattern.is_match(host);
+        }
+        false
+    }
+
     /// Host and header only.
     pub fn decide(&self, parts: &Parts) -> RouteDecision {
         let host = request_host(parts);
@@ -254,6 +281,32 @@ pub(crate) fn host_and_port(authority: &str) -> (&str, Option<&str>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_first_bytes_of_a_connection_show_whether_it_names_a_developer_host() {
+        let r = RouteFinder::new(
+            &crate::EdgeConfig::default().host_pattern,
+            "x-devinprod-key",
+        )
+        .unwrap();
+        let yes = |head: &str| r.names_developer_host(head.as_bytes());
+        assert!(yes(
+            "GET / HTTP/1.1\r\nHost: www-k3yx9q.example.com\r\n\r\n"
+        ));
+        assert!(yes(
+            "GET / HTTP/1.1\r\nAccept: */*\r\nHOST:  WWW-K3YX9Q.example.com:8080\r\n"
+        ));
+        assert!(yes("GET / HTTP/1.1\nhost: www-k3yx9q-shop.example.com\n\n"));
+        // Production hosts, no Host yet, a Host after the head, HTTP/2's preface, nothing.
+        assert!(!yes("GET / HTTP/1.1\r\nHost: www.example.com\r\n\r\n"));
+        assert!(!yes("GET / HTTP/1.1\r\nAccept: */*\r\n"));
+        assert!(!yes(
+            "GET / HTTP/1.1\r\n\r\nHost: www-k3yx9q.example.com\r\n"
+        ));
+        assert!(!yes("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"));
+        assert!(!yes(""));
+        assert!(!r.names_developer_host(b"GET / HTTP/1.1\r\nHost: www-k3yx9q.exa\xffmple\r\n"));
+    }
 
     fn parts(uri: &str, headers: &[(&str, &str)]) -> Parts {
         let mut b = http::Request::builder().uri(uri);

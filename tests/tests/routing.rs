@@ -887,6 +887,42 @@ async fn production_is_served_by_the_edge_workers_over_kept_alive_connections() 
         VISITORS * EACH
     );
 
+    // A developer's visitors: connections that other workers accept are handed to the home
+    // worker after a peek at their first bytes; every request, the first included, arrives
+    // whole (a POST body too), and each connection is served to its end.
+    let token = relay.issue_token("workers");
+    let host = format!("www-{}.example.com", token.routing_key());
+    let _dev = TestClient::connect(&relay, &pki, token, echo_app("developer").await).await;
+    let mut tasks = Vec::new();
+    for v in 0..16 {
+        let host = host.clone();
+        tasks.push(tokio::spawn(async move {
+            // A client of its own: its own connection, whichever worker accepts it.
+            let http = client();
+            for i in 0..5 {
+                let body = Bytes::from(format!("visitor {v} request {i}"));
+                let reply = send(
+                    &http,
+                    edge.addr,
+                    "POST",
+                    &host,
+                    &format!("/v{v}/{i}"),
+                    &[],
+                    body.clone(),
+                )
+                .await;
+                assert_eq!(reply.status, 200, "{}", reply.text());
+                let seen = reply.json();
+                assert_eq!(seen["app"], "developer");
+                assert_eq!(seen["uri"], format!("/v{v}/{i}"));
+                assert_eq!(seen["body_len"], body.len());
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+
     drop(edge);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while workers() > 0 {
