@@ -143,6 +143,26 @@ async fn websocket_echo_app() -> std::net::SocketAddr {
     addr
 }
 
+/// Sends Close and reads until the stream ends: whether the server's Close came back (the
+/// close handshake completed).
+async fn close_cleanly<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>) -> bool
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    ws.close(None).await.unwrap();
+    let mut closed = false;
+    while let Ok(Some(msg)) = tokio::time::timeout(WAIT, ws.next()).await {
+        match msg {
+            Ok(Message::Close(_)) => closed = true,
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    closed
+}
+
 /// A WebSocket to production (no routing key) is upgraded through the edge's production pool:
 /// it echoes, closes cleanly, and the upgraded connection never goes back to the pool (the
 /// next upgrades go out normally).
@@ -180,16 +200,10 @@ async fn a_websocket_to_production_upgrades_through_the_edge_and_the_pool_stays_
             .unwrap()
             .unwrap();
         assert_eq!(echo, Message::text(text));
-        ws.close(None).await.unwrap();
-        let mut closed = false;
-        while let Ok(Some(msg)) = tokio::time::timeout(WAIT, ws.next()).await {
-            match msg {
-                Ok(Message::Close(_)) => closed = true,
-                Ok(_) => {}
-                Err(_) => break,
-            }
-        }
-        assert!(closed, "no Close frame came back (round {round})");
+        assert!(
+            close_cleanly(&mut ws).await,
+            "no Close frame came back (round {round})"
+        );
     }
 }
 
@@ -245,17 +259,10 @@ async fn websocket_text_and_a_1_mib_binary_message_echo_through_the_tunnel_then_
             "1 MiB binary message (over_quic={over_quic})"
         );
 
-        ws.close(None).await.unwrap();
-        // The close handshake completes: the server's Close comes back, then the stream ends.
-        let mut closed = false;
-        while let Ok(Some(msg)) = tokio::time::timeout(WAIT, ws.next()).await {
-            match msg {
-                Ok(Message::Close(_)) => closed = true,
-                Ok(_) => {}
-                Err(_) => break,
-            }
-        }
-        assert!(closed, "no Close frame came back (over_quic={over_quic})");
+        assert!(
+            close_cleanly(&mut ws).await,
+            "no Close frame came back (over_quic={over_quic})"
+        );
     }
 }
 

@@ -84,12 +84,7 @@ pub fn section(r: &HttpResults) -> String {
             let (Some(v), Some(l50), Some(l99)) = (rps(s.kind), p50(s.kind), p99(s.kind)) else {
                 continue;
             };
-            let spread = s
-                .range(|w| w.rps)
-                .filter(|_| s.samples.len() > 1)
-                .map(|(lo, hi)| format!(" ({}–{})", stats::int(lo), stats::int(hi)))
-                .unwrap_or_default();
-            row.push(format!("{}{spread}", stats::int(v)));
+            row.push(s.with_spread(v, |w| w.rps));
             row.push(stats::latency(l50));
             row.push(stats::latency(l99));
             row.push(direct_rps.map_or("—".into(), |d| stats::ratio(v, d)));

@@ -407,12 +407,7 @@ impl RealApps {
                     ) else {
                         continue;
                     };
-                    let spread = s
-                        .range(|w| w.rps)
-                        .filter(|_| s.samples.len() > 1)
-                        .map(|(lo, hi)| format!(" ({}–{})", stats::int(lo), stats::int(hi)))
-                        .unwrap_or_default();
-                    cells.push(format!("{}{spread}", stats::int(rps)));
+                    cells.push(s.with_spread(rps, |w| w.rps));
                     cells.push(stats::latency(p50));
                     cells.push(stats::latency(p99));
                     cells.push(if way == Way::Direct || way == reference {

@@ -60,6 +60,16 @@ impl<T> Series<T> {
     }
 
     /// What the row shows instead of numbers, when it has none.
+    /// `v`, then ` (min–max)` of `f` over the samples when there are several: a table cell.
+    pub fn with_spread(&self, v: f64, f: impl Fn(&T) -> f64) -> String {
+        let spread = self
+            .range(f)
+            .filter(|_| self.samples.len() > 1)
+            .map(|(lo, hi)| format!(" ({}–{})", int(lo), int(hi)))
+            .unwrap_or_default();
+        format!("{}{spread}", int(v))
+    }
+
     pub fn blank(&self) -> Option<String> {
         if let Some(e) = &self.error {
             return Some(format!("**FAILED**: {}", one_line(e)));
